@@ -1,0 +1,105 @@
+"""Adapter modules: the small trainable networks DAS adds to a frozen backbone.
+
+One building block, `Bottleneck`: norm -> down -> ReLU -> dropout -> up, times a fixed scale. It is
+used three ways (das-reference §1):
+
+- parallel (ViLT/METER kept blocks): its output is *added beside* a frozen sub-layer, reading the
+  un-normalised residual stream (it has its own norm);
+- sequential (LaVIN kept layers): `z + f(z)` on the already normalised input of attention (no norm);
+- replacement (a skipped block): `x + f(norm(x))`, see `ReplacementAdapter`.
+
+Initialisations: "bert" = every Linear weight ~ N(0, 0.02), biases 0 (the paper's ViLT/METER
+adapters, *not* the identity at step 0); "zero" = down xavier-uniform, up 0 (LaVIN: the identity at
+step 0, so a freshly skipped block or a fresh kept adapter changes nothing).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm as in LLaMA (computed in float32, cast back)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def make_norm(kind: str, dim: int, eps: float = 1e-6) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps)
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps=eps)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; expected 'layernorm', 'rmsnorm' or 'none'")
+
+
+class Bottleneck(nn.Module):
+    """f(x) = scale * up(dropout(relu(down(norm(x))))); no residual.
+
+    `norm` may be a string ("layernorm", "rmsnorm", "none") or a ready module, e.g. a frozen copy
+    of the skipped block's own input norm (LaVIN's replacement reads `RMSNorm_attn(x)`).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        *,
+        norm: str | nn.Module = "layernorm",
+        init: str = "bert",
+        scale: float = 1.0,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if dim <= 0 or hidden <= 0:
+            raise ValueError(f"adapter dims must be positive, got dim={dim}, hidden={hidden}")
+        self.norm = make_norm(norm, dim) if isinstance(norm, str) else norm
+        self.down = nn.Linear(dim, hidden)
+        self.up = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = scale
+        self.reset_parameters(init)
+
+    def reset_parameters(self, init: str) -> None:
+        if init == "bert":
+            for lin in (self.down, self.up):
+                nn.init.normal_(lin.weight, std=0.02)
+                nn.init.zeros_(lin.bias)
+        elif init == "zero":
+            nn.init.xavier_uniform_(self.down.weight)
+            nn.init.zeros_(self.down.bias)
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
+        else:
+            raise ValueError(f"unknown adapter init {init!r}; expected 'bert' or 'zero'")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., D)
+        return self.scale * self.up(self.dropout(torch.relu(self.down(self.norm(x)))))
+
+
+class ReplacementAdapter(Bottleneck):
+    """What a skipped block becomes: x + f(norm(x))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + super().forward(x)
+
+
+class SequentialAdapter(Bottleneck):
+    """LaVIN's adapter on the normalised input of attention: z + f(z) (no norm of its own)."""
+
+    def __init__(self, dim: int, hidden: int, *, init: str = "zero", scale: float = 1.0, dropout: float = 0.0):
+        super().__init__(dim, hidden, norm="none", init=init, scale=scale, dropout=dropout)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z + super().forward(z)

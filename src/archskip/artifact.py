@@ -1,0 +1,119 @@
+"""The artifact a training run ships: everything needed to rebuild the fine-tuned, pruned model
+on top of the (unchanged) base model.
+
+    <dir>/adapter_model.safetensors   adapters of the plan, task head, unfrozen base tensors
+    <dir>/archskip.json               format version, base model id/path + config fingerprint,
+                                      adapter config, plan, task, metrics
+
+Both files are written atomically; the JSON is written last, so a directory with a readable
+archskip.json always has complete weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .backbones.load import load_pretrained
+from .config import AdapterConfig, ModelConfig
+from .io import atomic_write, atomic_write_text
+from .plan import SkipPlan
+from .skipping import SkipModel, config_fingerprint
+from .tasks import Task, task_from_info
+
+ARTIFACT_FORMAT = 1
+WEIGHTS = "adapter_model.safetensors"
+META = "archskip.json"
+
+
+class ArtifactError(ValueError):
+    """An artifact is missing, corrupt, too new, or made for another base model."""
+
+
+def save_artifact(model: SkipModel, task: Task, out_dir: str | Path, *, metrics: dict | None = None) -> Path:
+    if model.plan is None:
+        raise ArtifactError("apply a plan before saving an artifact: the plan travels inside it")
+    out = Path(out_dir)
+    state = {k: v.contiguous() for k, v in model.trainable_state_dict().items()}
+    atomic_write(out / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    meta = {
+        "format": ARTIFACT_FORMAT,
+        "kind": "archskip.artifact",
+        "archskip_version": __version__,
+        "base_model": {
+            "name_or_path": model.name_or_path,
+            "fingerprint": model.fingerprint,
+            "kind": "decoder" if model.is_decoder else "encoder",
+            "layers": model.layers_path,
+            "num_candidates": model.num_candidates,
+        },
+        "adapter": asdict(model.adapter_config),
+        "trainable": sorted(model.extra_trainable),  # full names: each is a pattern matching itself
+        "plan": model.plan.to_dict(),
+        "task": task.info(),
+        "metrics": metrics or {},
+    }
+    atomic_write_text(out / META, json.dumps(meta, indent=2))
+    return out
+
+
+def read_meta(path: str | Path) -> dict:
+    p = Path(path) / META
+    if not p.is_file():
+        raise ArtifactError(f"{str(path)!r} is not an archskip artifact (no {META})")
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{p} is corrupt: {e}") from None
+    if meta.get("kind") != "archskip.artifact":
+        raise ArtifactError(f"{p} is not an archskip artifact (kind={meta.get('kind')!r})")
+    if not isinstance(meta.get("format"), int) or meta["format"] > ARTIFACT_FORMAT:
+        raise ArtifactError(
+            f"{p} has format {meta.get('format')!r}; this archskip ({__version__}) reads formats up to {ARTIFACT_FORMAT}: upgrade archskip"
+        )
+    return meta
+
+
+def load_artifact(
+    path: str | Path,
+    base: str | nn.Module | None = None,
+    tokenizer=None,
+    *,
+    prune: bool = True,
+) -> tuple[SkipModel, Task]:
+    """(model, task) from an artifact. `base`: a loaded model, a hub id or local path to use instead of
+    the one recorded (e.g. a local copy), or None for the recorded one."""
+    meta = read_meta(path)
+    bm = meta["base_model"]
+    if base is None or isinstance(base, str):
+        base, tokenizer = load_pretrained(ModelConfig(name_or_path=base or bm["name_or_path"], kind=bm["kind"]))
+    if tokenizer is None:
+        raise ArtifactError("pass the tokenizer together with an already loaded base model")
+    got = config_fingerprint(base.config)
+    if got != bm["fingerprint"]:
+        raise ArtifactError(
+            f"artifact {str(path)!r} was made for base model {bm['name_or_path']!r} (config fingerprint {bm['fingerprint']}); "
+            f"the given base model {getattr(base.config, '_name_or_path', '?')!r} has fingerprint {got}: a different architecture or size"
+        )
+    model = SkipModel(base, AdapterConfig(**meta["adapter"]), layers=bm["layers"], trainable=meta["trainable"],
+                      name_or_path=bm["name_or_path"])
+    task = task_from_info(meta["task"], tokenizer)
+    task.attach_head(model)
+    model.apply_plan(SkipPlan.from_dict(meta["plan"]))
+    try:
+        state = load_file(str(Path(path) / WEIGHTS))
+    except (FileNotFoundError, SafetensorError, OSError) as e:
+        raise ArtifactError(f"cannot read {Path(path) / WEIGHTS}: {e}") from None
+    try:
+        model.load_trainable_state_dict(state)
+    except (KeyError, ValueError) as e:
+        raise ArtifactError(f"artifact {str(path)!r}: {e}") from None
+    if prune:
+        model.prune()
+    return model.eval(), task

@@ -1,0 +1,44 @@
+"""Decoder blocks of Hugging Face causal LMs with LLaMA's layout (LLaMA, Qwen2, Mistral, SmolLM2...).
+
+Block: h = x + attn(input_layernorm(x)); out = h + mlp(post_attention_layernorm(h)).
+LaVIN's sequential adapter sits on the output of `input_layernorm` (das-reference §1.4).
+
+Skipped layers must not leave holes in the KV cache: the cache is indexed by each attention's
+`layer_idx`, and `cache.get_seq_length()` reads slot 0. So the layers that run are renumbered
+0..n-1, and a pruned model's config lists only the layers it still has.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .spec import BlockSpec, ParallelSite
+
+
+def match(block: nn.Module) -> BlockSpec | None:
+    names = {n for n, _ in block.named_children()}
+    if {"input_layernorm", "post_attention_layernorm", "self_attn", "mlp"} <= names:
+        return BlockSpec(
+            family="llama",
+            parallel=(ParallelSite("attn", "input_layernorm", "self_attn"), ParallelSite("mlp", "post_attention_layernorm", "mlp")),
+            sequential_norm="input_layernorm",
+            input_norm="input_layernorm",
+            is_decoder=True,
+        )
+    return None
+
+
+def set_cache_slot(block: nn.Module, slot: int) -> None:
+    """Point every `layer_idx` inside `block` (its attention's KV-cache slot) at `slot`."""
+    for m in block.modules():
+        if isinstance(getattr(m, "layer_idx", None), int):
+            m.layer_idx = slot
+
+
+def shrink_config(config, keep: tuple[int, ...]) -> None:
+    """Make a model config describe only the kept layers (num_hidden_layers, per-layer types)."""
+    config.num_hidden_layers = len(keep)
+    for key in ("layer_types", "sliding_window_pattern_list"):
+        value = getattr(config, key, None)
+        if isinstance(value, list) and len(value) > max(keep, default=-1):
+            setattr(config, key, [value[i] for i in keep])

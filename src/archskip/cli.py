@@ -1,0 +1,164 @@
+"""`archskip search | train | eval | profile | demo`: a thin layer over `pipeline` and `demo`.
+
+Every subcommand takes `--config recipe.yaml` (keys = the parameter names below) and any
+`--section.key value` override; `archskip <cmd> --help` lists them all with their docs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .artifact import ArtifactError
+from .backbones import BackboneError
+from .config import AdapterConfig, ConfigError, DataConfig, ModelConfig, RunConfig, SearchConfig, TaskConfig, TrainConfig
+from .data.text import DataError
+from .io import OutputError
+from .plan import PlanError
+from .train import TrainingError
+
+USER_ERRORS = (ConfigError, DataError, PlanError, ArtifactError, BackboneError, TrainingError, OutputError, FileNotFoundError)
+
+
+def search(
+    model: ModelConfig,
+    data: DataConfig,
+    search: SearchConfig = SearchConfig(),
+    task: TaskConfig = TaskConfig(),
+    adapter: AdapterConfig = AdapterConfig(),
+    train: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    output_dir: str = "runs/search",
+    resume: bool = False,
+) -> None:
+    """Find which blocks the task does not need; writes search_result.json, gates.png and logs.
+
+    Args:
+        model: the frozen backbone (hub id or local path).
+        data: training data; the search holds out search.reward_fraction of it for rewards.
+        search: method (das, block-influence, random, last-k, exhaustive), k and the policy settings.
+        task: head and loss.
+        adapter: adapter shapes and initialisations.
+        train: optimisation of adapters + head during the search (epochs = search length).
+        seed: seeds data order, policy sampling and initialisation.
+        output_dir: where results, logs and checkpoints go.
+        resume: continue from output_dir/checkpoint.pt.
+    """
+    from . import pipeline
+
+    cfg = RunConfig(model=model, task=task, data=data, adapter=adapter, search=search, train=train, seed=seed, output_dir=output_dir)
+    result = pipeline.search(cfg, resume=resume)
+    print(f"plan: skip {list(result.plan.skip)} of {result.plan.num_candidates} ({result.method}, {result.wall_time_s:.1f}s)")
+    print(f"wrote {output_dir}/search_result.json and {output_dir}/gates.png")
+
+
+def train(
+    model: ModelConfig,
+    data: DataConfig,
+    plan: str,
+    task: TaskConfig = TaskConfig(),
+    adapter: AdapterConfig = AdapterConfig(),
+    train: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    output_dir: str = "runs/train",
+    resume: bool = False,
+) -> None:
+    """Train adapters + head with a fixed skip plan; writes the artifact to output_dir/artifact.
+
+    Args:
+        model: the frozen backbone (hub id or local path).
+        data: train / validation / test files (or fractions held out of train).
+        plan: a search_result.json, an index list such as "3,5", or "none" for no skip.
+        task: head and loss.
+        adapter: adapter shapes and initialisations (use the search's).
+        train: optimisation settings.
+        seed: seeds data order and initialisation.
+        output_dir: where the artifact, metrics, logs and checkpoints go.
+        resume: continue from output_dir/checkpoint.pt.
+    """
+    from . import pipeline
+
+    cfg = RunConfig(model=model, task=task, data=data, adapter=adapter, train=train, seed=seed, output_dir=output_dir)
+    metrics = pipeline.train(cfg, plan, resume=resume)
+    print(json.dumps(metrics, indent=2))
+    print(f"wrote {output_dir}/artifact")
+
+
+def evaluate(
+    artifact: str,
+    data: str,
+    text_column: str = "text",
+    label_column: str = "label",
+    text_pair_column: str | None = None,
+    batch_size: int = 32,
+    base: str | None = None,
+) -> None:
+    """Evaluate a trained artifact (pruned, as shipped) on a CSV/JSONL file.
+
+    Args:
+        artifact: directory written by `archskip train` (output_dir/artifact).
+        data: CSV or JSONL file with the text and label columns.
+        base: load the base model from here instead of the recorded id/path.
+    """
+    from . import pipeline
+
+    print(json.dumps(pipeline.evaluate_artifact(artifact, data, text_column=text_column, label_column=label_column,
+                                                text_pair_column=text_pair_column, batch_size=batch_size, base=base), indent=2))
+
+
+def profile(
+    artifact: str,
+    batch_size: int = 8,
+    seq_len: int = 128,
+    repeats: int = 20,
+    base: str | None = None,
+    device: str = "cpu",
+) -> None:
+    """Parameters, FLOPs and latency of the base model vs the pruned artifact model, measured side by side.
+
+    Args:
+        artifact: directory written by `archskip train`.
+        batch_size: examples per forward.
+        seq_len: tokens per example.
+        repeats: interleaved timed rounds (medians are reported).
+        base: load the base model from here instead of the recorded id/path.
+        device: cpu or cuda.
+    """
+    from . import pipeline
+    from .report import markdown_table
+
+    rows = pipeline.profile_artifact(artifact, batch_size=batch_size, seq_len=seq_len, repeats=repeats, base=base, device=device)
+    print(markdown_table(rows, list(rows[0])))
+
+
+def demo(output_dir: str = "runs/demo", seed: int = 0, quick: bool = False) -> None:
+    """The embedded default: DAS on all-MiniLM-L6-v2 and Pang & Lee sentence polarity, offline, on CPU.
+
+    Searches k=2 of 6 blocks, trains adapters with no skip, with the DAS plan and with the last 2
+    blocks dropped, then prints params / FLOPs / latency / test accuracy and writes a report.
+
+    Args:
+        output_dir: where the report, gate plot, search result and artifact go.
+        seed: seeds the split, the search and the training.
+        quick: a much smaller run (for smoke tests).
+    """
+    from .demo import run_demo
+
+    run_demo(output_dir, seed=seed, quick=quick)
+
+
+COMMANDS = {"search": search, "train": train, "eval": evaluate, "profile": profile, "demo": demo}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from jsonargparse import auto_cli
+
+    try:
+        auto_cli(COMMANDS, args=argv, as_positional=False)
+    except USER_ERRORS as e:
+        print(f"archskip: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""Typed, validated configuration. Every knob of a run lives in one of these dataclasses.
+
+A run is described by a `RunConfig` (YAML/JSON in and out). Unknown keys and out-of-range values
+are errors that name the key, the bad value and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    _check(value in choices, f"{name}={value!r} is not valid; expected one of {', '.join(map(repr, choices))}")
+
+
+def _choices(cls: type, name: str) -> tuple:
+    return typing.get_args(typing.get_type_hints(cls)[name])
+
+
+def _validate_literals(obj: Any) -> None:
+    """Check every Literal-typed field of a dataclass instance against its allowed values."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if typing.get_origin(hints[f.name]) is Literal:
+            _check_choice(f"{type(obj).__name__}.{f.name}", getattr(obj, f.name), typing.get_args(hints[f.name]))
+
+
+@dataclass
+class AdapterConfig:
+    """Adapters on the frozen backbone. Defaults: the paper's ViLT setting (das-reference §1.2)."""
+
+    style: Literal["parallel", "sequential"] = "parallel"
+    """Kept blocks: 'parallel' adds adapters beside attention and MLP (ViLT/METER); 'sequential'
+    puts one adapter on the normalised input of attention (LaVIN)."""
+    hidden: int = 96
+    """Bottleneck width of each adapter of a kept block."""
+    skip_hidden: int = 192
+    """Bottleneck width of the residual adapter that replaces a skipped block."""
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    """Norm inside parallel adapters (they read the un-normalised residual stream)."""
+    skip_norm: Literal["layernorm", "rmsnorm", "block"] = "layernorm"
+    """Norm of the replacement adapter; 'block' = a frozen copy of the skipped block's input norm (LaVIN)."""
+    init: Literal["bert", "zero"] = "bert"
+    """Kept-block adapters: 'bert' = N(0, 0.02) weights (paper, ViLT/METER); 'zero' = zero up-projection (identity at start)."""
+    skip_init: Literal["bert", "zero"] = "bert"
+    """Replacement adapters: 'zero' makes a freshly skipped block exactly the identity."""
+    scale: float = 1.0
+    """Fixed multiplier of every adapter's output."""
+    dropout: float = 0.0
+    """Dropout after the ReLU of every adapter."""
+
+    def __post_init__(self) -> None:
+        _validate_literals(self)
+        _check(isinstance(self.hidden, int) and self.hidden > 0, f"adapter.hidden={self.hidden!r} must be a positive integer")
+        _check(
+            isinstance(self.skip_hidden, int) and self.skip_hidden > 0,
+            f"adapter.skip_hidden={self.skip_hidden!r} must be a positive integer",
+        )
+        _check(0.0 <= self.dropout < 1.0, f"adapter.dropout={self.dropout!r} must be in [0, 1)")
+
+    @classmethod
+    def lavin(cls, hidden: int = 8) -> AdapterConfig:
+        """LaVIN's decoder setting: sequential adapter (hidden 8), zero-init replacement of 4x width."""
+        return cls(
+            style="sequential", hidden=hidden, skip_hidden=4 * hidden, norm="rmsnorm",
+            skip_norm="block", init="zero", skip_init="zero",
+        )
+
+
+@dataclass
+class ModelConfig:
+    """The frozen backbone."""
+
+    name_or_path: str = ""
+    """Hugging Face hub id or local directory (anything `from_pretrained` accepts)."""
+    kind: Literal["auto", "encoder", "decoder"] = "auto"
+    """'encoder' loads AutoModel, 'decoder' AutoModelForCausalLM; 'auto' decides from the config."""
+    layers: str | None = None
+    """Dotted path of the ModuleList whose blocks are the skip candidates; found automatically if unset."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of the frozen weights (adapters and head stay float32)."""
+    trainable: list[str] = field(default_factory=list)
+    """Extra backbone parameters to train, by name substring (e.g. 'pooler')."""
+
+    def __post_init__(self) -> None:
+        _validate_literals(self)
+
+
+@dataclass
+class TaskConfig:
+    """What is learned on top of the backbone."""
+
+    name: Literal["classification", "causal_lm"] = "classification"
+    """'classification': sequence classification head on an encoder; 'causal_lm': answer loss of a decoder."""
+    num_labels: int | None = None
+    """Number of classes; inferred from the training data if unset."""
+    max_length: int = 128
+    """Tokens per example (longer inputs are truncated)."""
+    pooling: Literal["cls", "mean"] = "cls"
+    """How a classification head reads the sequence: first token or masked mean."""
+
+    def __post_init__(self) -> None:
+        _validate_literals(self)
+        _check(self.max_length > 0, f"task.max_length={self.max_length!r} must be positive")
+        _check(self.num_labels is None or self.num_labels >= 2, f"task.num_labels={self.num_labels!r} must be >= 2")
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from: CSV or JSONL files with a text and a label column."""
+
+    train: str | None = None
+    """Training file (.csv, .jsonl or .json lines)."""
+    validation: str | None = None
+    """Validation file; if unset, `val_fraction` of the training file is held out."""
+    test: str | None = None
+    """Test file; if unset, `test_fraction` of the training file is held out."""
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    """Optional second text (sentence pairs)."""
+    label_column: str = "label"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    limit: int | None = None
+    """Use at most this many training examples (after the split)."""
+
+    def __post_init__(self) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            _check(0.0 <= v < 1.0, f"data.{name}={v!r} must be in [0, 1)")
+        _check(self.val_fraction + self.test_fraction < 1.0, "data.val_fraction + data.test_fraction must be < 1")
+        _check(self.limit is None or self.limit > 0, f"data.limit={self.limit!r} must be positive")
+
+
+@dataclass
+class SearchConfig:
+    """How the skip plan is found. Defaults: the paper's DAS bandit (das-reference §2.2)."""
+
+    method: Literal["das", "block-influence", "random", "last-k", "exhaustive"] = "das"
+    """'das' = the RL search; the others are cheap baselines on the same interface."""
+    k: int = 1
+    """Number of candidate blocks to skip."""
+    mode: Literal["faithful", "exact"] = "faithful"
+    """'faithful': the paper's update g += lr (r - b) p (1 - p) over M distinct samples;
+    'exact': REINFORCE with the true log-probability of the without-replacement sampler and
+    normalised rewards."""
+    samples: int = 3
+    """M, configurations evaluated per policy update."""
+    update_every: int = 10
+    """T, training micro-batches between policy updates."""
+    warmup_epochs: float = 1.0
+    """No policy update before this many epochs (configurations are still sampled to warm up the adapters)."""
+    gate_lr: float = 1.0
+    """Step size of the gate update (paper: 1.0 ViLT/METER, 0.05 LaVIN)."""
+    reward: Literal["auto", "exp_neg_loss", "neg_loss"] = "auto"
+    """r = exp(-loss) (paper) or -loss; 'auto' = exp_neg_loss in faithful mode, neg_loss in exact mode."""
+    reward_fraction: float = 0.1
+    """Share of the training data held out for reward batches (never validation or test data)."""
+    reward_batch_size: int | None = None
+    """Examples per reward batch; defaults to the training batch size."""
+    cost_weight: float = 0.0
+    """Optional FLOPs-aware reward: r - cost_weight * (candidate's share of the skippable compute kept)."""
+
+    def __post_init__(self) -> None:
+        _validate_literals(self)
+        _check(isinstance(self.k, int) and self.k >= 0, f"search.k={self.k!r} must be a non-negative integer")
+        _check(self.samples >= 1, f"search.samples={self.samples!r} must be >= 1")
+        _check(self.update_every >= 1, f"search.update_every={self.update_every!r} must be >= 1")
+        _check(self.warmup_epochs >= 0, f"search.warmup_epochs={self.warmup_epochs!r} must be >= 0")
+        _check(self.gate_lr > 0, f"search.gate_lr={self.gate_lr!r} must be > 0")
+        _check(0.0 < self.reward_fraction < 1.0, f"search.reward_fraction={self.reward_fraction!r} must be in (0, 1)")
+        _check(self.cost_weight >= 0, f"search.cost_weight={self.cost_weight!r} must be >= 0")
+
+    @property
+    def reward_kind(self) -> str:
+        if self.reward != "auto":
+            return self.reward
+        return "exp_neg_loss" if self.mode == "faithful" else "neg_loss"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of adapters + head (used by both the search and the final training)."""
+
+    epochs: float = 3.0
+    max_steps: int | None = None
+    """Stop after this many optimiser steps (overrides epochs)."""
+    batch_size: int = 32
+    """Examples per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimiser step."""
+    lr: float = 1e-3
+    head_lr_mult: float = 1.0
+    """Learning-rate multiplier of the task head."""
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    warmup_ratio: float = 0.1
+    """Linear warm-up over this share of the steps, then linear decay to 0."""
+    max_grad_norm: float | None = None
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_every: int | None = None
+    """Evaluate every this many optimiser steps (default: after each epoch)."""
+    checkpoint_every: int | None = None
+    """Write a resumable checkpoint every this many optimiser steps (default: after each epoch)."""
+    log_every: int = 10
+    num_workers: int = 0
+    tensorboard: bool = False
+    """Also write TensorBoard event files next to the CSV log."""
+
+    def __post_init__(self) -> None:
+        _validate_literals(self)
+        _check(self.epochs > 0, f"train.epochs={self.epochs!r} must be > 0")
+        _check(self.max_steps is None or self.max_steps > 0, f"train.max_steps={self.max_steps!r} must be > 0")
+        _check(self.batch_size >= 1, f"train.batch_size={self.batch_size!r} must be >= 1")
+        _check(self.grad_accum >= 1, f"train.grad_accum={self.grad_accum!r} must be >= 1")
+        _check(self.lr > 0, f"train.lr={self.lr!r} must be > 0")
+        _check(0.0 <= self.warmup_ratio < 1.0, f"train.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        self.betas = tuple(self.betas)  # YAML gives a list
+
+
+@dataclass
+class RunConfig:
+    """One stage of a run: what `archskip search`, `train` and `eval` read."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    output_dir: str = "runs/archskip"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        return from_dict(cls, d)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RunConfig:
+        return cls.from_dict(load_mapping(path))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_mapping(path: str | Path) -> dict:
+    """Read a YAML or JSON file that must hold a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML/JSON: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def from_dict(cls: type, d: Any, where: str = ""):
+    """Build dataclass `cls` from a nested dict; unknown keys and wrong types are ConfigErrors."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where or cls.__name__} must be a mapping, got {type(d).__name__}: {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(f'{where}{k}' for k in unknown)}; expected one of {sorted(names)}")
+    kwargs = {}
+    for key, value in d.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value, f"{where}{key}.")
+        else:
+            kwargs[key] = _coerce(value, hint, f"{where}{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where or cls.__name__}: {e}") from None
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Light type check for scalars read from YAML (ints accepted where floats are expected)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, name)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{name}={value!r} has the wrong type; expected {hint}")
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"{name}={value!r} has the wrong type; expected {hint.__name__}")
+    if origin is list and not isinstance(value, list):
+        raise ConfigError(f"{name}={value!r} has the wrong type; expected a list")
+    return value
+
+
+def dump(obj: Any) -> str:
+    """A dataclass (or dict) as pretty JSON."""
+    return json.dumps(asdict(obj) if dataclasses.is_dataclass(obj) else obj, indent=2, sort_keys=False)

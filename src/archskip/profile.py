@@ -1,0 +1,84 @@
+"""Parameters, FLOPs (torch's FLOP counter) and latency (warm-up, interleaved repeats, medians).
+
+Latency is only ever reported as a ratio measured side by side in one process: the models take
+turns in every round (in a shuffled order), so machine noise hits them alike.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) over unique parameters."""
+    params = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+@torch.no_grad()
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of `fn` (matmuls and convolutions, as torch.utils.flop_counter counts them)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+@dataclass
+class Latency:
+    median_s: float
+    p10_s: float
+    p90_s: float
+    samples: int
+
+    @property
+    def spread(self) -> float:
+        """(p90 - p10) / median: how noisy the measurement was."""
+        return (self.p90_s - self.p10_s) / self.median_s if self.median_s else float("nan")
+
+
+def _sync(device) -> None:
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def measure_latency(
+    fns: dict[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 20, seed: int = 0, device=None
+) -> dict[str, Latency]:
+    """Median wall time of each callable, measured in interleaved rounds."""
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats} must be >= 1")
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    _sync(device)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    rng = random.Random(seed)
+    for _ in range(repeats):
+        rng.shuffle(names)
+        for name in names:
+            _sync(device)
+            t = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=10) if len(ts) >= 2 else [ts[0]] * 9
+        out[name] = Latency(statistics.median(ts), q[0], q[-1], len(ts))
+    return out
+
+
+def ratios(lat: dict[str, Latency], reference: str) -> dict[str, float]:
+    ref = lat[reference].median_s
+    return {n: v.median_s / ref for n, v in lat.items()}

@@ -1,0 +1,63 @@
+"""What the search learned, as pictures and a markdown report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .io import atomic_write, atomic_write_text
+from .plan import SearchResult
+
+
+def plot_gates(result: SearchResult, path: str | Path) -> Path:
+    """Gates over the policy updates (left) and the final skip probability per candidate (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = result.plan.num_candidates
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    if result.history and "gates" in result.history[0]:
+        steps = [h["micro_step"] for h in result.history]
+        gates = np.array([h["gates"] for h in result.history])  # (updates, N)
+        cmap = plt.get_cmap("tab20" if n > 10 else "tab10")
+        for i in range(n):
+            style = "-" if i in result.plan.skip else ":"
+            ax1.plot(steps, gates[:, i], style, color=cmap(i % cmap.N), label=str(i), lw=2 if i in result.plan.skip else 1)
+        ax1.set_xlabel("training micro-batch")
+        ax1.set_ylabel("gate g (higher = more skippable)")
+        ax1.set_title(f"{result.method}: gates over the search")
+        if n <= 32:
+            ax1.legend(title="block", ncol=2 if n > 12 else 1, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    else:
+        ax1.text(0.5, 0.5, f"{result.method}: no gate history", ha="center", va="center")
+        ax1.set_axis_off()
+    scores = np.array(result.scores, dtype=float)
+    colors = ["tab:red" if i in result.plan.skip else "tab:gray" for i in range(n)]
+    ax2.bar(range(n), scores, color=colors)
+    ax2.set_xlabel("candidate block")
+    ax2.set_ylabel("final score (skippability)")
+    ax2.set_title(f"plan: skip {list(result.plan.skip)}")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return Path(path)
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "—" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(path: str | Path, title: str, sections: list[tuple[str, str]]) -> Path:
+    body = [f"# {title}", ""]
+    for heading, text in sections:
+        body += [f"## {heading}", "", text.rstrip(), ""]
+    return atomic_write_text(path, "\n".join(body))

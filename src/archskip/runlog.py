@@ -1,0 +1,52 @@
+"""Run logs: one CSV per stream (train.csv, eval.csv, policy.csv), optionally TensorBoard too."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from .io import ensure_dir
+
+
+class RunLogger:
+    def __init__(self, out_dir: str | Path | None, tensorboard: bool = False):
+        self.dir = ensure_dir(out_dir) if out_dir else None
+        self._files: dict[str, tuple] = {}
+        self._tb = None
+        if tensorboard and self.dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise RuntimeError("train.tensorboard=true needs the tensorboard package: pip install 'archskip[tensorboard]'") from e
+            self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+
+    def log(self, stream: str, step: int, **values: float) -> None:
+        if self.dir is None:
+            return
+        row = {"step": step, **values}
+        if stream not in self._files:
+            path = self.dir / f"{stream}.csv"
+            # resuming: keep the old rows, keep their header
+            f = open(path, "a", newline="", encoding="utf-8")
+            fields = list(row)
+            if path.stat().st_size == 0:
+                csv.writer(f).writerow(fields)
+            else:
+                with open(path, encoding="utf-8", newline="") as r:
+                    fields = next(csv.reader(r))
+            self._files[stream] = (f, csv.DictWriter(f, fieldnames=fields, extrasaction="ignore"))
+        f, writer = self._files[stream]
+        writer.writerow(row)
+        f.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self._tb.add_scalar(f"{stream}/{k}", v, step)
+
+    def close(self) -> None:
+        for f, _ in self._files.values():
+            f.close()
+        self._files.clear()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

@@ -1,0 +1,121 @@
+"""Cheap redundancy estimators on the same interface as the DAS search: each returns a SearchResult.
+
+- block influence (ShortGPT): BI_i = 1 - cos(input_i, output_i) per token on the frozen model
+  (adapters off); low influence = skippable;
+- last-k: skip the deepest k blocks (the usual layer-dropping heuristic);
+- random: k blocks at random (seeded);
+- exhaustive leave-k-out: the loss of every k-subset with the model as it is (e.g. after adapter
+  training); exact but C(N, k) evaluations.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .data.loader import make_loader
+from .plan import SearchResult, SkipPlan, check_k
+from .skipping import SkipModel
+from .tasks.base import Task, to_device
+
+MAX_EXHAUSTIVE_PLANS = 5000
+
+
+def _result(scores: list[float], k: int, method: str, seed: int, model: SkipModel | None = None, **extra) -> SearchResult:
+    n = len(scores)
+    order = sorted(range(n), key=lambda i: (-scores[i], i))
+    base = {"name_or_path": model.name_or_path, "fingerprint": model.fingerprint} if model is not None else {}
+    return SearchResult(plan=SkipPlan(tuple(order[:k]), n), method=method, scores=scores, seed=seed, base_model=base, **extra)
+
+
+def last_k(num_candidates: int, k: int) -> SearchResult:
+    check_k(k, num_candidates)
+    return _result([float(i) for i in range(num_candidates)], k, "last-k", 0)
+
+
+def random_plan(num_candidates: int, k: int, seed: int = 0) -> SearchResult:
+    check_k(k, num_candidates)
+    g = torch.Generator().manual_seed(seed)
+    return _result(torch.rand(num_candidates, generator=g, dtype=torch.float64).tolist(), k, "random", seed)
+
+
+def _batches(task: Task, examples: list[dict], batch_size: int, max_batches: int | None):
+    loader = make_loader(examples, task.collate, batch_size)
+    return list(itertools.islice(loader, max_batches))
+
+
+@torch.no_grad()
+def block_influence(
+    model: SkipModel, task: Task, examples: list[dict], k: int, *, batch_size: int = 16, max_batches: int | None = 8
+) -> SearchResult:
+    check_k(k, model.num_candidates)
+    t0 = time.perf_counter()
+    device = next(model.parameters()).device
+    sums = torch.zeros(model.num_candidates, dtype=torch.float64)
+    count = 0.0
+    captured: dict[int, torch.Tensor] = {}
+
+    def pre(layer, args, kwargs):
+        captured[-1] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+    def post(layer, args, kwargs, out):
+        captured[layer.index] = (captured.pop(-1), out[0] if isinstance(out, tuple) else out)
+
+    handles = [h for layer in model.candidates for h in (
+        layer.register_forward_pre_hook(pre, with_kwargs=True),
+        layer.register_forward_hook(post, with_kwargs=True),
+    )]
+    was_training = model.training
+    model.eval()
+    try:
+        with model.adapters_disabled():
+            for batch in _batches(task, examples, batch_size, max_batches):
+                batch = to_device(batch, device)
+                captured.clear()
+                task.loss(model, batch)
+                mask = batch.get("attention_mask")
+                for i, (x_in, x_out) in ((i, v) for i, v in captured.items() if i >= 0):
+                    cos = F.cosine_similarity(x_in.float(), x_out.float(), dim=-1)  # (B, T)
+                    m = mask.to(cos.dtype) if mask is not None and mask.shape == cos.shape else torch.ones_like(cos)
+                    sums[i] += float(((1 - cos) * m).sum())
+                count += float(m.sum())
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    influence = (sums / max(count, 1.0)).tolist()
+    return _result([-x for x in influence], k, "block-influence", 0, model, wall_time_s=time.perf_counter() - t0,
+                   history=[{"block_influence": influence}])
+
+
+@torch.no_grad()
+def exhaustive(
+    model: SkipModel, task: Task, examples: list[dict], k: int, *, batch_size: int = 16, max_batches: int | None = 8
+) -> SearchResult:
+    n = model.num_candidates
+    check_k(k, n)
+    if math.comb(n, k) > MAX_EXHAUSTIVE_PLANS:
+        raise ValueError(f"exhaustive search over C({n}, {k}) = {math.comb(n, k)} plans is too many (max {MAX_EXHAUSTIVE_PLANS})")
+    t0 = time.perf_counter()
+    device = next(model.parameters()).device
+    batches = [to_device(b, device) for b in _batches(task, examples, batch_size, max_batches)]
+    was_training = model.training
+    model.eval()
+    losses: dict[tuple[int, ...], float] = {}
+    try:
+        for combo in itertools.combinations(range(n), k):
+            model.set_skip(combo)
+            losses[combo] = sum(float(task.loss(model, b)) for b in batches) / len(batches)
+    finally:
+        model.set_skip([])
+        model.train(was_training)
+    best = min(losses, key=lambda c: (losses[c], c))
+    scores = [-min((v for c, v in losses.items() if i in c), default=math.inf) for i in range(n)]
+    result = _result(scores, k, "exhaustive", 0, model, wall_time_s=time.perf_counter() - t0,
+                     history=[{"plan": list(c), "loss": v} for c, v in sorted(losses.items(), key=lambda kv: kv[1])])
+    result.plan = SkipPlan(best, n)
+    return result

@@ -1,0 +1,183 @@
+"""The DAS search: adapter training interleaved with policy updates (das-reference §2.2).
+
+Every training micro-batch runs under a configuration sampled from the policy; every T
+micro-batches after the warm-up, M configurations are scored on a *reward batch* in eval mode
+under no_grad, and the gates move. Unlike the reference (B5, B6), reward batches come from a slice
+held out of the training data, and a new one is drawn at every update.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, SearchConfig, TrainConfig
+from .data.loader import make_loader
+from .data.text import split_examples
+from .plan import SearchResult
+from .policy import SkipPolicy
+from .runlog import RunLogger
+from .skipping import SkipModel
+from .tasks.base import Task, to_device
+from .train import Trainer
+
+RESULT_FILE = "search_result.json"
+
+
+class DASHooks:
+    """StepHooks for `Trainer`: sample a configuration per micro-batch, update the policy every T."""
+
+    def __init__(
+        self,
+        model: SkipModel,
+        task: Task,
+        policy: SkipPolicy,
+        cfg: SearchConfig,
+        reward_examples: list[dict],
+        batch_size: int,
+        *,
+        seed: int,
+        trainer: Trainer,
+        logger: RunLogger,
+        block_costs: list[float] | None = None,
+    ):
+        self.model, self.task, self.policy, self.cfg = model, task, policy, cfg
+        self.reward_examples, self.batch_size, self.seed = reward_examples, batch_size, seed
+        self.trainer, self.logger = trainer, logger
+        self.block_costs = block_costs
+        self.counter = 0
+        self.reward_batches_used = 0
+        self.history: list[dict] = []
+        self._reward_iter = None
+
+    # ---- StepHooks ---------------------------------------------------------------------------
+    def before_batch(self, micro: int, epoch: float) -> None:
+        self.model.set_skip(self.policy.sample())
+
+    def after_batch(self, micro: int, epoch: float) -> None:
+        self.counter += 1
+        if self.counter >= self.cfg.update_every and epoch >= self.cfg.warmup_epochs:
+            self.counter = 0
+            self.update(micro, epoch)
+
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(), "counter": self.counter,
+            "reward_batches_used": self.reward_batches_used, "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.counter, self.reward_batches_used = state["counter"], state["reward_batches_used"]
+        self.history = state["history"]
+        self._reward_iter = None
+
+    # ---- policy update ---------------------------------------------------------------------------
+    def _next_reward_batch(self) -> dict:
+        """The next batch of the held-out slice; reshuffled every pass, so it changes at every update."""
+        per_pass = math.ceil(len(self.reward_examples) / self.batch_size)
+        if self._reward_iter is None:
+            p, start = divmod(self.reward_batches_used, per_pass)
+            self._reward_iter = self._passes(p, start)
+        self.reward_batches_used += 1
+        return next(self._reward_iter)
+
+    def _passes(self, first_pass: int, start: int):
+        p = first_pass
+        while True:
+            yield from make_loader(
+                self.reward_examples, self.task.collate, self.batch_size, shuffle=True,
+                seed=self.seed + 7919, epoch=p, start=start,
+            )
+            p, start = p + 1, 0
+
+    def config_cost(self, config) -> float:
+        """Share of the candidates' compute that `config` keeps (0 when costs are unknown)."""
+        if not self.cfg.cost_weight:
+            return 0.0
+        costs = self.block_costs or [1.0] * self.model.num_candidates
+        kept = sum(c for i, c in enumerate(costs) if i not in set(config))
+        return self.cfg.cost_weight * kept / sum(costs)
+
+    @torch.no_grad()
+    def update(self, micro: int, epoch: float) -> None:
+        batch = to_device(self._next_reward_batch(), self.trainer.device)
+        configs = self.policy.sample_candidates(self.cfg.samples)
+        losses = self.evaluate_configs(configs, batch)
+        costs = [self.config_cost(c) for c in configs] if self.cfg.cost_weight else None
+        upd = self.policy.update(configs, losses, costs)
+        gates = self.policy.gates.tolist()
+        self.history.append({"micro_step": micro, "epoch": round(epoch, 4), "gates": gates, **upd.__dict__})
+        self.logger.log(
+            "policy", micro, epoch=epoch, reward_mean=upd.baseline,
+            **{f"gate_{i}": g for i, g in enumerate(gates)},
+        )
+
+    def evaluate_configs(self, configs, batch) -> list[float]:
+        """Loss of each configuration on one batch, eval mode (dropout off), no_grad; duplicates scored once."""
+        was_training = self.model.training
+        self.model.eval()
+        cache: dict[tuple, float] = {}
+        try:
+            with self.trainer.accelerator.autocast():
+                for c in configs:
+                    key = tuple(sorted(c))
+                    if key not in cache:
+                        self.model.set_skip(key)
+                        cache[key] = float(self.task.loss(self.model, batch))
+        finally:
+            self.model.train(was_training)
+        return [cache[tuple(sorted(c))] for c in configs]
+
+
+def run_search(
+    model: SkipModel,
+    task: Task,
+    train: list[dict],
+    cfg: SearchConfig,
+    train_cfg: TrainConfig,
+    *,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    logger: RunLogger | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    block_costs: list[float] | None = None,
+) -> SearchResult:
+    """Run the DAS search and return (and, with out_dir, save) its result."""
+    if cfg.k < 1:
+        raise ConfigError(f"search.k={cfg.k}: a search needs k >= 1 blocks to skip")
+    policy = SkipPolicy(model.num_candidates, cfg.k, lr=cfg.gate_lr, mode=cfg.mode, reward=cfg.reward_kind, seed=seed)
+    reward_examples, rest = split_examples(train, (cfg.reward_fraction,), seed)
+    if not reward_examples or not rest:
+        raise ConfigError(
+            f"search.reward_fraction={cfg.reward_fraction} of {len(train)} training examples leaves "
+            f"{len(reward_examples)} for rewards and {len(rest)} for training; both must be non-empty"
+        )
+    logger = logger or RunLogger(out_dir)
+    t0 = time.perf_counter()
+    trainer = Trainer(model, task, train_cfg, seed=seed, out_dir=out_dir, logger=logger, progress=progress, desc="search")
+    hooks = DASHooks(
+        model, task, policy, cfg, reward_examples, cfg.reward_batch_size or train_cfg.batch_size,
+        seed=seed, trainer=trainer, logger=logger, block_costs=block_costs,
+    )
+    trainer.hooks = hooks
+    trainer.fit(rest, resume=resume)
+    if not hooks.history:
+        raise ConfigError(
+            "the search made no policy update: train longer than search.warmup_epochs "
+            f"({cfg.warmup_epochs}) plus search.update_every ({cfg.update_every}) micro-batches"
+        )
+    model.set_skip([])
+    result = SearchResult(
+        plan=policy.top_k(), method=f"das-{cfg.mode}", scores=policy.gates.tolist(), seed=seed,
+        history=hooks.history, config={"search": cfg.__dict__, "train": train_cfg.__dict__},
+        base_model={"name_or_path": model.name_or_path, "fingerprint": model.fingerprint},
+        wall_time_s=time.perf_counter() - t0,
+    )
+    if out_dir:
+        result.save(Path(out_dir) / RESULT_FILE)
+    return result

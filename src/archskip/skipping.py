@@ -1,0 +1,404 @@
+"""Skipping on a Hugging Face backbone: wrap its candidate blocks, apply a plan, prune.
+
+Each candidate block i is replaced, in its own ModuleList, by a `SkippableLayer`:
+- kept: the frozen block runs with adapters attached by forward hooks at the sites its family's
+  `BlockSpec` names (parallel beside attention and MLP, or LaVIN's sequential adapter);
+- skipped: the block does not run; `replacement(x) = x + f(norm(x))` does.
+
+`prune()` removes skipped blocks physically. Their replacement adapters are absorbed into the
+neighbouring kept layer (run after it, or before the first kept layer), so the ModuleList holds
+exactly the N - k kept blocks and the model config says N - k layers: the pruned model is an
+ordinary Hugging Face model (generation with a KV cache included) that computes what the wrapped
+model computes under the same plan.
+
+Trainable tensors are named canonically by *original* candidate index
+(`candidates.{i}.sites.attn.adapter.up.weight`, `candidates.{i}.replacement.up.weight`,
+`head.*`, `base.*`), so an artifact loads onto a pruned or an unpruned model alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+
+import torch
+from torch import nn
+
+from .adapters import Bottleneck, ReplacementAdapter, SequentialAdapter
+from .backbones import BackboneError, BlockSpec, ParallelSite, ResidualArgSite, find_layers, get_submodule, spec_for
+from .backbones import hf_decoder
+from .config import AdapterConfig
+from .plan import PlanError, SkipPlan
+
+
+def _run(adapter: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Adapters stay float32 when the backbone is bf16/fp16: compute in theirs, return in x's dtype."""
+    w = adapter.up.weight
+    return adapter(x.to(w.dtype)).to(x.dtype) if x.dtype != w.dtype else adapter(x)
+
+
+class Site(nn.Module):
+    """One adapter attached to a frozen block by forward hooks (bound methods: safe under deepcopy)."""
+
+    def __init__(self, adapter: nn.Module):
+        super().__init__()
+        self.adapter = adapter
+        self.active = True  # False: the hooks pass everything through (the frozen base model)
+        self._hooked: list[nn.Module] = []
+
+    def attach(self, block: nn.Module) -> None:
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        for m in self._hooked:
+            for hooks in (m._forward_hooks, m._forward_pre_hooks):
+                for key in [k for k, h in hooks.items() if getattr(h, "__self__", None) is self]:
+                    hooks.pop(key)
+                    m._forward_hooks_with_kwargs.pop(key, None)
+                    m._forward_pre_hooks_with_kwargs.pop(key, None)
+        self._hooked = []
+
+
+class ParallelAdapterSite(Site):
+    """x -> adapter(x) at the input of `tap`, added to the output of `branch`."""
+
+    def __init__(self, adapter: nn.Module, spec: ParallelSite):
+        super().__init__(adapter)
+        self.spec = spec
+        self._pending: torch.Tensor | None = None
+
+    def attach(self, block: nn.Module) -> None:
+        tap, branch = get_submodule(block, self.spec.tap), get_submodule(block, self.spec.branch)
+        tap.register_forward_pre_hook(self._on_tap, with_kwargs=True)
+        branch.register_forward_hook(self._on_branch)
+        self._hooked = [tap, branch]
+
+    def _on_tap(self, module, args, kwargs):
+        if not self.active:
+            return
+        x = args[0] if args else next(iter(kwargs.values()))
+        self._pending = _run(self.adapter, x)
+
+    def _on_branch(self, module, args, output):
+        if not self.active:
+            return
+        delta, self._pending = self._pending, None
+        if delta is None:
+            raise RuntimeError(f"adapter site {self.spec.name!r}: {self.spec.branch!r} ran before {self.spec.tap!r}")
+        if isinstance(output, tuple):
+            return (output[0] + delta, *output[1:])
+        return output + delta
+
+
+class ResidualAdapterSite(Site):
+    """`module(h, input_tensor)` that adds input_tensor: give it input_tensor + adapter(input_tensor)."""
+
+    def __init__(self, adapter: nn.Module, spec: ResidualArgSite):
+        super().__init__(adapter)
+        self.spec = spec
+
+    def attach(self, block: nn.Module) -> None:
+        m = get_submodule(block, self.spec.module)
+        m.register_forward_pre_hook(self._on_call, with_kwargs=True)
+        self._hooked = [m]
+
+    def _on_call(self, module, args, kwargs):
+        if not self.active:
+            return
+        if len(args) >= 2:
+            x = args[1]
+            return (args[0], x + _run(self.adapter, x), *args[2:]), kwargs
+        x = kwargs["input_tensor"]
+        return args, {**kwargs, "input_tensor": x + _run(self.adapter, x)}
+
+
+class SequentialAdapterSite(Site):
+    """LaVIN: the output z of the attention's input norm becomes z + f(z)."""
+
+    def __init__(self, adapter: nn.Module, norm_name: str):
+        super().__init__(adapter)
+        self.norm_name = norm_name
+
+    def attach(self, block: nn.Module) -> None:
+        m = get_submodule(block, self.norm_name)
+        m.register_forward_hook(self._on_norm)
+        self._hooked = [m]
+
+    def _on_norm(self, module, args, output):
+        if self.active:
+            return _run(self.adapter, output)
+
+
+class SkippableLayer(nn.Module):
+    """Candidate block `index`: runs the frozen block with adapters, or its replacement adapter."""
+
+    def __init__(self, block: nn.Module, index: int, spec: BlockSpec, cfg: AdapterConfig, dim: int):
+        super().__init__()
+        self.index, self.spec, self.skipped = index, spec, False
+        self.block: nn.Module | None = block
+        ref = next(block.parameters())
+        self.sites = nn.ModuleDict(self._make_sites(block, spec, cfg, dim)).to(device=ref.device)
+        self.replacement: nn.Module | None = ReplacementAdapter(
+            dim, cfg.skip_hidden, norm=self._skip_norm(block, spec, cfg), init=cfg.skip_init,
+            scale=cfg.scale, dropout=cfg.dropout,
+        ).to(device=ref.device)
+        for site in self.sites.values():
+            site.attach(block)
+        # pruned models: replacements of removed neighbours, run before / after this block
+        self.before = nn.ModuleList()
+        self.after = nn.ModuleList()
+
+    @staticmethod
+    def _make_sites(block, spec: BlockSpec, cfg: AdapterConfig, dim: int) -> dict[str, Site]:
+        if cfg.style == "sequential":
+            if spec.sequential_norm is None:
+                raise BackboneError(f"{spec.family} blocks are post-LN: use adapter.style='parallel'")
+            ad = SequentialAdapter(dim, cfg.hidden, init=cfg.init, scale=cfg.scale, dropout=cfg.dropout)
+            return {"attn": SequentialAdapterSite(ad, spec.sequential_norm)}
+        sites: dict[str, Site] = {}
+        for s in spec.parallel:
+            ad = Bottleneck(dim, cfg.hidden, norm=cfg.norm, init=cfg.init, scale=cfg.scale, dropout=cfg.dropout)
+            sites[s.name] = ParallelAdapterSite(ad, s) if isinstance(s, ParallelSite) else ResidualAdapterSite(ad, s)
+        return sites
+
+    @staticmethod
+    def _skip_norm(block, spec: BlockSpec, cfg: AdapterConfig) -> str | nn.Module:
+        if cfg.skip_norm != "block":
+            return cfg.skip_norm
+        if spec.input_norm is None:
+            raise BackboneError(f"{spec.family} blocks have no input norm to copy: use adapter.skip_norm='layernorm'")
+        norm = copy.deepcopy(get_submodule(block, spec.input_norm)).float()
+        norm._forward_hooks.clear()
+        norm._forward_pre_hooks.clear()
+        return norm.requires_grad_(False)
+
+    # ---- forward ---------------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        if args:
+            hidden, args = args[0], args[1:]
+        else:
+            hidden = kwargs.pop("hidden_states")
+        for layer in self.before:
+            hidden = _run(layer.replacement, hidden)
+        if self.skipped:
+            out = _run(self.replacement, hidden)
+        else:
+            out = self.block(hidden, *args, **kwargs)
+            if self.spec.returns_tuple:
+                out = out[0]
+        for layer in self.after:
+            out = _run(layer.replacement, out)
+        return (out,) if self.spec.returns_tuple else out
+
+    # ---- structure -------------------------------------------------------------------------
+    def drop_unused(self) -> None:
+        """Delete the adapters this layer's current mode does not use (skipped: sites; kept: replacement)."""
+        if self.skipped:
+            for site in self.sites.values():
+                site.detach()
+            self.sites = nn.ModuleDict()
+        else:
+            self.replacement = None
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}, skipped={self.skipped}"
+
+
+def config_fingerprint(config) -> str:
+    """A short hash of the architecture-defining part of a HF config (what an artifact must match)."""
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    volatile = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "_commit_hash",
+                "id2label", "label2id", "use_cache", "output_hidden_states", "output_attentions", "return_dict",
+                "quantization_config", "_attn_implementation_autoset", "archskip"}
+    d = {k: v for k, v in d.items() if k not in volatile}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class SkipModel(nn.Module):
+    """A frozen Hugging Face model whose candidate blocks can be skipped, plus adapters and a task head.
+
+    >>> model = SkipModel(AutoModel.from_pretrained(path), AdapterConfig())
+    >>> model.set_skip([1, 4])          # search: a new configuration every step
+    >>> model.apply_plan(plan)          # train: a fixed plan, unused adapters deleted
+    >>> model.prune()                   # inference: skipped blocks physically removed
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        adapter: AdapterConfig | None = None,
+        *,
+        layers: str | None = None,
+        trainable: list[str] | tuple[str, ...] = (),
+        name_or_path: str = "",
+    ):
+        super().__init__()
+        self.adapter_config = adapter or AdapterConfig()
+        self.name_or_path = name_or_path or getattr(getattr(base, "config", None), "_name_or_path", "")
+        self.base = base.requires_grad_(False)
+        self.fingerprint = config_fingerprint(base.config) if hasattr(base, "config") else ""
+        self.layers_path, mlist = find_layers(base, layers)
+        if len(mlist) < 2:
+            raise BackboneError(f"{self.layers_path!r} holds {len(mlist)} block(s); skipping needs at least 2")
+        spec = spec_for(mlist[0])
+        dim = _hidden_size(base, mlist[0])
+        for i in range(len(mlist)):
+            mlist[i] = SkippableLayer(mlist[i], i, spec, self.adapter_config, dim)
+        self.spec = spec
+        self.candidates: list[SkippableLayer] = list(mlist)  # all N, original order (a plain list)
+        self.head: nn.Module | None = None
+        self.plan: SkipPlan | None = None
+        self.pruned = False
+        self.extra_trainable = self._unfreeze(trainable)
+
+    def _unfreeze(self, patterns) -> dict[str, nn.Parameter]:
+        found: dict[str, nn.Parameter] = {}
+        for pat in patterns:
+            hits = {n: p for n, p in self.base.named_parameters()
+                    if pat in n and not n.startswith(self.layers_path + ".")}
+            if not hits:
+                raise BackboneError(f"trainable pattern {pat!r} matches no backbone parameter outside {self.layers_path!r}")
+            found.update(hits)
+        for p in found.values():
+            p.requires_grad_(True)
+        return found
+
+    @property
+    def num_candidates(self) -> int:
+        return len(self.candidates)
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.spec.is_decoder
+
+    @property
+    def config(self):
+        return self.base.config
+
+    def forward(self, *args, **kwargs):
+        return self.base(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self.base.generate(*args, **kwargs)
+
+    # ---- skipping ----------------------------------------------------------------------------
+    def set_skip(self, indices) -> None:
+        """Skip exactly `indices` (the search does this every step); every other candidate runs."""
+        if self.pruned:
+            raise PlanError("this model is pruned; its plan is fixed")
+        s = set(indices)
+        bad = [i for i in s if not 0 <= i < self.num_candidates]
+        if bad:
+            raise PlanError(f"skip indices {sorted(bad)} out of range 0..{self.num_candidates - 1}")
+        slot = 0
+        for layer in self.candidates:
+            layer.skipped = layer.index in s
+            if self.is_decoder and not layer.skipped:
+                hf_decoder.set_cache_slot(layer.block, slot)
+                slot += 1
+
+    def apply_plan(self, plan: SkipPlan, drop_unused: bool = True) -> None:
+        """Fix the plan for training/inference; by default delete the adapters it does not use."""
+        if plan.num_candidates != self.num_candidates:
+            raise PlanError(f"plan {plan} is for {plan.num_candidates} candidates; this model has {self.num_candidates}")
+        if self.plan is not None and self.plan != plan and any(l.replacement is None for l in self.candidates):
+            raise PlanError(f"this model's adapters were already fixed to plan {self.plan}")
+        self.set_skip(plan.skip)
+        self.plan = plan
+        if drop_unused:
+            for layer in self.candidates:
+                layer.drop_unused()
+
+    def prune(self) -> SkipModel:
+        """Remove the skipped blocks (in place) and return self; outputs are unchanged."""
+        if self.plan is None:
+            raise PlanError("apply_plan(plan) before prune()")
+        if self.pruned:
+            return self
+        keep = self.plan.keep
+        mlist = self.base.get_submodule(self.layers_path)
+        kept = [self.candidates[i] for i in keep]
+        for layer in self.candidates:
+            if layer.skipped:
+                layer.block = None  # frees the frozen weights
+                host = max((k for k in kept if k.index < layer.index), key=lambda k: k.index, default=None)
+                (host.after if host is not None else kept[0].before).append(layer)
+        mlist_new = nn.ModuleList(kept)
+        parent_path, _, attr = self.layers_path.rpartition(".")
+        setattr(self.base.get_submodule(parent_path) if parent_path else self.base, attr, mlist_new)
+        del mlist
+        if hasattr(self.base, "config"):
+            hf_decoder.shrink_config(self.base.config, keep)
+        self.pruned = True
+        return self
+
+    @contextlib.contextmanager
+    def adapters_disabled(self):
+        """Run the frozen base model: no block skipped, every adapter bypassed."""
+        if self.pruned:
+            raise PlanError("a pruned model has no base model to fall back to")
+        skipped = [l.index for l in self.candidates if l.skipped]
+        sites = [s for l in self.candidates for s in l.sites.values()]
+        self.set_skip([])
+        for s in sites:
+            s.active = False
+        try:
+            yield self
+        finally:
+            for s in sites:
+                s.active = True
+            self.set_skip(skipped)
+
+    # ---- parameters --------------------------------------------------------------------------
+    def trainable_named_parameters(self) -> dict[str, nn.Parameter]:
+        """Canonical name -> parameter for everything that trains (adapters, head, unfrozen base)."""
+        out: dict[str, nn.Parameter] = {}
+        for layer in self.candidates:
+            for part in ("sites", "replacement"):
+                mod = getattr(layer, part)
+                if mod is None:
+                    continue
+                for n, p in mod.named_parameters():
+                    if p.requires_grad:
+                        out[f"candidates.{layer.index}.{part}.{n}"] = p
+        if self.head is not None:
+            out.update({f"head.{n}": p for n, p in self.head.named_parameters() if p.requires_grad})
+        out.update({f"base.{n}": p for n, p in self.extra_trainable.items()})
+        return out
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().clone() for n, p in self.trainable_named_parameters().items()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        own = self.trainable_named_parameters()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if strict and (missing or unexpected):
+            raise KeyError(
+                f"adapter weights do not match this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            )
+        with torch.no_grad():
+            for n, t in state.items():
+                if n in own:
+                    if own[n].shape != t.shape:
+                        raise ValueError(f"{n}: saved shape {tuple(t.shape)} != model shape {tuple(own[n].shape)}")
+                    own[n].copy_(t)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total) parameters that exist now (a pruned model has fewer)."""
+        params = {id(p): p for p in self.parameters()}.values()
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def _hidden_size(base: nn.Module, block: nn.Module) -> int:
+    cfg = getattr(base, "config", None)
+    for key in ("hidden_size", "d_model", "n_embd"):
+        v = getattr(cfg, key, None) or getattr(getattr(cfg, "text_config", None), key, None)
+        if isinstance(v, int):
+            return v
+    for m in block.modules():
+        if isinstance(m, (nn.LayerNorm,)) or type(m).__name__.endswith("RMSNorm"):
+            return m.weight.shape[0]
+    raise BackboneError(f"cannot tell the hidden size of {type(base).__name__}")

@@ -1,0 +1,234 @@
+"""Fine-tune adapters + head on a frozen backbone: AdamW, warm-up + linear decay, gradient
+accumulation, accelerate for devices and mixed precision, periodic checkpoints and exact resume.
+
+The search (`search.py`) is this same loop with `StepHooks` that sample a configuration before
+every micro-batch and update the policy every T micro-batches: training and search run together,
+as in the paper.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .data.loader import make_loader
+from .io import atomic_write
+from .runlog import RunLogger
+from .skipping import SkipModel
+from .tasks.base import Task, evaluate, to_device
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the last checkpoint is kept."""
+
+
+class StepHooks(Protocol):
+    def before_batch(self, micro: int, epoch: float) -> None: ...
+    def after_batch(self, micro: int, epoch: float) -> None: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class _LossModule(nn.Module):
+    """model + task in one forward, so a distributed wrapper sees the whole computation."""
+
+    def __init__(self, model: SkipModel, task: Task):
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.task.loss(self.model, batch)
+
+
+@dataclass
+class FitResult:
+    steps: int
+    micro_steps: int
+    train_loss: float
+    eval_history: list[dict] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+    @property
+    def final_eval(self) -> dict:
+        return self.eval_history[-1] if self.eval_history else {}
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device='cuda' but no CUDA device is available")
+    # skipped blocks leave their adapters without gradient in a step: DDP must allow that
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, kwargs_handlers=[ddp])
+
+
+def param_groups(model: SkipModel, cfg: TrainConfig) -> list[dict]:
+    """Weight decay except on biases and norms; the head at lr * head_lr_mult."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.trainable_named_parameters().items():
+        is_head = name.startswith("head.")
+        decay = not (name.endswith(".bias") or ".norm." in name or "LayerNorm" in name)
+        groups.setdefault((is_head, decay), []).append(p)
+    return [
+        {"params": ps, "lr": cfg.lr * (cfg.head_lr_mult if head else 1.0), "weight_decay": cfg.weight_decay if decay else 0.0}
+        for (head, decay), ps in sorted(groups.items())
+    ]
+
+
+def linear_schedule(total_steps: int, warmup_ratio: float):
+    warmup = int(warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: SkipModel,
+        task: Task,
+        cfg: TrainConfig,
+        *,
+        seed: int = 0,
+        out_dir: str | Path | None = None,
+        hooks: StepHooks | None = None,
+        logger: RunLogger | None = None,
+        progress: bool = True,
+        desc: str = "train",
+    ):
+        self.model, self.task, self.cfg, self.seed = model, task, cfg, seed
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.hooks, self.logger, self.progress, self.desc = hooks, logger or RunLogger(None), progress, desc
+        self.accelerator = make_accelerator(cfg)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def fit(self, train: list[dict], evaluation: list[dict] | None = None, resume: bool = False) -> FitResult:
+        cfg, acc, model = self.cfg, self.accelerator, self.model
+        if not train:
+            raise TrainingError("the training split is empty")
+        t0 = time.perf_counter()
+        model.to(self.device)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        per_epoch = math.ceil(len(train) / cfg.batch_size)
+        total_micro = cfg.max_steps * cfg.grad_accum if cfg.max_steps else max(1, math.ceil(cfg.epochs * per_epoch))
+        total_steps = math.ceil(total_micro / cfg.grad_accum)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, cfg.warmup_ratio))
+        engine, optimizer = acc.prepare(_LossModule(model, self.task), optimizer)
+
+        micro = step = 0
+        history: list[dict] = []
+        if resume:
+            micro, step, history = self._restore(optimizer, scheduler)
+        torch.manual_seed(self.seed + micro) if not resume else None
+        engine.train()
+        running, seen, last_loss = 0.0, 0, float("nan")
+        bar = tqdm(total=total_micro, initial=micro, desc=self.desc, disable=not self.progress, dynamic_ncols=True)
+        while micro < total_micro:
+            epoch, start = divmod(micro, per_epoch)
+            loader = make_loader(
+                train, self.task.collate, cfg.batch_size, shuffle=True, seed=self.seed, epoch=epoch, start=start,
+                num_workers=cfg.num_workers,
+            )
+            for batch in loader:
+                if self.hooks:
+                    self.hooks.before_batch(micro, micro / per_epoch)
+                with acc.autocast():
+                    loss = engine(to_device(batch, self.device))
+                if not torch.isfinite(loss):
+                    bar.close()
+                    where = f"; the last checkpoint is kept in {self.out_dir / CHECKPOINT}" if self.out_dir else ""
+                    raise TrainingError(f"loss is {loss.item()} at optimiser step {step} (micro-batch {micro}){where}")
+                acc.backward(loss / cfg.grad_accum)
+                running, seen = running + loss.item(), seen + 1
+                micro += 1
+                bar.update(1)
+                if micro % cfg.grad_accum == 0 or micro == total_micro:
+                    if cfg.max_grad_norm:
+                        acc.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    if step % cfg.log_every == 0 or micro == total_micro:
+                        last_loss = running / max(seen, 1)
+                        self.logger.log("train", step, loss=last_loss, lr=scheduler.get_last_lr()[0], epoch=micro / per_epoch)
+                        bar.set_postfix(loss=f"{last_loss:.4f}")
+                        running, seen = 0.0, 0
+                    epoch_end = micro % per_epoch == 0 or micro == total_micro
+                    if evaluation and ((cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end)):
+                        metrics = self.evaluate(evaluation)
+                        history.append({"step": step, **metrics})
+                        self.logger.log("eval", step, **metrics)
+                    if self.out_dir and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or epoch_end):
+                        self._save(optimizer, scheduler, micro, step, history)
+                if self.hooks:
+                    self.hooks.after_batch(micro, micro / per_epoch)
+                if micro >= total_micro:
+                    break
+        bar.close()
+        if seen:
+            last_loss = running / seen
+        return FitResult(step, micro, last_loss, history, time.perf_counter() - t0)
+
+    def evaluate(self, examples: list[dict]) -> dict[str, float]:
+        loader = make_loader(examples, self.task.collate, self.cfg.batch_size, num_workers=self.cfg.num_workers)
+        with self.accelerator.autocast():
+            return evaluate(self.model, self.task, loader, self.device)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _save(self, optimizer, scheduler, micro: int, step: int, history: list[dict]) -> None:
+        state = {
+            "trainable": self.model.trainable_state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "micro": micro,
+            "step": step,
+            "history": history,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "hooks": self.hooks.state_dict() if self.hooks else {},
+            "plan": self.model.plan.to_dict() if self.model.plan else None,
+            "train_config": asdict(self.cfg),
+        }
+        atomic_write(self.out_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+    def _restore(self, optimizer, scheduler) -> tuple[int, int, list[dict]]:
+        path = self.out_dir / CHECKPOINT if self.out_dir else None
+        if path is None or not path.is_file():
+            raise TrainingError(f"--resume: no checkpoint at {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupt file or a pickle that needs arbitrary code
+            raise TrainingError(f"cannot read checkpoint {path}: {e}") from None
+        plan = self.model.plan.to_dict() if self.model.plan else None
+        if state.get("plan") != plan:
+            raise TrainingError(f"checkpoint {path} was made with plan {state.get('plan')}, this run has {plan}")
+        self.model.load_trainable_state_dict(state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.hooks:
+            self.hooks.load_state_dict(state["hooks"])
+        return state["micro"], state["step"], state["history"]

@@ -1,0 +1,153 @@
+"""Tiny random models of every supported family, a tiny tokenizer, and helpers.
+
+Tests never touch the hub: HF_HUB_OFFLINE is set before transformers is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import random  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    BertConfig, BertModel, Dinov2Config, Dinov2Model, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+    PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, RobertaConfig, RobertaModel, ViltConfig, ViltModel, ViTConfig,
+    ViTModel,
+)
+
+WORDS = [f"w{i}" for i in range(60)]
+VOCAB_SIZE = 64 + len(WORDS)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer over WORDS (ids 0..4 are special tokens)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[EOS]"]
+    vocab = {t: i for i, t in enumerate(specials + WORDS + [f"extra{i}" for i in range(64 - len(specials))])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", eos_token="[EOS]"
+    )
+
+
+def random_sentence(rng: random.Random, n: int | None = None) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n or rng.randint(3, 10)))
+
+
+ENC = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64)
+DEC = dict(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=5, num_attention_heads=4,
+           num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, eos_token_id=4, bos_token_id=2)
+
+
+def make_bert(layers: int = 4, **kw):
+    return BertModel(BertConfig(vocab_size=VOCAB_SIZE, **{**ENC, "num_hidden_layers": layers}, **kw)).eval()
+
+
+def make_roberta():
+    return RobertaModel(RobertaConfig(vocab_size=VOCAB_SIZE, pad_token_id=0, **ENC)).eval()
+
+
+def make_vit():
+    return ViTModel(ViTConfig(image_size=16, patch_size=8, num_channels=3, **ENC)).eval()
+
+
+def make_dinov2():
+    return Dinov2Model(Dinov2Config(image_size=16, patch_size=8, num_channels=3, mlp_ratio=2, hidden_size=32,
+                                    num_hidden_layers=4, num_attention_heads=4)).eval()
+
+
+def make_vilt():
+    return ViltModel(ViltConfig(vocab_size=VOCAB_SIZE, image_size=32, patch_size=16, max_image_length=-1, **ENC)).eval()
+
+
+def make_llama():
+    return LlamaForCausalLM(LlamaConfig(**DEC)).eval()
+
+
+def make_qwen2():
+    return Qwen2ForCausalLM(Qwen2Config(**DEC)).eval()
+
+
+def make_mistral():
+    return MistralForCausalLM(MistralConfig(**DEC, sliding_window=64)).eval()
+
+
+def text_inputs(batch: int = 2, length: int = 7, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, VOCAB_SIZE, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, -2:] = 0  # some padding
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def image_inputs(batch: int = 2, size: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return {"pixel_values": torch.randn(batch, 3, size, size, generator=g)}
+
+
+def vilt_inputs(batch: int = 2, seed: int = 0):
+    return {**text_inputs(batch, 7, seed), **image_inputs(batch, 32, seed), "pixel_mask": torch.ones(batch, 32, 32, dtype=torch.long)}
+
+
+# name -> (factory, inputs, output accessor)
+FAMILIES = {
+    "bert": (make_bert, text_inputs, lambda o: o.last_hidden_state),
+    "roberta": (make_roberta, text_inputs, lambda o: o.last_hidden_state),
+    "vit": (make_vit, image_inputs, lambda o: o.last_hidden_state),
+    "dinov2": (make_dinov2, image_inputs, lambda o: o.last_hidden_state),
+    "vilt": (make_vilt, vilt_inputs, lambda o: o.last_hidden_state),
+    "llama": (make_llama, text_inputs, lambda o: o.logits),
+    "qwen2": (make_qwen2, text_inputs, lambda o: o.logits),
+    "mistral": (make_mistral, text_inputs, lambda o: o.logits),
+}
+DECODERS = ("llama", "qwen2", "mistral")
+
+
+@pytest.fixture
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    random.seed(0)
+
+
+def perturb_trainable(model, scale: float = 0.05, seed: int = 1) -> None:
+    """Give every trainable tensor non-trivial values (as if trained) so comparisons are meaningful."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable_named_parameters().values():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def classification_examples(n: int, seed: int = 0, labels=("neg", "pos")) -> list[dict]:
+    """Examples whose label is decided by a word count, so a tiny model can learn them."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        s = random_sentence(rng)
+        out.append({"text": s, "label": labels[int(s.count("w1") + s.count("w2") > 0)]})
+    return out
+
+
+@pytest.fixture
+def tiny_encoder_dir(tmp_path, tokenizer):
+    """A saved tiny BERT + tokenizer directory, loadable with from_pretrained offline."""
+    d = tmp_path / "tiny-bert"
+    torch.manual_seed(0)
+    make_bert().save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d

@@ -1,0 +1,200 @@
+"""The DAS search loop: determinism, planted redundancy, reward data, NaN rewards, the result file."""
+
+import itertools
+import random
+
+import pytest
+import torch
+from conftest import make_bert, random_sentence, tiny_tokenizer
+
+from archskip import AdapterConfig, SearchConfig, SkipModel, TrainConfig
+from archskip.config import ConfigError
+from archskip.plan import SearchResult
+from archskip.search import RESULT_FILE, DASHooks, run_search
+from archskip.tasks.base import Task, evaluate
+from archskip.data.loader import make_loader
+
+PLANTED = (1, 4)
+
+
+class FeatureMatch(Task):
+    """Reproduce the full frozen model's final hidden states (MSE): a task that needs exactly the
+    blocks that compute something, so which blocks are redundant is known by construction."""
+
+    name = "feature_match"
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def collate(self, examples):
+        enc = self.tokenizer([e["text"] for e in examples], return_tensors="pt", padding=True)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                "target": torch.stack([e["target"] for e in examples])}
+
+    def loss(self, model, batch):
+        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return ((hidden - batch["target"]) ** 2).mean()
+
+    def score(self, model, batch):
+        n = len(batch["target"])
+        return {"n": n, "loss_sum": float(self.loss(model, batch)) * n}
+
+
+def planted_model(seed: int) -> torch.nn.Module:
+    """A 6-block BERT whose blocks 1 and 4 are near-identity: their output projections scaled to ~0.
+
+    (Post-LN: such a block computes LN(x + ~0) = x, since x already left a LayerNorm.)
+    """
+    torch.manual_seed(seed)
+    base = make_bert(layers=6, initializer_range=0.1)
+    with torch.no_grad():
+        for i in PLANTED:
+            layer = base.encoder.layer[i]
+            for lin in (layer.attention.output.dense, layer.output.dense):
+                lin.weight.mul_(1e-4)
+                lin.bias.mul_(1e-4)
+    return base
+
+
+def setup(seed: int, n: int = 256):
+    tok = tiny_tokenizer()
+    base = planted_model(seed)
+    rng = random.Random(seed)
+    texts = [random_sentence(rng, 8) for _ in range(n)]
+    with torch.no_grad():
+        target = base(**tok(texts, return_tensors="pt", padding=True)).last_hidden_state
+    examples = [{"text": t, "target": target[i]} for i, t in enumerate(texts)]
+    model = SkipModel(base, AdapterConfig(hidden=8, skip_hidden=16))
+    return model, FeatureMatch(tok), examples
+
+
+SEARCH = SearchConfig(k=2, samples=3, update_every=1, warmup_epochs=1.0)
+TRAIN = TrainConfig(epochs=3, batch_size=32, lr=3e-3, log_every=1000)
+
+
+def test_planted_redundancy_is_found_in_at_least_9_of_10_seeds():
+    hits = []
+    for seed in range(10):
+        model, task, examples = setup(seed)
+        result = run_search(model, task, examples, SEARCH, TRAIN, seed=seed, progress=False)
+        hits.append(result.plan.skip == PLANTED)
+    assert sum(hits) >= 9, f"planted blocks {PLANTED} found in {sum(hits)}/10 seeds: {hits}"
+
+
+def test_exact_mode_finds_the_planted_blocks_too():
+    hits = 0
+    for seed in range(3):
+        model, task, examples = setup(seed)
+        cfg = SearchConfig(k=2, samples=3, update_every=2, warmup_epochs=1.0, mode="exact", gate_lr=0.3)
+        hits += run_search(model, task, examples, cfg, TRAIN, seed=seed, progress=False).plan.skip == PLANTED
+    assert hits >= 2
+
+
+def test_search_is_deterministic_for_a_seed(tmp_path):
+    results = []
+    for run in range(2):
+        model, task, examples = setup(3, n=160)
+        results.append(run_search(model, task, examples, SEARCH, TrainConfig(epochs=2, batch_size=16), seed=3,
+                                  progress=False, out_dir=tmp_path / f"r{run}"))
+    a, b = results
+    assert a.scores == b.scores and a.plan == b.plan
+    assert [h["gates"] for h in a.history] == [h["gates"] for h in b.history]
+    assert (tmp_path / "r0" / RESULT_FILE).is_file() and (tmp_path / "r0" / "policy.csv").is_file()
+    saved = SearchResult.load(tmp_path / "r0" / RESULT_FILE)
+    assert saved.plan == a.plan and saved.scores == a.scores and saved.seed == 3
+    assert saved.base_model["fingerprint"] == results[0].base_model["fingerprint"] != ""
+
+
+def test_reward_batches_come_from_held_out_training_data_and_change(monkeypatch):
+    model, task, examples = setup(0, n=200)
+    seen_reward_texts: list[tuple] = []
+    seen_train_texts: set = set()
+    orig_collate = task.collate
+
+    def spy(exs):
+        return {**orig_collate(exs), "texts": tuple(e["text"] for e in exs)}
+
+    orig_next = DASHooks._next_reward_batch
+
+    def next_batch(self):
+        b = orig_next(self)
+        seen_reward_texts.append(b["texts"])
+        return b
+
+    orig_loss = task.loss
+
+    def loss(m, batch):
+        if m.training:
+            seen_train_texts.update(batch["texts"])
+        return orig_loss(m, batch)
+
+    monkeypatch.setattr(task, "collate", spy)
+    monkeypatch.setattr(task, "loss", loss)
+    monkeypatch.setattr(DASHooks, "_next_reward_batch", next_batch)
+    run_search(model, task, examples, SearchConfig(k=1, update_every=3, warmup_epochs=0.5, reward_batch_size=8),
+               TrainConfig(epochs=2, batch_size=16), seed=0, progress=False)
+    assert len(seen_reward_texts) >= 5
+    assert len(set(seen_reward_texts)) == len(seen_reward_texts), "a reward batch was reused"
+    reward_texts = {t for b in seen_reward_texts for t in b}
+    assert not reward_texts & seen_train_texts, "reward examples were also trained on"
+    assert reward_texts <= {e["text"] for e in examples}
+
+
+def test_reward_evaluation_runs_in_eval_mode_without_grad(monkeypatch):
+    model, task, examples = setup(0, n=120)
+    modes = []
+    orig = task.loss
+
+    def loss(m, batch):
+        if not m.training:
+            modes.append(torch.is_grad_enabled())
+        return orig(m, batch)
+
+    monkeypatch.setattr(task, "loss", loss)
+    run_search(model, task, examples, SearchConfig(k=1, update_every=2, warmup_epochs=0.0), TrainConfig(epochs=1, batch_size=16),
+               progress=False)
+    assert modes and not any(modes)
+
+
+def test_nan_reward_loss_skips_the_candidate_and_keeps_gates_finite(monkeypatch):
+    model, task, examples = setup(0, n=120)
+    orig = task.loss
+
+    def loss(m, batch):
+        value = orig(m, batch)
+        if not m.training and m.candidates[0].skipped:
+            return value * float("nan")
+        return value
+
+    monkeypatch.setattr(task, "loss", loss)
+    with pytest.warns(UserWarning, match="non-finite reward loss"):
+        result = run_search(model, task, examples, SearchConfig(k=2, update_every=2, warmup_epochs=0.0),
+                            TrainConfig(epochs=1, batch_size=16), progress=False)
+    assert all(torch.isfinite(torch.tensor(h["gates"])).all() for h in result.history)
+    assert all(0 not in c for h in result.history for c in h["configs"])
+
+
+def test_search_errors():
+    model, task, examples = setup(0, n=60)
+    with pytest.raises(ConfigError, match="search.k=0"):
+        run_search(model, task, examples, SearchConfig(k=0), TRAIN, progress=False)
+    with pytest.raises(ConfigError, match="made no policy update"):
+        run_search(model, task, examples, SearchConfig(k=1, warmup_epochs=5.0), TrainConfig(epochs=1), progress=False)
+
+
+def test_search_trains_the_adapters_of_the_supernet():
+    """Adapters trained under sampled configurations lower the mean loss over all configurations."""
+    model, task, examples = setup(0, n=256)
+    loader = make_loader(examples, task.collate, 64)
+
+    def mean_loss():
+        losses = []
+        for c in itertools.combinations(range(6), 2):
+            model.set_skip(c)
+            losses.append(evaluate(model, task, loader)["loss"])
+        model.set_skip([])
+        return sum(losses) / len(losses)
+
+    before = mean_loss()
+    run_search(model, task, examples, SEARCH, TRAIN, progress=False)
+    assert mean_loss() < 0.8 * before
