@@ -139,7 +139,8 @@ class Trainer:
         history: list[dict] = []
         if resume:
             micro, step, history = self._restore(optimizer, scheduler)
-        torch.manual_seed(self.seed + micro) if not resume else None
+        if not resume:
+            torch.manual_seed(self.seed)  # dropout; a resume restores the saved RNG state instead
         engine.train()
         running, seen, last_loss = 0.0, 0, float("nan")
         bar = tqdm(total=total_micro, initial=micro, desc=self.desc, disable=not self.progress, dynamic_ncols=True)
@@ -162,7 +163,8 @@ class Trainer:
                 running, seen = running + loss.item(), seen + 1
                 micro += 1
                 bar.update(1)
-                if micro % cfg.grad_accum == 0 or micro == total_micro:
+                boundary = micro % cfg.grad_accum == 0 or micro == total_micro
+                if boundary:
                     if cfg.max_grad_norm:
                         acc.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
                     optimizer.step()
@@ -174,6 +176,9 @@ class Trainer:
                         self.logger.log("train", step, loss=last_loss, lr=scheduler.get_last_lr()[0], epoch=micro / per_epoch)
                         bar.set_postfix(loss=f"{last_loss:.4f}")
                         running, seen = 0.0, 0
+                if self.hooks:  # e.g. a policy update; before the checkpoint, so a resume does not repeat or skip it
+                    self.hooks.after_batch(micro, micro / per_epoch)
+                if boundary:
                     epoch_end = micro % per_epoch == 0 or micro == total_micro
                     if evaluation and ((cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end)):
                         metrics = self.evaluate(evaluation)
@@ -181,8 +186,6 @@ class Trainer:
                         self.logger.log("eval", step, **metrics)
                     if self.out_dir and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or epoch_end):
                         self._save(optimizer, scheduler, micro, step, history)
-                if self.hooks:
-                    self.hooks.after_batch(micro, micro / per_epoch)
                 if micro >= total_micro:
                     break
         bar.close()

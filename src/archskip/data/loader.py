@@ -32,4 +32,7 @@ def make_loader(
     epoch: int = 0, start: int = 0, num_workers: int = 0,
 ) -> DataLoader:
     order = BatchOrder(len(examples), batch_size, shuffle=shuffle, seed=seed, epoch=epoch, start=start)
-    return DataLoader(examples, batch_sampler=order, collate_fn=collate, num_workers=num_workers)
+    # A private generator: building a DataLoader iterator otherwise draws from the global RNG (for worker
+    # seeds), which would shift dropout masks whenever a loader is rebuilt, e.g. after a resume.
+    worker_seeds = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return DataLoader(examples, batch_sampler=order, collate_fn=collate, num_workers=num_workers, generator=worker_seeds)
