@@ -31,8 +31,8 @@ def run(args, capsys):
 def test_search_train_eval_profile(tiny_encoder_dir, data, tmp_path, capsys):
     common = ["--model.name_or_path", str(tiny_encoder_dir), "--data.train", data, "--adapter.hidden", "8",
               "--adapter.skip_hidden", "16", "--train.batch_size", "16"]
-    out = run(["search", *common, "--search.k", "1", "--search.update_every", "2", "--train.epochs", "2",
-               "--output_dir", str(tmp_path / "s")], capsys)
+    out = run(["search", *common, "--search.k", "1", "--search.update-every", "2", "--train.epochs", "2",
+               "--output-dir", str(tmp_path / "s")], capsys)  # dashes work as well as underscores
     assert "plan: skip [" in out
     result = json.loads((tmp_path / "s" / "search_result.json").read_text())
     assert len(result["plan"]["skip"]) == 1 and len(result["history"]) > 0

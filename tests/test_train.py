@@ -145,3 +145,22 @@ def test_search_resumes_to_the_same_gates(tmp_path):
     resumed = run_search(model, task, examples, SEARCH, cfg, seed=2, progress=False, out_dir=tmp_path / "b", resume=True)
     assert resumed.scores == full.scores and resumed.plan == full.plan
     assert [h["gates"] for h in resumed.history] == [h["gates"] for h in full.history]
+
+
+def test_logs_start_afresh_unless_resumed_and_tensorboard_is_written(tmp_path):
+    from archskip.runlog import RunLogger
+
+    log = RunLogger(tmp_path, tensorboard=True)
+    log.log("train", 1, loss=1.0)
+    log.log("train", 2, loss=0.5)
+    log.close()
+    assert (tmp_path / "train.csv").read_text().splitlines() == ["step,loss", "1,1.0", "2,0.5"]
+    assert list((tmp_path / "tensorboard").glob("events.*"))
+    again = RunLogger(tmp_path, resume=True)
+    again.log("train", 3, loss=0.25)
+    again.close()
+    assert (tmp_path / "train.csv").read_text().splitlines()[-1] == "3,0.25"
+    fresh = RunLogger(tmp_path)
+    fresh.log("train", 1, loss=9.0)
+    fresh.close()
+    assert (tmp_path / "train.csv").read_text().splitlines() == ["step,loss", "1,9.0"]

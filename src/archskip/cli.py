@@ -150,9 +150,22 @@ def demo(output_dir: str = "runs/demo", seed: int = 0, quick: bool = False) -> N
 COMMANDS = {"search": search, "train": train, "eval": evaluate, "profile": profile, "demo": demo}
 
 
-def main(argv: list[str] | None = None) -> None:
-    from jsonargparse import auto_cli
+def normalize_flags(argv: list[str]) -> list[str]:
+    """Accept `--output-dir` for `--output_dir` (and `--search.update-every` ...): option names only."""
+    out = []
+    for a in argv:
+        if a.startswith("--") and len(a) > 2:
+            name, eq, value = a[2:].partition("=")
+            a = "--" + name.replace("-", "_") + eq + value
+        out.append(a)
+    return out
 
+
+def main(argv: list[str] | None = None) -> None:
+    from jsonargparse import auto_cli, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # the config fields' docs appear in --help
+    argv = normalize_flags(sys.argv[1:] if argv is None else argv)
     try:
         auto_cli(COMMANDS, args=argv, as_positional=False)
     except USER_ERRORS as e:

@@ -30,10 +30,6 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
     _check(value in choices, f"{name}={value!r} is not valid; expected one of {', '.join(map(repr, choices))}")
 
 
-def _choices(cls: type, name: str) -> tuple:
-    return typing.get_args(typing.get_type_hints(cls)[name])
-
-
 def _validate_literals(obj: Any) -> None:
     """Check every Literal-typed field of a dataclass instance against its allowed values."""
     hints = typing.get_type_hints(type(obj))
@@ -133,11 +129,15 @@ class DataConfig:
     test: str | None = None
     """Test file; if unset, `test_fraction` of the training file is held out."""
     text_column: str = "text"
+    """Column (CSV) or key (JSONL) of the input text (the prompt for causal_lm)."""
     text_pair_column: str | None = None
     """Optional second text (sentence pairs)."""
     label_column: str = "label"
+    """Column of the class label (the answer text for causal_lm)."""
     val_fraction: float = 0.1
+    """Share of the training file held out for validation when no validation file is given (fixed seed)."""
     test_fraction: float = 0.1
+    """Share of the training file held out for testing when no test file is given (fixed seed)."""
     limit: int | None = None
     """Use at most this many training examples (after the split)."""
 
@@ -200,6 +200,7 @@ class TrainConfig:
     """Optimisation of adapters + head (used by both the search and the final training)."""
 
     epochs: float = 3.0
+    """Passes over the training data (fractions allowed)."""
     max_steps: int | None = None
     """Stop after this many optimiser steps (overrides epochs)."""
     batch_size: int = 32
@@ -207,22 +208,30 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches per optimiser step."""
     lr: float = 1e-3
+    """Peak learning rate of the adapters."""
     head_lr_mult: float = 1.0
     """Learning-rate multiplier of the task head."""
     weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and norms)."""
     betas: tuple[float, float] = (0.9, 0.98)
+    """AdamW betas (the paper's ViLT/METER setting)."""
     eps: float = 1e-8
     warmup_ratio: float = 0.1
     """Linear warm-up over this share of the steps, then linear decay to 0."""
     max_grad_norm: float | None = None
+    """Clip the gradient norm to this value (off if unset)."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Autocast precision through accelerate (bf16 also works on CPU)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """'auto' = CUDA when available."""
     eval_every: int | None = None
     """Evaluate every this many optimiser steps (default: after each epoch)."""
     checkpoint_every: int | None = None
     """Write a resumable checkpoint every this many optimiser steps (default: after each epoch)."""
     log_every: int = 10
+    """Write a train.csv row every this many optimiser steps."""
     num_workers: int = 0
+    """DataLoader worker processes."""
     tensorboard: bool = False
     """Also write TensorBoard event files next to the CSV log."""
 

@@ -23,7 +23,7 @@ from .backbones.load import load_pretrained
 from .config import AdapterConfig, ModelConfig, SearchConfig, TaskConfig, TrainConfig
 from .data.loader import make_loader
 from .data.movie_reviews import load_rotten_tomatoes
-from .data.text import split_examples
+from .data.text import split_examples, write_csv
 from .io import atomic_write_text, ensure_dir
 from .pipeline import compare_models
 from .plan import SkipPlan
@@ -58,6 +58,8 @@ def run_demo(output_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool
 
     examples = load_rotten_tomatoes()
     dev, test, train = split_examples(examples, (0.1, 0.1), seed)
+    for name, part in (("train", train), ("validation", dev), ("test", test)):  # for `archskip search/train`
+        write_csv(out / "data" / f"{name}.csv", part)
     test = test[: budget.test_examples]
     base, tokenizer = load_pretrained(ModelConfig(name_or_path=MODEL))
     pristine = copy.deepcopy(base)
@@ -129,7 +131,8 @@ def run_demo(output_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool
         ("Results", table + f"\n\nFLOPs and latency ratios are relative to the frozen base model (first row), "
                             f"batch 32 x 64 tokens; test accuracy on {len(test)} sentences. Wall time {wall:.0f}s."),
         ("Files", f"`search/{RESULT_FILE}` (plan, gates, history), `search/policy.csv`, `gates.png`, "
-                  "`artifact/` (the DAS model: load it with `archskip.artifact.load_artifact`), `results.json`."),
+                  "`artifact/` (the DAS model: `archskip eval --artifact ...` or `archskip.artifact.load_artifact`), "
+                  "`results.json`, `data/{train,validation,test}.csv` (the split, for `archskip search/train`)."),
     ])
     print(f"wrote {out}/report.md, {out}/gates.png, {out}/artifact")
     return rows

@@ -105,7 +105,7 @@ def search(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Se
     t0 = time.perf_counter()
     if s.method == "das":
         result = run_search(model, task, splits.train, s, cfg.train, seed=cfg.seed, out_dir=out, resume=resume,
-                            progress=progress, logger=RunLogger(out, cfg.train.tensorboard))
+                            progress=progress, logger=RunLogger(out, cfg.train.tensorboard, resume))
     elif s.method == "last-k":
         result = last_k(n, s.k)
     elif s.method == "random":
@@ -148,8 +148,8 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
     check_plan_source(plan, model)
     skip_plan = resolve_plan(plan, model.num_candidates)
     model.apply_plan(skip_plan)
-    trainer = Trainer(model, task, cfg.train, seed=cfg.seed, out_dir=out, logger=RunLogger(out, cfg.train.tensorboard),
-                      progress=progress)
+    trainer = Trainer(model, task, cfg.train, seed=cfg.seed, out_dir=out,
+                      logger=RunLogger(out, cfg.train.tensorboard, resume), progress=progress)
     fit = trainer.fit(splits.train, splits.validation, resume=resume)
     test = trainer.evaluate(splits.test) if splits.test else {}
     trainable, total = model.parameter_counts()

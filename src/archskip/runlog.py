@@ -9,8 +9,10 @@ from .io import ensure_dir
 
 
 class RunLogger:
-    def __init__(self, out_dir: str | Path | None, tensorboard: bool = False):
+    def __init__(self, out_dir: str | Path | None, tensorboard: bool = False, resume: bool = False):
+        """`resume=True` appends to the existing logs; otherwise a stream's first row starts its file afresh."""
         self.dir = ensure_dir(out_dir) if out_dir else None
+        self.resume = resume
         self._files: dict[str, tuple] = {}
         self._tb = None
         if tensorboard and self.dir is not None:
@@ -26,8 +28,8 @@ class RunLogger:
         row = {"step": step, **values}
         if stream not in self._files:
             path = self.dir / f"{stream}.csv"
-            # resuming: keep the old rows, keep their header
-            f = open(path, "a", newline="", encoding="utf-8")
+            # resuming: keep the old rows and their header
+            f = open(path, "a" if self.resume else "w", newline="", encoding="utf-8")
             fields = list(row)
             if path.stat().st_size == 0:
                 csv.writer(f).writerow(fields)

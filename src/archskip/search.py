@@ -157,7 +157,7 @@ def run_search(
             f"search.reward_fraction={cfg.reward_fraction} of {len(train)} training examples leaves "
             f"{len(reward_examples)} for rewards and {len(rest)} for training; both must be non-empty"
         )
-    logger = logger or RunLogger(out_dir)
+    logger = logger or RunLogger(out_dir, resume=resume)
     t0 = time.perf_counter()
     trainer = Trainer(model, task, train_cfg, seed=seed, out_dir=out_dir, logger=logger, progress=progress, desc="search")
     hooks = DASHooks(

@@ -182,15 +182,16 @@ class SkippableLayer(nn.Module):
             hidden = kwargs.pop("hidden_states")
         for layer in self.before:
             hidden = _run(layer.replacement, hidden)
+        extra = ()  # a tuple-returning block's other outputs (e.g. attention weights)
         if self.skipped:
             out = _run(self.replacement, hidden)
         else:
             out = self.block(hidden, *args, **kwargs)
             if self.spec.returns_tuple:
-                out = out[0]
+                out, extra = out[0], tuple(out[1:])
         for layer in self.after:
             out = _run(layer.replacement, out)
-        return (out,) if self.spec.returns_tuple else out
+        return (out, *extra) if self.spec.returns_tuple else out
 
     # ---- structure -------------------------------------------------------------------------
     def drop_unused(self) -> None:
@@ -206,14 +207,28 @@ class SkippableLayer(nn.Module):
         return f"index={self.index}, skipped={self.skipped}"
 
 
+# The config keys that define an architecture; other keys (ids, dtypes, versions, generation defaults)
+# differ between equivalent copies of a model and must not make an artifact unloadable.
+ARCHITECTURE_KEYS = (
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+    "intermediate_size", "vocab_size", "type_vocab_size", "max_position_embeddings", "hidden_act", "layer_norm_eps",
+    "rms_norm_eps", "tie_word_embeddings", "image_size", "patch_size", "num_channels", "mlp_ratio", "use_swiglu_ffn",
+    "d_model", "n_layer", "n_head", "n_embd",
+)
+
+
 def config_fingerprint(config) -> str:
-    """A short hash of the architecture-defining part of a HF config (what an artifact must match)."""
+    """A short hash of the architecture-defining keys of a HF config (what an artifact must match)."""
     d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    volatile = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "_commit_hash",
-                "id2label", "label2id", "use_cache", "output_hidden_states", "output_attentions", "return_dict",
-                "quantization_config", "_attn_implementation_autoset", "archskip"}
-    d = {k: v for k, v in d.items() if k not in volatile}
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def pick(c: dict) -> dict:
+        return {k: c[k] for k in ARCHITECTURE_KEYS if k in c}
+
+    keys = pick(d)
+    for sub in ("text_config", "vision_config"):
+        if isinstance(d.get(sub), dict):
+            keys[sub] = pick(d[sub])
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class SkipModel(nn.Module):

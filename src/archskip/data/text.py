@@ -90,6 +90,19 @@ class LabelVocab:
         return self._ids[key]
 
 
+def write_csv(path: str | Path, examples: list[dict], columns: tuple[str, ...] = ("text", "label")) -> Path:
+    """Write examples as CSV (atomically), e.g. to hand a split to `archskip search/train`."""
+    import io
+
+    from ..io import atomic_write_text
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(examples)
+    return atomic_write_text(path, buf.getvalue())
+
+
 def split_examples(examples: list, fractions: tuple[float, ...], seed: int) -> list[list]:
     """Shuffle with a fixed seed and cut into len(fractions)+1 parts (the last part takes the rest)."""
     idx = list(range(len(examples)))
