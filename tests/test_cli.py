@@ -44,6 +44,9 @@ def test_search_train_eval_profile(tiny_encoder_dir, data, tmp_path, capsys):
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert metrics["plan"] == result["plan"]["skip"] and 0.0 <= metrics["test"]["accuracy"] <= 1.0
     assert (tmp_path / "t" / "train.csv").is_file() and (tmp_path / "t" / "eval.csv").is_file()
+    meta = json.loads((tmp_path / "t" / "artifact" / "archskip.json").read_text())
+    assert meta["plan"]["skip"] == result["plan"]["skip"] and meta["run_config"]["train"]["lr"] == 0.01
+    assert meta["base_model"]["name_or_path"] == str(tiny_encoder_dir) and len(meta["base_model"]["fingerprint"]) == 16
 
     out = run(["eval", "--artifact", str(tmp_path / "t" / "artifact"), "--data", data], capsys)
     assert 0.0 <= json.loads(out)["accuracy"] <= 1.0

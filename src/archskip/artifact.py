@@ -36,7 +36,10 @@ class ArtifactError(ValueError):
     """An artifact is missing, corrupt, too new, or made for another base model."""
 
 
-def save_artifact(model: SkipModel, task: Task, out_dir: str | Path, *, metrics: dict | None = None) -> Path:
+def save_artifact(
+    model: SkipModel, task: Task, out_dir: str | Path, *, metrics: dict | None = None, run_config: dict | None = None
+) -> Path:
+    """Write the artifact; `run_config` (the training run's settings) is stored for the record."""
     if model.plan is None:
         raise ArtifactError("apply a plan before saving an artifact: the plan travels inside it")
     out = Path(out_dir)
@@ -58,6 +61,7 @@ def save_artifact(model: SkipModel, task: Task, out_dir: str | Path, *, metrics:
         "plan": model.plan.to_dict(),
         "task": task.info(),
         "metrics": metrics or {},
+        "run_config": run_config or {},
     }
     atomic_write_text(out / META, json.dumps(meta, indent=2))
     return out

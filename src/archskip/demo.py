@@ -40,7 +40,7 @@ MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 class Budget:
     search_examples: int = 2400  # 75 micro-batches per search epoch
     search_epochs: float = 2.0  # 1 warm-up epoch + 1 epoch of policy updates
-    update_every: int = 5
+    update_every: int = 2  # ~35 policy updates in the search epoch
     train_steps: int = 80  # per variant, batch 32
     test_examples: int | None = None  # all 853
     latency_repeats: int = 10

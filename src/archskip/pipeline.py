@@ -157,7 +157,7 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
         "plan": list(skip_plan.skip), "validation": fit.final_eval, "test": test, "trainable_params": trainable,
         "steps": fit.steps, "train_wall_time_s": round(fit.wall_time_s, 2),
     }
-    save_artifact(model, task, out / "artifact", metrics=metrics)
+    save_artifact(model, task, out / "artifact", metrics=metrics, run_config={**cfg.to_dict(), "plan": str(plan)})
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
