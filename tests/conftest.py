@@ -15,11 +15,16 @@ import random  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig, BertModel, Dinov2Config, Dinov2Model, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
     PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, RobertaConfig, RobertaModel, ViltConfig, ViltModel, ViTConfig,
     ViTModel,
 )
+
+# Property tests: reproducible (derandomized) and not at the mercy of a busy shared machine's clock.
+settings.register_profile("archskip", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("archskip")
 
 WORDS = [f"w{i}" for i in range(60)]
 VOCAB_SIZE = 64 + len(WORDS)
