@@ -138,9 +138,9 @@ class Trainer:
         micro = step = 0
         history: list[dict] = []
         if resume:
-            micro, step, history = self._restore(optimizer, scheduler)
-        if not resume:
-            torch.manual_seed(self.seed)  # dropout; a resume restores the saved RNG state instead
+            micro, step, history = self._restore(optimizer, scheduler)  # also restores the RNG state
+        else:
+            torch.manual_seed(self.seed)  # dropout masks
         engine.train()
         running, seen, last_loss = 0.0, 0, float("nan")
         bar = tqdm(total=total_micro, initial=micro, desc=self.desc, disable=not self.progress, dynamic_ncols=True)
@@ -157,7 +157,8 @@ class Trainer:
                     loss = engine(to_device(batch, self.device))
                 if not torch.isfinite(loss):
                     bar.close()
-                    where = f"; the last checkpoint is kept in {self.out_dir / CHECKPOINT}" if self.out_dir else ""
+                    kept = self.out_dir is not None and (self.out_dir / CHECKPOINT).is_file()
+                    where = f"; the last checkpoint is kept in {self.out_dir / CHECKPOINT}" if kept else ""
                     raise TrainingError(f"loss is {loss.item()} at optimiser step {step} (micro-batch {micro}){where}")
                 acc.backward(loss / cfg.grad_accum)
                 running, seen = running + loss.item(), seen + 1
