@@ -84,7 +84,7 @@ def test_yaml_recipe_and_baseline_methods(tiny_encoder_dir, data, tmp_path, caps
         (["--plan", "0,1,2,3"], "cannot skip 4 of 4 candidates"),
         (["--plan", "x"], "is not a comma-separated list"),
         (["--plan", "none", "--data.train", "missing.csv"], "data file 'missing.csv' does not exist"),
-        (["--plan", "none", "--model.name_or_path", "./no/such/model"], "model directory './no/such/model' does not exist"),
+        (["--plan", "none", "--model.name_or_path", "./no/such/model"], "model path './no/such/model' does not exist"),
     ],
 )
 def test_bad_input_gives_a_clear_error(tiny_encoder_dir, data, tmp_path, capsys, args, message):

@@ -17,7 +17,8 @@ SENTENCES = ["a gorgeous , witty , seductive movie .", "the plot is nothing but 
 
 @pytest.fixture(scope="module")
 def minilm():
-    return load_pretrained(ModelConfig(name_or_path=MINILM))
+    base, tok, _ = load_pretrained(ModelConfig(name_or_path=MINILM))
+    return base, tok
 
 
 def encode(tok, model):

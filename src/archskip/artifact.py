@@ -25,7 +25,7 @@ from .config import AdapterConfig, ModelConfig
 from .io import atomic_write, atomic_write_text
 from .plan import SkipPlan
 from .skipping import SkipModel, config_fingerprint
-from .tasks import Task, task_from_info
+from .tasks import Task, assemble, task_from_info
 
 ARTIFACT_FORMAT = 1
 WEIGHTS = "adapter_model.safetensors"
@@ -37,9 +37,16 @@ class ArtifactError(ValueError):
 
 
 def save_artifact(
-    model: SkipModel, task: Task, out_dir: str | Path, *, metrics: dict | None = None, run_config: dict | None = None
+    model: SkipModel,
+    task: Task,
+    out_dir: str | Path,
+    *,
+    model_config: ModelConfig | None = None,
+    metrics: dict | None = None,
+    run_config: dict | None = None,
 ) -> Path:
-    """Write the artifact; `run_config` (the training run's settings) is stored for the record."""
+    """Write the artifact. `model_config` says how the base model was loaded (tokenizer, kind, dtype);
+    `run_config` (the training run's settings) is stored for the record."""
     if model.plan is None:
         raise ArtifactError("apply a plan before saving an artifact: the plan travels inside it")
     out = Path(out_dir)
@@ -50,14 +57,13 @@ def save_artifact(
         "kind": "archskip.artifact",
         "archskip_version": __version__,
         "base_model": {
-            "name_or_path": model.name_or_path,
-            "fingerprint": model.fingerprint,
-            "kind": "decoder" if model.is_decoder else "encoder",
+            **asdict(model_config or ModelConfig(name_or_path=model.name_or_path)),
             "layers": model.layers_path,
+            "trainable": sorted(model.extra_trainable),  # full names: each is a pattern matching itself
+            "fingerprint": model.fingerprint,
             "num_candidates": model.num_candidates,
         },
         "adapter": asdict(model.adapter_config),
-        "trainable": sorted(model.extra_trainable),  # full names: each is a pattern matching itself
         "plan": model.plan.to_dict(),
         "task": task.info(),
         "metrics": metrics or {},
@@ -95,8 +101,12 @@ def load_artifact(
     the one recorded (e.g. a local copy), or None for the recorded one."""
     meta = read_meta(path)
     bm = meta["base_model"]
+    model_cfg = ModelConfig(**{k: bm[k] for k in ModelConfig.__dataclass_fields__ if k in bm})
+    extras: dict = {}
     if base is None or isinstance(base, str):
-        base, tokenizer = load_pretrained(ModelConfig(name_or_path=base or bm["name_or_path"], kind=bm["kind"]))
+        if isinstance(base, str):
+            model_cfg.name_or_path = base
+        base, tokenizer, extras = load_pretrained(model_cfg)
     if tokenizer is None:
         raise ArtifactError("pass the tokenizer together with an already loaded base model")
     got = config_fingerprint(base.config)
@@ -105,10 +115,8 @@ def load_artifact(
             f"artifact {str(path)!r} was made for base model {bm['name_or_path']!r} (config fingerprint {bm['fingerprint']}); "
             f"the given base model {getattr(base.config, '_name_or_path', '?')!r} has fingerprint {got}: a different architecture or size"
         )
-    model = SkipModel(base, AdapterConfig(**meta["adapter"]), layers=bm["layers"], trainable=meta["trainable"],
-                      name_or_path=bm["name_or_path"])
     task = task_from_info(meta["task"], tokenizer)
-    task.attach_head(model)
+    model = assemble(base, task, AdapterConfig(**meta["adapter"]), model_cfg, extras, name_or_path=bm["name_or_path"])
     model.apply_plan(SkipPlan.from_dict(meta["plan"]))
     try:
         state = load_file(str(Path(path) / WEIGHTS))

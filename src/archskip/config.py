@@ -85,9 +85,13 @@ class ModelConfig:
     """The frozen backbone."""
 
     name_or_path: str = ""
-    """Hugging Face hub id or local directory (anything `from_pretrained` accepts)."""
-    kind: Literal["auto", "encoder", "decoder"] = "auto"
-    """'encoder' loads AutoModel, 'decoder' AutoModelForCausalLM; 'auto' decides from the config."""
+    """Hugging Face hub id or local directory (anything `from_pretrained` accepts), an original ViLT
+    checkpoint (*.ckpt), or random:<preset> (full-size architecture, random weights: vilt-b32, bert-base,
+    minilm-l6, llama-7b, smollm2-135m)."""
+    kind: Literal["auto", "encoder", "decoder", "vilt"] = "auto"
+    """'encoder' loads AutoModel, 'decoder' AutoModelForCausalLM, 'vilt' ViltModel; 'auto' decides from the config."""
+    tokenizer: str | None = None
+    """Tokenizer hub id or directory; defaults to the model's own (bert-base-uncased for ViLT checkpoints)."""
     layers: str | None = None
     """Dotted path of the ModuleList whose blocks are the skip candidates; found automatically if unset."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

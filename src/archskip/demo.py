@@ -61,7 +61,7 @@ def run_demo(output_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool
     for name, part in (("train", train), ("validation", dev), ("test", test)):  # for `archskip search/train`
         write_csv(out / "data" / f"{name}.csv", part)
     test = test[: budget.test_examples]
-    base, tokenizer = load_pretrained(ModelConfig(name_or_path=MODEL))
+    base, tokenizer, _ = load_pretrained(ModelConfig(name_or_path=MODEL))
     pristine = copy.deepcopy(base)
     adapter = AdapterConfig(hidden=64, skip_hidden=128)  # MiniLM is 384 wide: the paper's 96/192 at 768, scaled
     task_cfg = TaskConfig(max_length=64, pooling="mean")

@@ -28,7 +28,7 @@ from .runlog import RunLogger
 from .scorers import block_influence, exhaustive, last_k, random_plan
 from .search import RESULT_FILE, run_search
 from .skipping import SkipModel
-from .tasks import Task, build_task, evaluate, to_device
+from .tasks import Task, assemble, build_task, evaluate, to_device
 from .train import Trainer
 
 
@@ -62,12 +62,10 @@ def load_splits(cfg: RunConfig) -> Splits:
     return Splits(train, validation, test)
 
 
-def build_model(cfg: RunConfig, train_examples: list[dict] | None) -> tuple[SkipModel, Task]:
-    base, tokenizer = load_pretrained(cfg.model)
-    model = SkipModel(base, cfg.adapter, layers=cfg.model.layers, trainable=cfg.model.trainable, name_or_path=cfg.model.name_or_path)
+def build_model(cfg: RunConfig, train_examples) -> tuple[SkipModel, Task]:
+    base, tokenizer, extras = load_pretrained(cfg.model)
     task = build_task(cfg.task, tokenizer, train_examples)
-    task.attach_head(model)
-    return model, task
+    return assemble(base, task, cfg.adapter, cfg.model, extras), task
 
 
 def _start(cfg: RunConfig) -> Path:
@@ -157,7 +155,8 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
         "plan": list(skip_plan.skip), "validation": fit.final_eval, "test": test, "trainable_params": trainable,
         "steps": fit.steps, "train_wall_time_s": round(fit.wall_time_s, 2),
     }
-    save_artifact(model, task, out / "artifact", metrics=metrics, run_config={**cfg.to_dict(), "plan": str(plan)})
+    save_artifact(model, task, out / "artifact", model_config=cfg.model, metrics=metrics,
+                  run_config={**cfg.to_dict(), "plan": str(plan)})
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 

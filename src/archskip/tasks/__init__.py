@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from ..config import ConfigError, TaskConfig
+from ..config import AdapterConfig, ConfigError, ModelConfig, TaskConfig
+from ..skipping import SkipModel
 from ..data.text import LabelVocab
 from .base import Task, evaluate, to_device
 from .causal_lm import CausalLM
 from .classification import SequenceClassification
 
-__all__ = ["CausalLM", "SequenceClassification", "Task", "build_task", "evaluate", "task_from_info", "to_device"]
+__all__ = ["CausalLM", "SequenceClassification", "Task", "assemble", "build_task", "evaluate", "task_from_info", "to_device"]
+
+
+def assemble(base, task: Task, adapter: AdapterConfig, model_cfg: ModelConfig, extras: dict | None = None,
+             name_or_path: str | None = None) -> SkipModel:
+    """Backbone -> (task's changes to it) -> SkipModel with adapters -> task head: the trainable model."""
+    task.prepare_backbone(base)
+    model = SkipModel(base, adapter, layers=model_cfg.layers, trainable=model_cfg.trainable,
+                      name_or_path=name_or_path or model_cfg.name_or_path)
+    task.attach_head(model, extras or {})
+    return model
 
 
 def build_task(cfg: TaskConfig, tokenizer, train_examples: list[dict] | None = None) -> Task:

@@ -14,8 +14,13 @@ class Task(ABC):
 
     name: str = ""
 
-    def attach_head(self, model: SkipModel) -> None:
-        """Create the task head on `model.head` (trainable). Default: no head."""
+    def prepare_backbone(self, base) -> None:
+        """Change the frozen backbone before it is wrapped, if the task needs to (e.g. NLVR2's third
+        token type). Default: nothing."""
+
+    def attach_head(self, model: SkipModel, extras: dict | None = None) -> None:
+        """Create the task head on `model.head` (trainable); `extras` are tensors a checkpoint converter
+        found besides the backbone (e.g. a pretrained ITM head). Default: no head."""
 
     @abstractmethod
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:

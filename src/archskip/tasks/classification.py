@@ -37,7 +37,7 @@ class SequenceClassification(Task):
     def num_labels(self) -> int:
         return len(self.labels)
 
-    def attach_head(self, model: SkipModel) -> None:
+    def attach_head(self, model: SkipModel, extras: dict | None = None) -> None:
         ref = next(model.base.parameters())
         model.head = ClassificationHead(model.config.hidden_size, self.num_labels).to(ref.device)
 

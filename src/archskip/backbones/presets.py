@@ -1,0 +1,57 @@
+"""Named architectures for `random:<name>` models: full-size configs with random weights, for FLOP and
+latency measurements (and parameter counts on the meta device) without downloading anything."""
+
+from __future__ import annotations
+
+from .spec import BackboneError
+
+
+def _vilt_b32():
+    from transformers import ViltConfig
+
+    # ViLT-B/32 as the paper fine-tunes it: 384-px position grid, 32-px patches, 40 text positions
+    return ViltConfig(image_size=384, patch_size=32, max_position_embeddings=40, layer_norm_eps=1e-6)
+
+
+def _bert_base():
+    from transformers import BertConfig
+
+    return BertConfig()
+
+
+def _minilm_l6():
+    from transformers import BertConfig
+
+    return BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+
+
+def _llama_7b():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=32, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6)
+
+
+def _smollm2_135m():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                       num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rms_norm_eps=1e-5,
+                       tie_word_embeddings=True, rope_theta=100000.0)
+
+
+PRESETS = {
+    "vilt-b32": _vilt_b32,
+    "bert-base": _bert_base,
+    "minilm-l6": _minilm_l6,
+    "llama-7b": _llama_7b,
+    "smollm2-135m": _smollm2_135m,
+}
+# the tokenizer each preset's vocabulary belongs to (hub id; packaged copies are used when present)
+PRESET_TOKENIZERS = {"vilt-b32": "bert-base-uncased", "bert-base": "bert-base-uncased", "minilm-l6": "bert-base-uncased"}
+
+
+def preset_config(name: str):
+    if name not in PRESETS:
+        raise BackboneError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]()
