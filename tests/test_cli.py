@@ -42,7 +42,7 @@ def test_search_train_eval_profile(tiny_encoder_dir, data, tmp_path, capsys):
     out = run(["train", *common, "--plan", str(tmp_path / "s" / "search_result.json"), "--train.epochs", "3",
                "--train.lr", "0.01", "--output_dir", str(tmp_path / "t")], capsys)
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
-    assert metrics["plan"] == result["plan"]["skip"] and 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert metrics["plan"] == result["plan"]["skip"] and 0.0 <= metrics["test"]["test"]["accuracy"] <= 1.0
     assert (tmp_path / "t" / "train.csv").is_file() and (tmp_path / "t" / "eval.csv").is_file()
     meta = json.loads((tmp_path / "t" / "artifact" / "archskip.json").read_text())
     assert meta["plan"]["skip"] == result["plan"]["skip"] and meta["run_config"]["train"]["lr"] == 0.01

@@ -92,18 +92,22 @@ def evaluate(
     text_pair_column: str | None = None,
     batch_size: int = 32,
     base: str | None = None,
+    predictions: str | None = None,
 ) -> None:
-    """Evaluate a trained artifact (pruned, as shipped) on a CSV/JSONL file.
+    """Evaluate a trained artifact (pruned, as shipped) on a CSV/JSONL file or ViLT-format arrow file(s).
 
     Args:
         artifact: directory written by `archskip train` (output_dir/artifact).
-        data: CSV or JSONL file with the text and label columns.
+        data: CSV or JSONL file with the text and label columns, or .arrow file(s) joined by commas
+            (each reported on its own, e.g. nlvr2_dev.arrow,nlvr2_test1.arrow).
         base: load the base model from here instead of the recorded id/path.
+        predictions: also write the predictions here (VQA: the test-dev submission JSON).
     """
     from . import pipeline
 
     print(json.dumps(pipeline.evaluate_artifact(artifact, data, text_column=text_column, label_column=label_column,
-                                                text_pair_column=text_pair_column, batch_size=batch_size, base=base), indent=2))
+                                                text_pair_column=text_pair_column, batch_size=batch_size, base=base,
+                                                predictions=predictions), indent=2))
 
 
 def profile(

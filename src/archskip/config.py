@@ -107,31 +107,54 @@ class ModelConfig:
 class TaskConfig:
     """What is learned on top of the backbone."""
 
-    name: Literal["classification", "causal_lm"] = "classification"
-    """'classification': sequence classification head on an encoder; 'causal_lm': answer loss of a decoder."""
+    name: Literal["classification", "causal_lm", "vqa", "nlvr2", "retrieval"] = "classification"
+    """'classification': a head on an encoder's pooled text; 'causal_lm': answer loss of a decoder;
+    'vqa', 'nlvr2', 'retrieval': the vision-language tasks of the paper (ViLT-style models, arrow data)."""
     num_labels: int | None = None
-    """Number of classes; inferred from the training data if unset."""
+    """Number of classes (VQA: answers, default 3,129); inferred from the training data for classification."""
     max_length: int = 128
-    """Tokens per example (longer inputs are truncated)."""
+    """Tokens per text (longer inputs are truncated; ViLT: 40)."""
     pooling: Literal["cls", "mean"] = "cls"
     """How a classification head reads the sequence: first token or masked mean."""
+    image_size: int = 384
+    """Images: shorter side after resizing (ViLT 384; METER 288 or 384)."""
+    max_image_side: int = 640
+    """Images: longer side at most this."""
+    image_patch: int = 32
+    """Images: both sides are rounded down to a multiple of this (the model's patch size)."""
+    randaugment: bool = False
+    """RandAugment (2 ops, magnitude 9) on training images."""
+    negatives: int = 15
+    """Retrieval: random negative captions per training pair (listwise loss)."""
 
     def __post_init__(self) -> None:
         _validate_literals(self)
         _check(self.max_length > 0, f"task.max_length={self.max_length!r} must be positive")
         _check(self.num_labels is None or self.num_labels >= 2, f"task.num_labels={self.num_labels!r} must be >= 2")
+        for name in ("image_size", "max_image_side", "image_patch"):
+            _check(getattr(self, name) > 0, f"task.{name}={getattr(self, name)!r} must be positive")
+        _check(self.max_image_side >= self.image_size,
+               f"task.max_image_side={self.max_image_side} must be >= task.image_size={self.image_size}")
+        _check(self.negatives >= 0, f"task.negatives={self.negatives!r} must be >= 0")
+
+    @property
+    def is_vision_language(self) -> bool:
+        return self.name in ("vqa", "nlvr2", "retrieval")
 
 
 @dataclass
 class DataConfig:
-    """Where the examples come from: CSV or JSONL files with a text and a label column."""
+    """Where the examples come from: CSV/JSONL files with a text and a label column, or, for the
+    vision-language tasks, ViLT-format arrow files in `root` named without '.arrow'."""
 
     train: str | None = None
-    """Training file (.csv, .jsonl or .json lines)."""
+    """Training file (.csv, .jsonl), or arrow names joined by commas (e.g. 'vqav2_train,vqav2_trainable_val')."""
     validation: str | None = None
-    """Validation file; if unset, `val_fraction` of the training file is held out."""
+    """Validation file/arrows; if unset, `val_fraction` of a training file is held out (arrows: no validation)."""
     test: str | None = None
-    """Test file; if unset, `test_fraction` of the training file is held out."""
+    """Test file/arrows; several comma-separated arrows are evaluated and reported one by one."""
+    root: str | None = None
+    """Directory of the arrow files."""
     text_column: str = "text"
     """Column (CSV) or key (JSONL) of the input text (the prompt for causal_lm)."""
     text_pair_column: str | None = None

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
+from torch.utils.data import ConcatDataset, Subset
 
 from .artifact import load_artifact, save_artifact
 from .backbones.load import load_pretrained
@@ -28,23 +30,28 @@ from .runlog import RunLogger
 from .scorers import block_influence, exhaustive, last_k, random_plan
 from .search import RESULT_FILE, run_search
 from .skipping import SkipModel
-from .tasks import Task, assemble, build_task, evaluate, to_device
+from .data.vilt_arrow import NLVR2Dataset, RetrievalDataset, VQADataset, split_names
+from .tasks import Task, assemble, build_task, image_spec, to_device
 from .train import Trainer
 
 
 @dataclass
 class Splits:
-    train: list[dict]
-    validation: list[dict]
-    test: list[dict]
+    train: Sequence  # a list of example dicts or a Dataset
+    validation: Sequence | None
+    test: dict[str, Sequence]  # name -> split, each evaluated and reported on its own
 
 
 def load_splits(cfg: RunConfig) -> Splits:
+    """The data of a run: text files (CSV/JSONL) or, for vision-language tasks, ViLT-format arrows."""
+    return _arrow_splits(cfg) if cfg.task.is_vision_language else _text_splits(cfg)
+
+
+def _text_splits(cfg: RunConfig) -> Splits:
     d = cfg.data
     if not d.train:
         raise DataError("data.train is not set: give a CSV or JSONL file of (text, label) rows")
-    label = d.label_column
-    read = lambda p: read_examples(p, d.text_column, label, d.text_pair_column)  # noqa: E731
+    read = lambda p: read_examples(p, d.text_column, d.label_column, d.text_pair_column)  # noqa: E731
     train = read(d.train)
     validation = read(d.validation) if d.validation else None
     test = read(d.test) if d.test else None
@@ -54,11 +61,33 @@ def load_splits(cfg: RunConfig) -> Splits:
         validation = parts.pop(0)
     if test is None:
         test = parts.pop(0)
-    train = parts[0]
-    if d.limit:
-        train = train[: d.limit]
+    train = parts[0][: d.limit] if d.limit else parts[0]
     if not train:
         raise DataError(f"the training split of {d.train!r} is empty after holding out validation/test data")
+    return Splits(train, validation, {"test": test} if test else {})
+
+
+def _arrow_splits(cfg: RunConfig) -> Splits:
+    d, t = cfg.data, cfg.task
+    if not d.root:
+        raise DataError(f"data.root is not set: the {t.name} task reads ViLT-format arrow files from a directory")
+    if not d.train and not d.test:
+        raise DataError("data.train / data.test name no arrow files (e.g. data.train='vqav2_train,vqav2_trainable_val')")
+    spec = image_spec(t)
+
+    def dataset(names: str, train: bool):
+        transform = spec.transform(randaugment=train and t.randaugment)
+        if t.name == "vqa":
+            return VQADataset(d.root, names, transform, num_answers=t.num_labels or 3129, require_answers=train)
+        if t.name == "nlvr2":
+            return NLVR2Dataset(d.root, names, transform)
+        return RetrievalDataset(d.root, names, transform, negatives=t.negatives if train else 0)
+
+    train = dataset(d.train, True) if d.train else None
+    if train is not None and d.limit:
+        train = Subset(train, range(min(d.limit, len(train))))
+    validation = dataset(d.validation, False) if d.validation else None
+    test = {name: dataset(name, False) for name in split_names(d.test)} if d.test else {}
     return Splits(train, validation, test)
 
 
@@ -149,7 +178,12 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
     trainer = Trainer(model, task, cfg.train, seed=cfg.seed, out_dir=out,
                       logger=RunLogger(out, cfg.train.tensorboard, resume), progress=progress)
     fit = trainer.fit(splits.train, splits.validation, resume=resume)
-    test = trainer.evaluate(splits.test) if splits.test else {}
+    test = {}
+    for name, split in splits.test.items():
+        test[name] = trainer.evaluate(split)
+        if hasattr(task, "predict"):
+            test[name]["predictions"] = str(write_predictions(model, task, split, out / f"predictions_{name}.json",
+                                                              cfg.train.batch_size))
     trainable, total = model.parameter_counts()
     metrics = {
         "plan": list(skip_plan.skip), "validation": fit.final_eval, "test": test, "trainable_params": trainable,
@@ -161,12 +195,44 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
     return metrics
 
 
-def evaluate_artifact(artifact: str | Path, data_file: str, *, text_column: str = "text", label_column: str = "label",
-                      text_pair_column: str | None = None, batch_size: int = 32, base: str | None = None) -> dict:
-    """Metrics of a saved artifact (pruned, as shipped) on a CSV/JSONL file."""
+def write_predictions(model: SkipModel, task: Task, examples, path: str | Path, batch_size: int = 32) -> Path:
+    """The task's predictions over a split as JSON (VQA: the [{question_id, answer}] EvalAI takes)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        preds = [p for b in make_loader(examples, task.collate, batch_size) for p in task.predict(model, to_device(b, device))]
+    finally:
+        model.train(was_training)
+    return atomic_write_text(path, json.dumps(preds))
+
+
+def evaluate_artifact(artifact: str | Path, data: str, *, text_column: str = "text", label_column: str = "label",
+                      text_pair_column: str | None = None, batch_size: int = 32, base: str | None = None,
+                      predictions: str | None = None) -> dict:
+    """Metrics of a saved artifact (pruned, as shipped) on a CSV/JSONL file or ViLT-format arrow file(s).
+
+    With `predictions`, also write the task's predictions there (VQA: the test-dev submission JSON)."""
     model, task = load_artifact(artifact, base)
-    examples = read_examples(data_file, text_column, label_column, text_pair_column)
-    return evaluate(model, task, make_loader(examples, task.collate, batch_size))
+    if data.endswith(".arrow") or (Path(data).is_dir() if data else False):
+        from .config import TaskConfig
+
+        files = [Path(p) for p in data.split(",")]
+        image = getattr(task, "image", None)
+        tcfg = TaskConfig(name=task.name, num_labels=getattr(task, "num_answers", None), negatives=0,
+                          **({"image_size": image.shorter, "max_image_side": image.longer, "image_patch": image.patch} if image else {}))
+        cfg = RunConfig(task=tcfg)
+        cfg.data.root, cfg.data.test = str(files[0].parent), ",".join(f.stem for f in files)
+        splits = _arrow_splits(cfg)
+        metrics = {name: task.evaluate_dataset(model, ds, batch_size) for name, ds in splits.test.items()}
+        if predictions:
+            write_predictions(model, task, ConcatDataset(list(splits.test.values())), predictions, batch_size)
+        return metrics
+    examples = read_examples(data, text_column, label_column, text_pair_column)
+    metrics = task.evaluate_dataset(model, examples, batch_size)
+    if predictions and hasattr(task, "predict"):
+        write_predictions(model, task, examples, predictions, batch_size)
+    return metrics
 
 
 def profile_artifact(artifact: str | Path, *, batch_size: int = 8, seq_len: int = 128, repeats: int = 20,

@@ -23,7 +23,7 @@ from .data.loader import make_loader
 from .io import atomic_write
 from .runlog import RunLogger
 from .skipping import SkipModel
-from .tasks.base import Task, evaluate, to_device
+from .tasks.base import Task, to_device
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -194,10 +194,9 @@ class Trainer:
             last_loss = running / seen
         return FitResult(step, micro, last_loss, history, time.perf_counter() - t0)
 
-    def evaluate(self, examples: list[dict]) -> dict[str, float]:
-        loader = make_loader(examples, self.task.collate, self.cfg.batch_size, num_workers=self.cfg.num_workers)
+    def evaluate(self, examples) -> dict[str, float]:
         with self.accelerator.autocast():
-            return evaluate(self.model, self.task, loader, self.device)
+            return self.task.evaluate_dataset(self.model, examples, self.cfg.batch_size, self.device, self.cfg.num_workers)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _save(self, optimizer, scheduler, micro: int, step: int, history: list[dict]) -> None:

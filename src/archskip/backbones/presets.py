@@ -7,10 +7,10 @@ from .spec import BackboneError
 
 
 def _vilt_b32():
-    from transformers import ViltConfig
+    from .vilt_convert import original_vilt_config
 
     # ViLT-B/32 as the paper fine-tunes it: 384-px position grid, 32-px patches, 40 text positions
-    return ViltConfig(image_size=384, patch_size=32, max_position_embeddings=40, layer_norm_eps=1e-6)
+    return original_vilt_config()
 
 
 def _bert_base():

@@ -103,14 +103,20 @@ def write_csv(path: str | Path, examples: list[dict], columns: tuple[str, ...] =
     return atomic_write_text(path, buf.getvalue())
 
 
-def split_examples(examples: list, fractions: tuple[float, ...], seed: int) -> list[list]:
-    """Shuffle with a fixed seed and cut into len(fractions)+1 parts (the last part takes the rest)."""
+def split_examples(examples, fractions: tuple[float, ...], seed: int) -> list:
+    """Shuffle with a fixed seed and cut into len(fractions)+1 parts (the last part takes the rest).
+
+    A list gives lists; a Dataset gives Subsets (no item is loaded: images stay undecoded)."""
+    from torch.utils.data import Subset
+
     idx = list(range(len(examples)))
     random.Random(seed).shuffle(idx)
-    parts, start = [], 0
+    cuts, start = [], 0
     for frac in fractions:
         n = int(round(frac * len(examples)))
-        parts.append([examples[i] for i in idx[start : start + n]])
+        cuts.append(idx[start : start + n])
         start += n
-    parts.append([examples[i] for i in idx[start:]])
-    return parts
+    cuts.append(idx[start:])
+    if isinstance(examples, list):
+        return [[examples[i] for i in c] for c in cuts]
+    return [Subset(examples, c) for c in cuts]

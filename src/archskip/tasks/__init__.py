@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from ..config import AdapterConfig, ConfigError, ModelConfig, TaskConfig
 from ..skipping import SkipModel
+from ..data.images import ImageSpec
 from ..data.text import LabelVocab
 from .base import Task, evaluate, to_device
 from .causal_lm import CausalLM
 from .classification import SequenceClassification
+from .nlvr2 import NLVR2
+from .retrieval import Retrieval
+from .vqa import VQA
 
-__all__ = ["CausalLM", "SequenceClassification", "Task", "assemble", "build_task", "evaluate", "task_from_info", "to_device"]
+__all__ = ["NLVR2", "VQA", "CausalLM", "Retrieval", "SequenceClassification", "Task", "assemble", "build_task", "evaluate", "task_from_info", "to_device"]
 
 
 def assemble(base, task: Task, adapter: AdapterConfig, model_cfg: ModelConfig, extras: dict | None = None,
@@ -22,7 +26,12 @@ def assemble(base, task: Task, adapter: AdapterConfig, model_cfg: ModelConfig, e
     return model
 
 
-def build_task(cfg: TaskConfig, tokenizer, train_examples: list[dict] | None = None) -> Task:
+def image_spec(cfg: TaskConfig) -> ImageSpec:
+    return ImageSpec(cfg.image_size, cfg.max_image_side, cfg.image_patch)
+
+
+def build_task(cfg: TaskConfig, tokenizer, train_examples=None) -> Task:
+    """The task of `cfg`; classification learns its label set and VQA its answer list from the training data."""
     if cfg.name == "classification":
         if train_examples is None:
             raise ConfigError("a classification task needs training examples to learn its label set")
@@ -32,14 +41,28 @@ def build_task(cfg: TaskConfig, tokenizer, train_examples: list[dict] | None = N
         return SequenceClassification(tokenizer, labels, cfg.max_length, cfg.pooling)
     if cfg.name == "causal_lm":
         return CausalLM(tokenizer, cfg.max_length)
-    raise ConfigError(f"unknown task {cfg.name!r}; expected 'classification' or 'causal_lm'")
+    if cfg.name == "vqa":
+        answers = train_examples.answer_vocabulary() if hasattr(train_examples, "answer_vocabulary") else None
+        return VQA(tokenizer, cfg.num_labels or 3129, cfg.max_length, answers, image_spec(cfg))
+    if cfg.name == "nlvr2":
+        return NLVR2(tokenizer, cfg.max_length, image_spec(cfg))
+    if cfg.name == "retrieval":
+        return Retrieval(tokenizer, cfg.max_length, cfg.negatives, image_spec(cfg))
+    raise ConfigError(f"unknown task {cfg.name!r}; expected classification, causal_lm, vqa, nlvr2 or retrieval")
 
 
 def task_from_info(info: dict, tokenizer) -> Task:
     """Rebuild a task from the `info()` an artifact stored."""
     name = info.get("name")
+    image = ImageSpec(**info["image"]) if "image" in info else ImageSpec()
     if name == "classification":
         return SequenceClassification(tokenizer, LabelVocab(info["labels"]), info["max_length"], info["pooling"])
     if name == "causal_lm":
         return CausalLM(tokenizer, info["max_length"])
+    if name == "vqa":
+        return VQA(tokenizer, info["num_answers"], info["max_length"], info.get("answers"), image)
+    if name == "nlvr2":
+        return NLVR2(tokenizer, info["max_length"], image)
+    if name == "retrieval":
+        return Retrieval(tokenizer, info["max_length"], info["negatives"], image, info.get("text_batch", 64))
     raise ConfigError(f"artifact names an unknown task {name!r}")

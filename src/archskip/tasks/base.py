@@ -41,6 +41,12 @@ class Task(ABC):
         out["n"] = sums.get("n", 0.0)
         return out
 
+    def evaluate_dataset(self, model: SkipModel, examples, batch_size: int = 32, device=None, num_workers: int = 0) -> dict:
+        """Metrics over a whole split (batched `score` by default; retrieval ranks the whole split)."""
+        from ..data.loader import make_loader
+
+        return evaluate(model, self, make_loader(examples, self.collate, batch_size, num_workers=num_workers), device)
+
     def example_batch(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
         """A synthetic batch of the given shape, for FLOP counting and latency."""
         raise NotImplementedError

@@ -1,0 +1,73 @@
+"""NLVR2: is the sentence true of the image pair? Two ViLT passes, one per image, their pooled
+features concatenated into a 2-way classifier (das-reference §3.1).
+
+The second image is marked with a third modality token type, initialised as a copy of the image
+row (as ViLT and DAS do); it is trainable with the other token-type embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.images import ImageSpec
+from ..skipping import SkipModel
+from .base import Task
+from .vl import encode_texts, example_images, image_batch, mlp_head, vilt_inputs
+
+
+def add_image_token_type(base: nn.Module) -> None:
+    """Grow ViLT's modality embedding from [text, image] to [text, image, image 2]; row 2 := row 1."""
+    emb = base.embeddings.token_type_embeddings
+    if emb.num_embeddings >= 3:
+        return
+    grown = nn.Embedding(3, emb.embedding_dim).to(device=emb.weight.device, dtype=emb.weight.dtype)
+    with torch.no_grad():
+        grown.weight[:2] = emb.weight
+        grown.weight[2] = emb.weight[1]
+    grown.weight.requires_grad_(emb.weight.requires_grad)
+    base.embeddings.token_type_embeddings = grown
+    base.config.modality_type_vocab_size = 3
+
+
+class NLVR2(Task):
+    name = "nlvr2"
+
+    def __init__(self, tokenizer, max_length: int = 40, image: ImageSpec = ImageSpec()):
+        self.tokenizer, self.max_length, self.image = tokenizer, max_length, image
+
+    def prepare_backbone(self, base) -> None:
+        add_image_token_type(base)
+
+    def attach_head(self, model: SkipModel, extras: dict | None = None) -> None:
+        d = model.config.hidden_size
+        model.head = mlp_head(2 * d, 2 * d, 2).to(next(model.base.parameters()).device)
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        return {**encode_texts(self.tokenizer, [e["text"] for e in examples], self.max_length),
+                **image_batch([e["image_0"] for e in examples], "0_"), **image_batch([e["image_1"] for e in examples], "1_"),
+                "labels": torch.tensor([e.get("label", 0) for e in examples])}
+
+    def logits(self, model: SkipModel, batch: dict) -> torch.Tensor:
+        pooled = [model(**vilt_inputs(batch, f"{i}_"), image_token_type_idx=i + 1).pooler_output for i in (0, 1)]
+        return model.head(torch.cat(pooled, dim=-1).float())  # (B, 2D) -> (B, 2)
+
+    def loss(self, model: SkipModel, batch: dict) -> torch.Tensor:
+        return F.cross_entropy(self.logits(model, batch), batch["labels"])
+
+    def score(self, model: SkipModel, batch: dict) -> dict[str, float]:
+        logits, labels = self.logits(model, batch), batch["labels"]
+        return {"n": len(labels), "loss_sum": F.cross_entropy(logits, labels, reduction="sum").item(),
+                "accuracy_sum": (logits.argmax(-1) == labels).sum().item()}
+
+    def example_batch(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(1000, self.tokenizer.vocab_size, (batch_size, seq_len))
+        img = example_images(batch_size, *self.image.largest)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+                **{f"{p}_{k}": v for p in "01" for k, v in img.items()}, "labels": torch.zeros(batch_size, dtype=torch.long)}
+
+    def info(self) -> dict:
+        return {"name": self.name, "max_length": self.max_length, "image": asdict(self.image)}

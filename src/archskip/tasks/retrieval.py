@@ -1,0 +1,131 @@
+"""Image-text retrieval (Flickr30k / COCO) with a single-stream model, as ViLT's IR/TR fine-tuning.
+
+Training: each (image, caption) pair is scored against `negatives` (15) random captions of other
+images; listwise cross-entropy with the true caption first. The score is `rank_output(pooled)`, a
+linear head initialised from the "match" row of the pretrained ITM head when the checkpoint has one.
+
+Evaluation: every image against every caption of the split (1k x 5k on Karpathy test), in batches
+of captions per image; recall@1/5/10 for text retrieval (image -> its captions) and image retrieval
+(caption -> its image). Ties count against the model: a candidate scoring *equal* to the true one
+ranks above it, so a model that scores everything alike gets recall 0, not a lucky draw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.images import pad_images
+from ..data.images import ImageSpec
+from ..skipping import SkipModel
+from .base import Task
+from .vl import encode_texts, example_images, image_batch, vilt_inputs
+
+KS = (1, 5, 10)
+
+
+def recall_at_k(scores: torch.Tensor, caption_image: list[int] | torch.Tensor, ks=KS) -> dict[str, float]:
+    """scores (I, C): image i vs caption c; caption_image[c] = its image. Returns tr_r{k}, ir_r{k}."""
+    owner = torch.as_tensor(caption_image)
+    n_img, n_cap = scores.shape
+    is_pos = owner[None, :] == torch.arange(n_img)[:, None]  # (I, C)
+    # text retrieval: rank of the best true caption of each image among that image's row
+    best_pos = scores.masked_fill(~is_pos, float("-inf")).max(1).values  # (I,)
+    tr_rank = 1 + ((scores >= best_pos[:, None]) & ~is_pos).sum(1)  # (I,)
+    # image retrieval: rank of the true image of each caption among that caption's column
+    true = scores[owner, torch.arange(n_cap)]  # (C,)
+    ir_rank = 1 + ((scores >= true[None, :]) & ~is_pos).sum(0)  # (C,)
+    out = {}
+    for k in ks:
+        out[f"tr_r{k}"] = (tr_rank <= k).float().mean().item()
+        out[f"ir_r{k}"] = (ir_rank <= k).float().mean().item()
+    return out
+
+
+class Retrieval(Task):
+    name = "retrieval"
+
+    def __init__(self, tokenizer, max_length: int = 40, negatives: int = 15, image: ImageSpec = ImageSpec(),
+                 text_batch: int = 64):
+        self.tokenizer, self.max_length, self.negatives = tokenizer, max_length, negatives
+        self.image, self.text_batch = image, text_batch
+
+    def attach_head(self, model: SkipModel, extras: dict | None = None) -> None:
+        d = model.config.hidden_size
+        head = nn.Linear(d, 1)
+        itm_w, itm_b = (extras or {}).get("itm_score.fc.weight"), (extras or {}).get("itm_score.fc.bias")
+        with torch.no_grad():
+            if itm_w is not None and itm_b is not None:
+                head.weight.copy_(itm_w[1:2])  # the "match" row of the pretrained ITM head
+                head.bias.copy_(itm_b[1:2])
+            else:
+                warnings.warn("the checkpoint has no ITM head: the retrieval head starts from random weights", stacklevel=2)
+                nn.init.normal_(head.weight, std=0.02)
+                nn.init.zeros_(head.bias)
+        model.head = head.to(next(model.base.parameters()).device)
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """Pairs (B x (1 + negatives)): every image with its caption then its negative captions."""
+        texts = [t for e in examples for t in [e["text"], *e.get("negatives", [])]]
+        per = len(texts) // len(examples)
+        values, mask = pad_images([e["image"] for e in examples])
+        return {**encode_texts(self.tokenizer, texts, self.max_length),
+                "pixel_values": values.repeat_interleave(per, 0), "pixel_mask": mask.repeat_interleave(per, 0),
+                "pairs_per_image": torch.tensor(per)}
+
+    def scores(self, model: SkipModel, batch: dict) -> torch.Tensor:
+        return model.head(model(**vilt_inputs(batch)).pooler_output.float()).squeeze(-1)  # (pairs,)
+
+    def loss(self, model: SkipModel, batch: dict) -> torch.Tensor:
+        per = int(batch["pairs_per_image"])
+        s = self.scores(model, batch).view(-1, per)  # (B, 1 + negatives); the true caption is column 0
+        return F.cross_entropy(s, torch.zeros(len(s), dtype=torch.long, device=s.device))
+
+    def score(self, model: SkipModel, batch: dict) -> dict[str, float]:
+        per = int(batch["pairs_per_image"])
+        s = self.scores(model, batch).view(-1, per)
+        target = torch.zeros(len(s), dtype=torch.long, device=s.device)
+        return {"n": len(s), "loss_sum": F.cross_entropy(s, target, reduction="sum").item(),
+                "listwise_accuracy_sum": (s.argmax(-1) == 0).sum().item()}
+
+    @torch.no_grad()
+    def score_matrix(self, model: SkipModel, dataset, device=None) -> torch.Tensor:
+        """(images, captions) scores over a whole split, one image at a time, captions in batches."""
+        device = device or next(model.parameters()).device
+        encoded = [encode_texts(self.tokenizer, dataset.captions[i : i + self.text_batch], self.max_length)
+                   for i in range(0, len(dataset.captions), self.text_batch)]
+        rows = []
+        for k in range(len(dataset.images)):
+            img = dataset.image(k)[None].to(device)  # (1, 3, H, W)
+            mask = torch.ones(1, *img.shape[-2:], dtype=torch.long, device=device)
+            row = []
+            for enc in encoded:
+                n = len(enc["input_ids"])
+                batch = {**{kk: v.to(device) for kk, v in enc.items()},
+                         "pixel_values": img.expand(n, -1, -1, -1), "pixel_mask": mask.expand(n, -1, -1)}
+                row.append(self.scores(model, batch).float().cpu())
+            rows.append(torch.cat(row))
+        return torch.stack(rows)
+
+    def evaluate_dataset(self, model: SkipModel, dataset, batch_size: int = 0, device=None, num_workers: int = 0) -> dict:
+        was_training = model.training
+        model.eval()
+        try:
+            s = self.score_matrix(model, dataset, device)
+        finally:
+            model.train(was_training)
+        return {**recall_at_k(s, dataset.caption_image), "images": s.shape[0], "captions": s.shape[1]}
+
+    def example_batch(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(1000, self.tokenizer.vocab_size, (batch_size, seq_len))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+                **example_images(batch_size, *self.image.largest), "pairs_per_image": torch.tensor(1)}
+
+    def info(self) -> dict:
+        return {"name": self.name, "max_length": self.max_length, "negatives": self.negatives,
+                "image": asdict(self.image), "text_batch": self.text_batch}

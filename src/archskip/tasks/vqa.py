@@ -1,0 +1,79 @@
+"""VQAv2 as ViLT/METER train it: 3,129 answers with soft targets, BCE scaled by the number of answers.
+
+Targets: an answer given by 1/2/3/>=4 of the 10 annotators scores 0.3/0.6/0.9/1.0 (the arrow files
+carry these scores). Loss = BCE-with-logits(mean over all B x A entries) x A, as the reference (so
+r = exp(-loss) is small in the search: the faithful reward, das-reference §2.2). Metric: the VQA
+score, i.e. the target score of the predicted answer. Test splits have no answers: `predict` gives
+the [{question_id, answer}] list that the EvalAI server takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+
+from ..data.images import ImageSpec
+from ..skipping import SkipModel
+from .base import Task
+from .vl import encode_texts, example_images, image_batch, mlp_head, vilt_inputs
+
+
+def vqa_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B, A), (B, A) -> (B,): the soft target of each predicted (argmax) answer."""
+    return targets.gather(1, logits.argmax(-1, keepdim=True)).squeeze(1)
+
+
+class VQA(Task):
+    name = "vqa"
+
+    def __init__(self, tokenizer, num_answers: int = 3129, max_length: int = 40, answers: list[str] | None = None,
+                 image: ImageSpec = ImageSpec()):
+        self.tokenizer, self.num_answers, self.max_length = tokenizer, num_answers, max_length
+        self.answers, self.image = answers, image
+
+    def attach_head(self, model: SkipModel, extras: dict | None = None) -> None:
+        d = model.config.hidden_size
+        model.head = mlp_head(d, 2 * d, self.num_answers).to(next(model.base.parameters()).device)
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {**encode_texts(self.tokenizer, [e["text"] for e in examples], self.max_length),
+                 **image_batch([e["image"] for e in examples])}
+        targets = torch.zeros(len(examples), self.num_answers)
+        for i, e in enumerate(examples):
+            for label, score in zip(e.get("labels", []), e.get("scores", [])):
+                targets[i, label] = score
+        batch["targets"] = targets
+        batch["question_id"] = torch.tensor([e.get("question_id", -1) for e in examples])
+        return batch
+
+    def logits(self, model: SkipModel, batch: dict) -> torch.Tensor:
+        pooled = model(**vilt_inputs(batch)).pooler_output  # (B, D)
+        return model.head(pooled.float())  # (B, A)
+
+    def loss(self, model: SkipModel, batch: dict) -> torch.Tensor:
+        targets = batch["targets"]
+        return F.binary_cross_entropy_with_logits(self.logits(model, batch), targets) * targets.shape[1]
+
+    def score(self, model: SkipModel, batch: dict) -> dict[str, float]:
+        logits, targets = self.logits(model, batch), batch["targets"]
+        bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(1)  # (B,)
+        return {"n": len(targets), "loss_sum": bce.sum().item(), "vqa_score_sum": vqa_score(logits, targets).sum().item()}
+
+    @torch.no_grad()
+    def predict(self, model: SkipModel, batch: dict) -> list[dict]:
+        """[{question_id, answer}] for a batch (the test-dev submission format)."""
+        if not self.answers:
+            raise ValueError("the VQA task has no answer vocabulary to turn predictions into answers")
+        pred = self.logits(model, batch).argmax(-1).tolist()
+        return [{"question_id": int(q), "answer": self.answers[p]} for q, p in zip(batch["question_id"].tolist(), pred)]
+
+    def example_batch(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(1000, self.tokenizer.vocab_size, (batch_size, seq_len))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+                **example_images(batch_size, *self.image.largest), "targets": torch.zeros(batch_size, self.num_answers)}
+
+    def info(self) -> dict:
+        return {"name": self.name, "num_answers": self.num_answers, "max_length": self.max_length,
+                "answers": self.answers, "image": asdict(self.image)}
