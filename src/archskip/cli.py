@@ -111,28 +111,53 @@ def evaluate(
 
 
 def profile(
-    artifact: str,
+    artifact: str | None = None,
+    model: ModelConfig = ModelConfig(),
+    task: TaskConfig = TaskConfig(),
+    adapter: AdapterConfig = AdapterConfig(),
+    ks: list[int] = [0, 1, 2, 3],  # noqa: B006 (read-only default)
     batch_size: int = 8,
     seq_len: int = 128,
     repeats: int = 20,
+    warmup: int = 3,
     base: str | None = None,
     device: str = "cpu",
+    output: str | None = None,
 ) -> None:
-    """Parameters, FLOPs and latency of the base model vs the pruned artifact model, measured side by side.
+    """Parameters, FLOPs and latency, measured side by side against the frozen base model.
+
+    Either a trained artifact (base model vs the pruned artifact model), or a model (e.g.
+    --model.name_or_path random:vilt-b32) with DAS-k for every k in --ks (the last k blocks skipped).
 
     Args:
-        artifact: directory written by `archskip train`.
+        artifact: directory written by `archskip train`; if unset, --model/--task/--adapter/--ks are profiled.
+        model: the backbone (random:<preset> gives the full-size architecture with random weights).
+        task: the task whose head and inputs are measured (images at task.image_size / max_image_side).
+        adapter: adapter shapes.
+        ks: numbers of skipped blocks to measure (0 = adapters, no skip).
         batch_size: examples per forward.
         seq_len: tokens per example.
         repeats: interleaved timed rounds (medians are reported).
-        base: load the base model from here instead of the recorded id/path.
+        warmup: untimed calls per model first.
+        base: with an artifact: load the base model from here instead of the recorded id/path.
         device: cpu or cuda.
+        output: also write the table (markdown) to this file.
     """
     from . import pipeline
+    from .io import atomic_write_text
     from .report import markdown_table
 
-    rows = pipeline.profile_artifact(artifact, batch_size=batch_size, seq_len=seq_len, repeats=repeats, base=base, device=device)
-    print(markdown_table(rows, list(rows[0])))
+    if artifact:
+        rows = pipeline.profile_artifact(artifact, batch_size=batch_size, seq_len=seq_len, repeats=repeats, warmup=warmup,
+                                         base=base, device=device)
+    else:
+        cfg = RunConfig(model=model, task=task, adapter=adapter)
+        rows = pipeline.profile_model(cfg, ks, batch_size=batch_size, seq_len=seq_len, repeats=repeats, warmup=warmup,
+                                      device=device)
+    table = markdown_table(rows, list(rows[0]))
+    print(table)
+    if output:
+        atomic_write_text(output, table + "\n")
 
 
 def demo(output_dir: str = "runs/demo", seed: int = 0, quick: bool = False) -> None:

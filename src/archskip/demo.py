@@ -25,8 +25,8 @@ from .data.loader import make_loader
 from .data.movie_reviews import load_rotten_tomatoes
 from .data.text import split_examples, write_csv
 from .io import atomic_write_text, ensure_dir
-from .pipeline import compare_models
 from .plan import SkipPlan
+from .profile import compare_models
 from .report import markdown_table, plot_gates, write_report
 from .search import RESULT_FILE, run_search
 from .skipping import SkipModel

@@ -6,6 +6,7 @@ output (a search result JSON, an artifact directory), never a list copied by han
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from .data.text import DataError, read_examples, split_examples
 from .io import atomic_write_text, ensure_dir
 from .plan import PlanError, SearchResult, SkipPlan, resolve_plan
 from .policy import SkipPolicy
-from .profile import count_flops, measure_latency, parameter_counts
+from .profile import compare_models
 from .report import plot_gates
 from .runlog import RunLogger
 from .scorers import block_influence, exhaustive, last_k, random_plan
@@ -236,50 +237,32 @@ def evaluate_artifact(artifact: str | Path, data: str, *, text_column: str = "te
 
 
 def profile_artifact(artifact: str | Path, *, batch_size: int = 8, seq_len: int = 128, repeats: int = 20,
-                     base: str | None = None, device: str = "cpu") -> list[dict]:
+                     warmup: int = 3, base: str | None = None, device: str = "cpu") -> list[dict]:
     """Parameters, FLOPs and latency of the frozen base model vs the pruned artifact model, side by side."""
     model, task = load_artifact(artifact, base)
     reference, _ = load_artifact(artifact, base, prune=False)  # same weights, for the base model
     batch = to_device(task.example_batch(batch_size, seq_len), device)
-    model.to(device)
-    reference.to(device)
-    return compare_models({"base": (reference, True), "archskip": (model, False)}, task, batch, repeats=repeats, device=device)
+    models = {"base": (reference.to(device), True), "archskip": (model.to(device), False)}
+    return compare_models(models, task, batch, repeats=repeats, warmup=warmup, device=device)
 
 
-def compare_models(models: dict[str, tuple[SkipModel, bool]], task: Task, batch: dict, *, repeats: int = 20,
-                   warmup: int = 3, device=None) -> list[dict]:
-    """One row per model: params, FLOPs, median latency and both as ratios to the first model.
+def profile_model(cfg: RunConfig, ks: list[int], *, batch_size: int = 8, seq_len: int = 128, repeats: int = 20,
+                  warmup: int = 3, device: str = "cpu") -> list[dict]:
+    """The frozen base model and DAS-k for each k (the last k blocks skipped, pruned), side by side.
 
-    models: name -> (model, adapters_off). adapters_off=True measures the frozen base model.
-    """
-    def runner(m: SkipModel, base_only: bool):
-        def run():
-            if base_only:
-                with m.adapters_disabled():
-                    return task.loss(m, batch)
-            return task.loss(m, batch)
-        return run
+    Works on `random:<preset>` models: FLOPs and latency do not depend on the weights."""
+    base, tokenizer, extras = load_pretrained(cfg.model)
+    labels = [{"label": i} for i in range(cfg.task.num_labels or 2)]  # classification needs a label set
+    task = build_task(cfg.task, tokenizer, labels if cfg.task.name == "classification" else None)
 
-    for m, _ in models.values():
-        m.eval()
-    fns = {name: runner(m, off) for name, (m, off) in models.items()}
-    flops = {name: count_flops(fn) for name, fn in fns.items()}
-    lat = measure_latency(fns, warmup=warmup, repeats=repeats, device=device)
-    first = next(iter(models))
-    rows = []
-    for name, (m, off) in models.items():
-        trainable, total = parameter_counts(m) if not off else (0, _base_params(m))
-        rows.append({
-            "model": name, "trainable_params": trainable, "total_params": total, "gflops": flops[name] / 1e9,
-            "flops_ratio": flops[name] / flops[first], "latency_ms": lat[name].median_s * 1e3,
-            "latency_ratio": lat[name].median_s / lat[first].median_s, "latency_spread": lat[name].spread,
-        })
-    return rows
+    def variant(k: int | None) -> SkipModel:
+        m = assemble(copy.deepcopy(base), task, cfg.adapter, cfg.model, extras)
+        if k is not None:
+            m.apply_plan(SkipPlan.last(k, m.num_candidates))
+            m.prune()
+        return m.to(device)
 
-
-def _base_params(m: SkipModel) -> int:
-    adapters = {id(p) for layer in m.candidates for part in (layer.sites, layer.replacement) if part is not None
-                for p in part.parameters()}
-    head = {id(p) for p in m.head.parameters()} if m.head is not None else set()
-    return sum(p.numel() for p in {id(p): p for p in m.parameters()}.values() if id(p) not in adapters | head)
-
+    models = {"base (frozen, no adapters)": (variant(None), True)}
+    models.update({f"DAS k={k}" if k else "adapters, no skip": (variant(k), False) for k in ks})
+    batch = to_device(task.example_batch(batch_size, seq_len), device)
+    return compare_models(models, task, batch, repeats=repeats, warmup=warmup, device=device)

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .skipping import SkipModel
+
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) over unique parameters."""
@@ -82,3 +84,41 @@ def measure_latency(
 def ratios(lat: dict[str, Latency], reference: str) -> dict[str, float]:
     ref = lat[reference].median_s
     return {n: v.median_s / ref for n, v in lat.items()}
+
+
+def compare_models(models: dict[str, tuple[SkipModel, bool]], task, batch: dict, *, repeats: int = 20,
+                   warmup: int = 3, device=None) -> list[dict]:
+    """One row per model: params, FLOPs, median latency and both as ratios to the first model.
+
+    models: name -> (model, adapters_off). adapters_off=True measures the frozen base model.
+    """
+    def runner(m: SkipModel, base_only: bool):
+        def run():
+            if base_only:
+                with m.adapters_disabled():
+                    return task.loss(m, batch)
+            return task.loss(m, batch)
+        return run
+
+    for m, _ in models.values():
+        m.eval()
+    fns = {name: runner(m, off) for name, (m, off) in models.items()}
+    flops = {name: count_flops(fn) for name, fn in fns.items()}
+    lat = measure_latency(fns, warmup=warmup, repeats=repeats, device=device)
+    first = next(iter(models))
+    rows = []
+    for name, (m, off) in models.items():
+        trainable, total = parameter_counts(m) if not off else (0, _base_params(m))
+        rows.append({
+            "model": name, "trainable_params": trainable, "total_params": total, "gflops": flops[name] / 1e9,
+            "flops_ratio": flops[name] / flops[first], "latency_ms": lat[name].median_s * 1e3,
+            "latency_ratio": lat[name].median_s / lat[first].median_s, "latency_spread": lat[name].spread,
+        })
+    return rows
+
+
+def _base_params(m: SkipModel) -> int:
+    adapters = {id(p) for layer in m.candidates for part in (layer.sites, layer.replacement) if part is not None
+                for p in part.parameters()}
+    head = {id(p) for p in m.head.parameters()} if m.head is not None else set()
+    return sum(p.numel() for p in {id(p): p for p in m.parameters()}.values() if id(p) not in adapters | head)

@@ -24,7 +24,7 @@ from ..data.images import pad_images
 from ..data.images import ImageSpec
 from ..skipping import SkipModel
 from .base import Task
-from .vl import encode_texts, example_images, image_batch, vilt_inputs
+from .vl import encode_texts, example_images, vilt_inputs
 
 KS = (1, 5, 10)
 

@@ -1,0 +1,41 @@
+"""Every shipped recipe parses for its stage, with the values the paper uses."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from archskip.cli import main
+from archskip.config import RunConfig
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_parses_for_its_stage(path, capsys):
+    stage = "search" if path.stem.endswith("search") else "train"
+    with pytest.raises(SystemExit) as e:
+        main([stage, "--config", str(path), "--print_config"])
+    assert e.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    raw = yaml.safe_load(path.read_text())
+    assert printed["model"]["name_or_path"] == raw["model"]["name_or_path"]
+    RunConfig.from_dict({k: v for k, v in raw.items() if k != "plan"})  # the library's own validation too
+    if stage == "train":
+        assert raw["plan"].endswith("search_result.json")
+
+
+def test_vilt_recipes_follow_the_paper():
+    r = {p.stem: yaml.safe_load(p.read_text()) for p in RECIPES if p.stem.startswith("vilt-")}
+    assert set(r) == {f"vilt-{t}-{s}" for t in ("vqa", "nlvr2", "f30k") for s in ("search", "train")}
+    for name, cfg in r.items():
+        assert cfg["adapter"]["hidden"] == 96 and cfg["adapter"]["skip_hidden"] == 192 and cfg["task"]["max_length"] == 40
+        assert cfg["train"]["epochs"] == (3 if name.endswith("search") else 10)
+        if name.endswith("search"):
+            s = cfg["search"]
+            assert (s["k"], s["samples"], s["update_every"], s["gate_lr"], s["warmup_epochs"]) == (1, 3, 10, 1.0, 1.0)
+    assert (r["vilt-vqa-train"]["train"]["lr"], r["vilt-vqa-train"]["train"]["head_lr_mult"]) == (1e-4, 10)
+    assert r["vilt-vqa-train"]["train"]["batch_size"] * r["vilt-vqa-train"]["train"]["grad_accum"] == 256
+    assert r["vilt-nlvr2-train"]["train"]["batch_size"] * r["vilt-nlvr2-train"]["train"]["grad_accum"] == 128
+    assert r["vilt-f30k-train"]["train"]["batch_size"] * r["vilt-f30k-train"]["train"]["grad_accum"] == 256
+    assert r["vilt-f30k-train"]["data"]["test"] == "f30k_caption_karpathy_test"
