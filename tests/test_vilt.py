@@ -125,6 +125,18 @@ def test_readers_round_trip_the_writers(arrows):
     assert len(it["negatives"]) == 3 and all(f30k.caption_image[f30k.captions.index(n)] != 0 for n in it["negatives"])
 
 
+def test_eval_view_drops_augmentation_only(arrows):
+    from torch.utils.data import Subset
+
+    from archskip.data.vilt_arrow import eval_view
+
+    ds = VQADataset(arrows, "vqav2_train", SPEC.transform(randaugment=True), num_answers=3)
+    view = eval_view(Subset(ds, [1, 2]))
+    assert view.dataset.transform.randaugment is None and ds.transform.randaugment is not None
+    assert view[0]["question_id"] == ds[1]["question_id"] and view.dataset.tables is ds.tables
+    assert eval_view([{"text": "a"}]) == [{"text": "a"}]
+
+
 def test_reader_errors(arrows, tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         VQADataset(tmp_path, "vqav2_nope", SPEC.transform())

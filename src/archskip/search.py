@@ -17,6 +17,7 @@ import torch
 from .config import ConfigError, SearchConfig, TrainConfig
 from .data.loader import make_loader
 from .data.text import split_examples
+from .data.vilt_arrow import eval_view
 from .plan import SearchResult
 from .policy import SkipPolicy
 from .runlog import RunLogger
@@ -152,6 +153,7 @@ def run_search(
         raise ConfigError(f"search.k={cfg.k}: a search needs k >= 1 blocks to skip")
     policy = SkipPolicy(model.num_candidates, cfg.k, lr=cfg.gate_lr, mode=cfg.mode, reward=cfg.reward_kind, seed=seed)
     reward_examples, rest = split_examples(train, (cfg.reward_fraction,), seed)
+    reward_examples = eval_view(reward_examples)  # rewards are measured like evaluation: no augmentation
     if not reward_examples or not rest:
         raise ConfigError(
             f"search.reward_fraction={cfg.reward_fraction} of {len(train)} training examples leaves "

@@ -7,12 +7,13 @@ columns are read into Python lists once.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pyarrow as pa
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from .images import ImageTransform, decode_image
 from .text import DataError
@@ -70,6 +71,20 @@ class ArrowDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def eval_view(self) -> ArrowDataset:
+        """The same items without training augmentation (for reward and evaluation batches)."""
+        view = copy.copy(self)
+        t = self.transform
+        view.transform = ImageTransform(t.shorter, t.longer, t.patch, randaugment=False)
+        return view
+
+
+def eval_view(examples):
+    """`examples` without training augmentation, if it has any (a dataset or a Subset of one)."""
+    if isinstance(examples, Subset) and hasattr(examples.dataset, "eval_view"):
+        return Subset(examples.dataset.eval_view(), examples.indices)
+    return examples.eval_view() if hasattr(examples, "eval_view") else examples
 
 
 class VQADataset(ArrowDataset):
