@@ -103,3 +103,55 @@ class SequentialAdapter(Bottleneck):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z + super().forward(z)
+
+
+class RouterAdapter(nn.Module):
+    """LaVIN's mixture-of-modality adapter (RepAdapter_Router), as DAS's multimodal LaVIN uses it.
+
+    delta(z) = scale * (w0 * B(a) + w1 * D(a)),  a = dropout(A(z)),  w = softmax(router(z[:, 0]) / t)
+    out(x) = x + delta(norm(x))
+
+    A is a 1x1 conv d -> h (xavier), B and D are grouped 1x1 convs h -> d (zero-initialised, so the
+    adapter starts as the identity); no non-linearity (RepAdapter style). The 2-way router reads the
+    first token, which in LaVIN is the modality ("decision") token. `norm` is identity for the adapter
+    on a kept layer's normalised attention input, or a frozen copy of the layer's input RMSNorm for
+    the adapter that replaces a skipped layer.
+
+    Routing weights can be recorded once and replayed (`replay=True`): LaVIN computes them from the
+    decision token, which generation with a KV cache does not see again after the first step.
+    """
+
+    def __init__(self, dim: int, hidden: int, *, norm: nn.Module | None = None, groups: int = 2,
+                 temperature: float = 10.0, scale: float = 1.0, dropout: float = 0.1):
+        super().__init__()
+        if dim <= 0 or hidden <= 0 or hidden % groups or dim % groups:
+            raise ValueError(f"router adapter dims must be positive and divisible by groups={groups}: dim={dim}, hidden={hidden}")
+        self.norm = norm if norm is not None else nn.Identity()
+        self.down = nn.Conv1d(dim, hidden, 1)
+        self.up_b = nn.Conv1d(hidden, dim, 1, groups=groups)
+        self.up_d = nn.Conv1d(hidden, dim, 1, groups=groups)
+        self.router = nn.Linear(dim, 2)
+        self.dropout = nn.Dropout(dropout)
+        self.temperature, self.scale = temperature, scale
+        self.routing: torch.Tensor | None = None  # (B, 2), the last weights computed
+        self.replay = False
+        nn.init.xavier_uniform_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+        for up in (self.up_b, self.up_d):
+            nn.init.zeros_(up.weight)
+            nn.init.zeros_(up.bias)
+
+    @property
+    def up(self) -> nn.Conv1d:  # the dtype reference `skipping._run` reads
+        return self.up_b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        z = self.norm(x)
+        if self.replay and self.routing is not None:
+            w = self.routing
+        else:
+            w = torch.softmax(self.router(z[:, 0]) / self.temperature, dim=-1)  # (B, 2)
+            self.routing = w
+        a = self.dropout(self.down(z.transpose(1, 2)))  # (B, h, T)
+        delta = self.up_b(a) * w[:, 0, None, None] + self.up_d(a) * w[:, 1, None, None]  # (B, D, T)
+        return x + self.scale * delta.transpose(1, 2)

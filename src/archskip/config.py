@@ -60,7 +60,12 @@ class AdapterConfig:
     scale: float = 1.0
     """Fixed multiplier of every adapter's output."""
     dropout: float = 0.0
-    """Dropout after the ReLU of every adapter."""
+    """Dropout inside every adapter (after the ReLU; router adapters: after the down-projection)."""
+    kind: Literal["bottleneck", "router"] = "bottleneck"
+    """'bottleneck': LN/RMS -> down -> ReLU -> up; 'router': LaVIN's mixture-of-modality adapter (two
+    zero-initialised up-projections mixed by a router on the first token, no non-linearity)."""
+    router_temperature: float = 10.0
+    """Router adapters: softmax temperature of the 2-way router."""
 
     def __post_init__(self) -> None:
         _validate_literals(self)
@@ -70,13 +75,19 @@ class AdapterConfig:
             f"adapter.skip_hidden={self.skip_hidden!r} must be a positive integer",
         )
         _check(0.0 <= self.dropout < 1.0, f"adapter.dropout={self.dropout!r} must be in [0, 1)")
+        _check(self.router_temperature > 0, f"adapter.router_temperature={self.router_temperature!r} must be > 0")
+        _check(self.kind != "router" or self.style == "sequential",
+               "adapter.kind='router' is LaVIN's sequential adapter: set adapter.style='sequential'")
 
     @classmethod
-    def lavin(cls, hidden: int = 8) -> AdapterConfig:
-        """LaVIN's decoder setting: sequential adapter (hidden 8), zero-init replacement of 4x width."""
+    def lavin(cls, hidden: int = 8, multimodal: bool = False) -> AdapterConfig:
+        """LaVIN-DAS's decoder setting (das-reference §1.4): a sequential adapter before attention
+        (hidden 8), a skipped layer becomes x + adapter(RMSNorm(x)) of 4x the width, zero-initialised.
+        Text-only ("pl"): ReLU bottlenecks without dropout; multimodal ("mm"): router adapters, dropout 0.1."""
         return cls(
-            style="sequential", hidden=hidden, skip_hidden=4 * hidden, norm="rmsnorm",
-            skip_norm="block", init="zero", skip_init="zero",
+            style="sequential", hidden=hidden, skip_hidden=4 * hidden, norm="rmsnorm", skip_norm="block",
+            init="zero", skip_init="zero", kind="router" if multimodal else "bottleneck",
+            dropout=0.1 if multimodal else 0.0,
         )
 
 
@@ -92,6 +103,13 @@ class ModelConfig:
     """'encoder' loads AutoModel, 'decoder' AutoModelForCausalLM, 'vilt' ViltModel; 'auto' decides from the config."""
     tokenizer: str | None = None
     """Tokenizer hub id or directory; defaults to the model's own (bert-base-uncased for ViLT checkpoints)."""
+    vision: str | None = None
+    """A frozen vision encoder (hub id, path or random:<preset>, e.g. openai/clip-vit-large-patch14): makes a
+    decoder a LaVIN model (router adapters in the encoder, projector, modality token, image tokens in the text)."""
+    image_tokens: int = 6
+    """LaVIN: image tokens = the first token of every (L/n)-th vision block (ViT-L/14: 6)."""
+    projector_hidden: int = 128
+    """LaVIN: hidden width of the vision -> LLM projector."""
     layers: str | None = None
     """Dotted path of the ModuleList whose blocks are the skip candidates; found automatically if unset."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -124,6 +142,10 @@ class TaskConfig:
     """Images: both sides are rounded down to a multiple of this (the model's patch size)."""
     randaugment: bool = False
     """RandAugment (2 ops, magnitude 9) on training images."""
+    image_norm: Literal["half", "clip", "imagenet"] = "half"
+    """Pixel normalisation: 'half' (ViLT, mean = std = 0.5), 'clip' (CLIP encoders), 'imagenet' (DINOv2, ViT)."""
+    max_new_tokens: int = 64
+    """Generative tasks: tokens generated per answer at evaluation (ScienceQA 64, BoolQ/CSQA 10, GSM8K 256)."""
     negatives: int = 15
     """Retrieval: random negative captions per training pair (listwise loss)."""
 
@@ -192,6 +214,8 @@ class SearchConfig:
     """M, configurations evaluated per policy update."""
     update_every: int = 10
     """T, training micro-batches between policy updates."""
+    updates_per_epoch: int | None = None
+    """If set, T = (micro-batches per epoch) // this (LaVIN: about 150 policy updates per epoch)."""
     warmup_epochs: float = 1.0
     """No policy update before this many epochs (configurations are still sampled to warm up the adapters)."""
     gate_lr: float = 1.0
@@ -210,6 +234,8 @@ class SearchConfig:
         _check(isinstance(self.k, int) and self.k >= 0, f"search.k={self.k!r} must be a non-negative integer")
         _check(self.samples >= 1, f"search.samples={self.samples!r} must be >= 1")
         _check(self.update_every >= 1, f"search.update_every={self.update_every!r} must be >= 1")
+        _check(self.updates_per_epoch is None or self.updates_per_epoch >= 1,
+               f"search.updates_per_epoch={self.updates_per_epoch!r} must be >= 1")
         _check(self.warmup_epochs >= 0, f"search.warmup_epochs={self.warmup_epochs!r} must be >= 0")
         _check(self.gate_lr > 0, f"search.gate_lr={self.gate_lr!r} must be > 0")
         _check(0.0 < self.reward_fraction < 1.0, f"search.reward_fraction={self.reward_fraction!r} must be in (0, 1)")

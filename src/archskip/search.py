@@ -49,6 +49,7 @@ class DASHooks:
         self.reward_examples, self.batch_size, self.seed = reward_examples, batch_size, seed
         self.trainer, self.logger = trainer, logger
         self.block_costs = block_costs
+        self.update_every = cfg.update_every
         self.counter = 0
         self.reward_batches_used = 0
         self.history: list[dict] = []
@@ -60,7 +61,7 @@ class DASHooks:
 
     def after_batch(self, micro: int, epoch: float) -> None:
         self.counter += 1
-        if self.counter >= self.cfg.update_every and epoch >= self.cfg.warmup_epochs:
+        if self.counter >= self.update_every and epoch >= self.cfg.warmup_epochs:
             self.counter = 0
             self.update(micro, epoch)
 
@@ -166,6 +167,8 @@ def run_search(
         model, task, policy, cfg, reward_examples, cfg.reward_batch_size or train_cfg.batch_size,
         seed=seed, trainer=trainer, logger=logger, block_costs=block_costs,
     )
+    if cfg.updates_per_epoch:
+        hooks.update_every = max(1, math.ceil(len(rest) / train_cfg.batch_size) // cfg.updates_per_epoch)
     trainer.hooks = hooks
     trainer.fit(rest, resume=resume)
     if not hooks.history:

@@ -26,7 +26,7 @@ import json
 import torch
 from torch import nn
 
-from .adapters import Bottleneck, ReplacementAdapter, SequentialAdapter
+from .adapters import Bottleneck, ReplacementAdapter, RouterAdapter, SequentialAdapter, make_norm
 from .backbones import BackboneError, BlockSpec, ParallelSite, ResidualArgSite, find_layers, get_submodule, spec_for
 from .backbones import hf_decoder
 from .config import AdapterConfig
@@ -140,10 +140,7 @@ class SkippableLayer(nn.Module):
         self.block: nn.Module | None = block
         ref = next(block.parameters())
         self.sites = nn.ModuleDict(self._make_sites(block, spec, cfg, dim)).to(device=ref.device)
-        self.replacement: nn.Module | None = ReplacementAdapter(
-            dim, cfg.skip_hidden, norm=self._skip_norm(block, spec, cfg), init=cfg.skip_init,
-            scale=cfg.scale, dropout=cfg.dropout,
-        ).to(device=ref.device)
+        self.replacement: nn.Module | None = self._make_replacement(block, spec, cfg, dim).to(device=ref.device)
         for site in self.sites.values():
             site.attach(block)
         # pruned models: replacements of removed neighbours, run before / after this block
@@ -155,13 +152,25 @@ class SkippableLayer(nn.Module):
         if cfg.style == "sequential":
             if spec.sequential_norm is None:
                 raise BackboneError(f"{spec.family} blocks are post-LN: use adapter.style='parallel'")
-            ad = SequentialAdapter(dim, cfg.hidden, init=cfg.init, scale=cfg.scale, dropout=cfg.dropout)
+            if cfg.kind == "router":
+                ad = RouterAdapter(dim, cfg.hidden, temperature=cfg.router_temperature, scale=cfg.scale, dropout=cfg.dropout)
+            else:
+                ad = SequentialAdapter(dim, cfg.hidden, init=cfg.init, scale=cfg.scale, dropout=cfg.dropout)
             return {"attn": SequentialAdapterSite(ad, spec.sequential_norm)}
         sites: dict[str, Site] = {}
         for s in spec.parallel:
             ad = Bottleneck(dim, cfg.hidden, norm=cfg.norm, init=cfg.init, scale=cfg.scale, dropout=cfg.dropout)
             sites[s.name] = ParallelAdapterSite(ad, s) if isinstance(s, ParallelSite) else ResidualAdapterSite(ad, s)
         return sites
+
+    @classmethod
+    def _make_replacement(cls, block, spec: BlockSpec, cfg: AdapterConfig, dim: int) -> nn.Module:
+        norm = cls._skip_norm(block, spec, cfg)
+        if cfg.kind == "router":
+            norm = make_norm(norm, dim) if isinstance(norm, str) else norm
+            return RouterAdapter(dim, cfg.skip_hidden, norm=norm, temperature=cfg.router_temperature, scale=cfg.scale,
+                                 dropout=cfg.dropout)
+        return ReplacementAdapter(dim, cfg.skip_hidden, norm=norm, init=cfg.skip_init, scale=cfg.scale, dropout=cfg.dropout)
 
     @staticmethod
     def _skip_norm(block, spec: BlockSpec, cfg: AdapterConfig) -> str | nn.Module:

@@ -19,7 +19,7 @@ FAMILIES = (hf_decoder, hf_encoder)
 
 # Dotted paths of the candidate ModuleList, tried in order when none is given.
 KNOWN_LAYER_PATHS = (
-    "model.layers", "layers", "model.decoder.layers", "decoder.layers",
+    "llm.model.layers", "model.layers", "layers", "model.decoder.layers", "decoder.layers",
     "encoder.layer", "encoder.layers", "model.encoder.layer", "transformer.h", "h",
 )
 

@@ -18,14 +18,19 @@ from .spec import BlockSpec, ParallelSite
 def match(block: nn.Module) -> BlockSpec | None:
     names = {n for n, _ in block.named_children()}
     if {"input_layernorm", "post_attention_layernorm", "self_attn", "mlp"} <= names:
-        return BlockSpec(
-            family="llama",
-            parallel=(ParallelSite("attn", "input_layernorm", "self_attn"), ParallelSite("mlp", "post_attention_layernorm", "mlp")),
-            sequential_norm="input_layernorm",
-            input_norm="input_layernorm",
-            is_decoder=True,
-        )
+        return pre_norm_spec("llama", "input_layernorm", "self_attn", "post_attention_layernorm", "mlp", is_decoder=True)
     return None
+
+
+def pre_norm_spec(family: str, norm1: str, attn: str, norm2: str, mlp: str, *, is_decoder: bool = False) -> BlockSpec:
+    """x + attn(norm1(x)), then h + mlp(norm2(h)): LLaMA-like decoders and CLIP-like encoders."""
+    return BlockSpec(
+        family=family,
+        parallel=(ParallelSite("attn", norm1, attn), ParallelSite("mlp", norm2, mlp)),
+        sequential_norm=norm1,
+        input_norm=norm1,
+        is_decoder=is_decoder,
+    )
 
 
 def set_cache_slot(block: nn.Module, slot: int) -> None:

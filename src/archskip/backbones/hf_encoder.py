@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .hf_decoder import pre_norm_spec
 from .spec import BlockSpec, ParallelSite, ResidualArgSite
 
 
@@ -47,6 +48,9 @@ def match(block: nn.Module) -> BlockSpec | None:
             sequential_norm="layernorm_before",
             input_norm="layernorm_before",
         )
+    if _has(block, "layer_norm1", "self_attn", "layer_norm2", "mlp"):
+        # CLIP / SigLIP vision and text towers
+        return pre_norm_spec("clip", "layer_norm1", "self_attn", "layer_norm2", "mlp")
     if _has(block, "norm1", "attention", "layer_scale1", "norm2", "mlp", "layer_scale2"):
         return BlockSpec(
             family="dinov2",

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
@@ -79,6 +80,35 @@ def is_decoder_config(config) -> bool:
     return bool(getattr(config, "is_decoder", False)) and not getattr(config, "is_encoder_decoder", False)
 
 
+def _vision_class(config):
+    from transformers import AutoModel, CLIPVisionModel
+
+    # a full CLIP checkpoint: keep only its vision tower
+    return CLIPVisionModel if config.model_type in ("clip", "clip_vision_model") else AutoModel
+
+
+def _build(cls, config, dtype, device: str | None):
+    """A model with random weights from a config; on the meta device no memory is used."""
+    with torch.device(device) if device else contextlib.nullcontext():
+        model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+    return model.to(dtype) if device != "meta" else model
+
+
+def load_vision(name: str, dtype, device: str | None = None) -> torch.nn.Module:
+    """A vision encoder by hub id / local path, or random:<preset>."""
+    from transformers import AutoConfig
+
+    if name.startswith("random:"):
+        config = preset_config(name.removeprefix("random:"))
+        return _build(_vision_class(config), config, dtype, device).eval()
+    path = resolve_name(name)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except OSError as e:
+        raise BackboneError(f"cannot load a vision model config from {name!r}: {e}") from None
+    return _vision_class(config).from_pretrained(path, dtype=dtype).eval()
+
+
 def _model_class(config, kind: str):
     from transformers import AutoModel, AutoModelForCausalLM, ViltModel
 
@@ -87,8 +117,10 @@ def _model_class(config, kind: str):
     return {"vilt": ViltModel, "decoder": AutoModelForCausalLM, "encoder": AutoModel}[kind]
 
 
-def load_pretrained(cfg: ModelConfig) -> Loaded:
-    """(model, tokenizer, extras) for `cfg`; the model is in eval mode and on the CPU."""
+def load_pretrained(cfg: ModelConfig, device: str | None = None) -> Loaded:
+    """(model, tokenizer, extras) for `cfg`; the model is in eval mode and on the CPU.
+
+    `device="meta"` builds `random:` presets without memory (parameter counts of 7B models)."""
     from transformers import AutoConfig
 
     dtype = getattr(torch, cfg.dtype)
@@ -97,8 +129,7 @@ def load_pretrained(cfg: ModelConfig) -> Loaded:
     if name.startswith("random:"):
         preset = name.removeprefix("random:")
         config = preset_config(preset)
-        cls = _model_class(config, cfg.kind)
-        model = (cls.from_config(config) if hasattr(cls, "from_config") else cls(config)).to(dtype)
+        model = _build(_model_class(config, cfg.kind), config, dtype, device)
         tokenizer_name = cfg.tokenizer or PRESET_TOKENIZERS.get(preset)
     elif name.endswith(".ckpt"):
         from .vilt_convert import load_original_vilt
@@ -116,4 +147,9 @@ def load_pretrained(cfg: ModelConfig) -> Loaded:
         tokenizer_name = cfg.tokenizer or path
     model.config._name_or_path = name
     tokenizer = load_tokenizer(tokenizer_name) if tokenizer_name else None
+    if cfg.vision:
+        from .lavin import LaVIN
+
+        vision = load_vision(cfg.vision, dtype, device)
+        model = LaVIN(model, vision, tokenizer, image_tokens=cfg.image_tokens, projector_hidden=cfg.projector_hidden)
     return Loaded(model.eval(), tokenizer, extras)

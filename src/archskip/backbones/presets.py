@@ -40,7 +40,23 @@ def _smollm2_135m():
                        tie_word_embeddings=True, rope_theta=100000.0)
 
 
+def _clip_vit_l14():
+    from transformers import CLIPVisionConfig
+
+    # OpenAI CLIP ViT-L/14 (224 px), LaVIN's vision encoder
+    return CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                            image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
+
+
+def _dinov2_small():
+    from transformers import Dinov2Config
+
+    return Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14, image_size=518)
+
+
 PRESETS = {
+    "clip-vit-l14": _clip_vit_l14,
+    "dinov2-small": _dinov2_small,
     "vilt-b32": _vilt_b32,
     "bert-base": _bert_base,
     "minilm-l6": _minilm_l6,

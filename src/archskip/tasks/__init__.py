@@ -20,7 +20,8 @@ def assemble(base, task: Task, adapter: AdapterConfig, model_cfg: ModelConfig, e
              name_or_path: str | None = None) -> SkipModel:
     """Backbone -> (task's changes to it) -> SkipModel with adapters -> task head: the trainable model."""
     task.prepare_backbone(base)
-    model = SkipModel(base, adapter, layers=model_cfg.layers, trainable=model_cfg.trainable,
+    trainable = [*model_cfg.trainable, *(base.trainable_names() if hasattr(base, "trainable_names") else [])]
+    model = SkipModel(base, adapter, layers=model_cfg.layers, trainable=trainable,
                       name_or_path=name_or_path or model_cfg.name_or_path)
     task.attach_head(model, extras or {})
     return model
