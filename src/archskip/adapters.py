@@ -117,8 +117,9 @@ class RouterAdapter(nn.Module):
     on a kept layer's normalised attention input, or a frozen copy of the layer's input RMSNorm for
     the adapter that replaces a skipped layer.
 
-    Routing weights can be recorded once and replayed (`replay=True`): LaVIN computes them from the
-    decision token, which generation with a KV cache does not see again after the first step.
+    Routing weights can be recorded once (`mode="record"`) and replayed (`mode="replay"`): LaVIN
+    computes them from the decision token, which generation with a KV cache does not see again after
+    the first step. In the default mode nothing is kept (a kept tensor would hold the autograd graph).
     """
 
     def __init__(self, dim: int, hidden: int, *, norm: nn.Module | None = None, groups: int = 2,
@@ -133,8 +134,8 @@ class RouterAdapter(nn.Module):
         self.router = nn.Linear(dim, 2)
         self.dropout = nn.Dropout(dropout)
         self.temperature, self.scale = temperature, scale
-        self.routing: torch.Tensor | None = None  # (B, 2), the last weights computed
-        self.replay = False
+        self.routing: torch.Tensor | None = None  # (B, 2), recorded weights
+        self.mode = "compute"  # or "record" / "replay"
         nn.init.xavier_uniform_(self.down.weight)
         nn.init.zeros_(self.down.bias)
         for up in (self.up_b, self.up_d):
@@ -147,11 +148,14 @@ class RouterAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         z = self.norm(x)
-        if self.replay and self.routing is not None:
+        if self.mode == "replay":
+            if self.routing is None:
+                raise RuntimeError("router adapter in replay mode without recorded routing weights")
             w = self.routing
         else:
             w = torch.softmax(self.router(z[:, 0]) / self.temperature, dim=-1)  # (B, 2)
-            self.routing = w
+            if self.mode == "record":
+                self.routing = w
         a = self.dropout(self.down(z.transpose(1, 2)))  # (B, h, T)
         delta = self.up_b(a) * w[:, 0, None, None] + self.up_d(a) * w[:, 1, None, None]  # (B, D, T)
         return x + self.scale * delta.transpose(1, 2)

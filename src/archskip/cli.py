@@ -123,6 +123,7 @@ def profile(
     base: str | None = None,
     device: str = "cpu",
     output: str | None = None,
+    params: bool = False,
 ) -> None:
     """Parameters, FLOPs and latency, measured side by side against the frozen base model.
 
@@ -142,12 +143,16 @@ def profile(
         base: with an artifact: load the base model from here instead of the recorded id/path.
         device: cpu or cuda.
         output: also write the table (markdown) to this file.
+        params: only count parameters for each k (random:<preset> models are built on the meta device,
+            e.g. LLaMA-7B + CLIP ViT-L/14 for the paper's Table 1).
     """
     from . import pipeline
     from .io import atomic_write_text
     from .report import markdown_table
 
-    if artifact:
+    if params:
+        rows = pipeline.parameter_table(RunConfig(model=model, task=task, adapter=adapter), ks)
+    elif artifact:
         rows = pipeline.profile_artifact(artifact, batch_size=batch_size, seq_len=seq_len, repeats=repeats, warmup=warmup,
                                          base=base, device=device)
     else:

@@ -6,6 +6,7 @@ output (a search result JSON, an artifact directory), never a list copied by han
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -244,6 +245,27 @@ def profile_artifact(artifact: str | Path, *, batch_size: int = 8, seq_len: int 
     batch = to_device(task.example_batch(batch_size, seq_len), device)
     models = {"base": (reference.to(device), True), "archskip": (model.to(device), False)}
     return compare_models(models, task, batch, repeats=repeats, warmup=warmup, device=device)
+
+
+def parameter_table(cfg: RunConfig, ks: list[int]) -> list[dict]:
+    """Trainable and total parameters of DAS-k for each k (the last k blocks skipped, unused adapters removed).
+
+    `random:<preset>` models are built on the meta device: no memory, so LLaMA-7B + CLIP ViT-L/14 fit anywhere."""
+    meta = cfg.model.name_or_path.startswith("random:")
+    base, tokenizer, extras = load_pretrained(cfg.model, device="meta" if meta else None)
+    labels = [{"label": i} for i in range(cfg.task.num_labels or 2)]
+    task = build_task(cfg.task, tokenizer, labels if cfg.task.name == "classification" else None)
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        wrapped = assemble(base, task, cfg.adapter, cfg.model, extras)
+    rows = []
+    for k in ks:
+        m = copy.deepcopy(wrapped)
+        m.apply_plan(SkipPlan.last(k, m.num_candidates))
+        m.prune()
+        trainable, total = m.parameter_counts()
+        rows.append({"model": f"DAS k={k}" if k else "adapters, no skip", "k": k, "trainable_params": trainable,
+                     "trainable_M": round(trainable / 1e6, 2), "total_params": total})
+    return rows
 
 
 def profile_model(cfg: RunConfig, ks: list[int], *, batch_size: int = 8, seq_len: int = 128, repeats: int = 20,

@@ -86,16 +86,18 @@ class LaVIN(nn.Module):
     def routed(self, has_image: torch.Tensor):
         """Record every LLM router's weights from the modality token (the decision pass), replay them inside."""
         routers = self._llm_routers()
-        if routers:
-            token = self.modality_embedding(has_image.long())[:, None].to(self.llm.dtype)  # (B, 1, D)
-            self.llm.model(inputs_embeds=token, use_cache=False)
-            for r in routers:
-                r.replay = True
         try:
+            if routers:
+                for r in routers:
+                    r.mode = "record"
+                token = self.modality_embedding(has_image.long())[:, None].to(self.llm.dtype)  # (B, 1, D)
+                self.llm.model(inputs_embeds=token, use_cache=False)
+                for r in routers:
+                    r.mode = "replay"
             yield
         finally:
             for r in routers:
-                r.replay, r.routing = False, None
+                r.mode, r.routing = "compute", None
 
     # ---- inputs -------------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
