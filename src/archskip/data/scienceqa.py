@@ -64,13 +64,15 @@ def load_scienceqa(root: str | Path, split: str, *, prompt_format: str = "QCM-AL
     root = Path(root).resolve()
     input_tpl, output_tpl = _templates(prompt_format)
     problems = _read_json(root / "problems.json")
+    if not isinstance(problems, dict):
+        raise DataError(f"{root / 'problems.json'}: expected an object qid -> problem, got {type(problems).__name__}")
     captions = _read_captions(root) if use_caption else {}
     items = []
     for qid in _split_qids(root, split):
         if qid not in problems:
             raise DataError(f"qid {qid!r} of split {split!r} is not in {root / 'problems.json'}")
         problem = _check_problem(problems[qid], qid)
-        fields = _prompt_fields(problem, captions.get(qid, "") if use_caption else "")
+        fields = _prompt_fields(problem, captions.get(qid) or "")
         items.append({
             "qid": qid,
             "prompt": _tidy(input_tpl.format(**fields) + "Response:"),
@@ -86,8 +88,8 @@ def load_scienceqa(root: str | Path, split: str, *, prompt_format: str = "QCM-AL
 
 
 def context_categories(problem: dict) -> list[str]:
-    """"TXT" if the hint is non-empty, "IMG" if there is an image, "NO" if neither (official scoring:
-    a problem with both counts in TXT and in IMG)."""
+    """The official scoring's context categories: TXT (non-empty hint), IMG (an image), NO (neither);
+    a problem with both counts in TXT and in IMG."""
     cats = [c for c, present in (("TXT", problem["hint"]), ("IMG", problem["image"])) if present]
     return cats or ["NO"]
 
@@ -142,14 +144,14 @@ def _check_problem(problem, qid: str) -> dict:
 
 def _prompt_fields(problem: dict, caption: str) -> dict:
     """The pieces LaVIN's templates are filled with (`get_*_text` in util/base_prompt.py)."""
-    context = " ".join([problem["hint"], caption]).strip() or "N/A"
+    context = " ".join([problem["hint"] or "", caption]).strip() or "N/A"
     return {
         "question": problem["question"],
         "context": context,
         "choices": " ".join(f"({OPTIONS[i]}) {c}" for i, c in enumerate(problem["choices"])),
         "answer": OPTIONS[problem["answer"]],
-        "lecture": problem["lecture"].replace("\n", "\\n"),
-        "solution": problem["solution"].replace("\n", "\\n"),
+        "lecture": (problem["lecture"] or "").replace("\n", "\\n"),
+        "solution": (problem["solution"] or "").replace("\n", "\\n"),
     }
 
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from ..config import AdapterConfig, ConfigError, ModelConfig, TaskConfig
 from ..skipping import SkipModel
-from ..data.images import ImageSpec
+from ..data.images import ImageSpec, SquareImageSpec
 from ..data.text import LabelVocab
 from .base import Task, evaluate, to_device
 from .causal_lm import CausalLM
 from .classification import SequenceClassification
+from .generative_qa import QA_TASKS, GenerativeQA
 from .nlvr2 import NLVR2
 from .retrieval import Retrieval
 from .vqa import VQA
 
-__all__ = ["NLVR2", "VQA", "CausalLM", "Retrieval", "SequenceClassification", "Task", "assemble", "build_task", "evaluate", "task_from_info", "to_device"]
+__all__ = ["NLVR2", "VQA", "CausalLM", "GenerativeQA", "Retrieval", "SequenceClassification", "Task", "assemble", "build_task", "evaluate", "task_from_info", "to_device"]
 
 
 def assemble(base, task: Task, adapter: AdapterConfig, model_cfg: ModelConfig, extras: dict | None = None,
@@ -31,7 +32,7 @@ def image_spec(cfg: TaskConfig) -> ImageSpec:
     return ImageSpec(cfg.image_size, cfg.max_image_side, cfg.image_patch)
 
 
-def build_task(cfg: TaskConfig, tokenizer, train_examples=None) -> Task:
+def build_task(cfg: TaskConfig, tokenizer, train_examples=None, *, images: bool = False) -> Task:
     """The task of `cfg`; classification learns its label set and VQA its answer list from the training data."""
     if cfg.name == "classification":
         if train_examples is None:
@@ -49,13 +50,17 @@ def build_task(cfg: TaskConfig, tokenizer, train_examples=None) -> Task:
         return NLVR2(tokenizer, cfg.max_length, image_spec(cfg))
     if cfg.name == "retrieval":
         return Retrieval(tokenizer, cfg.max_length, cfg.negatives, image_spec(cfg))
+    if cfg.is_generative_qa:
+        # images only for a model that reads them (LaVIN); a text-only LLaMA gets the text of ScienceQA
+        spec = SquareImageSpec(cfg.image_size, cfg.image_norm) if images else None
+        return GenerativeQA(tokenizer, cfg.name, cfg.max_length, cfg.max_new_tokens, spec)
     raise ConfigError(f"unknown task {cfg.name!r}; expected classification, causal_lm, vqa, nlvr2 or retrieval")
 
 
 def task_from_info(info: dict, tokenizer) -> Task:
     """Rebuild a task from the `info()` an artifact stored."""
     name = info.get("name")
-    image = ImageSpec(**info["image"]) if "image" in info else ImageSpec()
+    image = ImageSpec(**info["image"]) if isinstance(info.get("image"), dict) and "shorter" in info["image"] else ImageSpec()
     if name == "classification":
         return SequenceClassification(tokenizer, LabelVocab(info["labels"]), info["max_length"], info["pooling"])
     if name == "causal_lm":
@@ -66,4 +71,7 @@ def task_from_info(info: dict, tokenizer) -> Task:
         return NLVR2(tokenizer, info["max_length"], image)
     if name == "retrieval":
         return Retrieval(tokenizer, info["max_length"], info["negatives"], image, info.get("text_batch", 64))
+    if name in QA_TASKS:
+        spec = SquareImageSpec(**info["image"]) if info.get("image") else None
+        return GenerativeQA(tokenizer, name, info["max_length"], info["max_new_tokens"], spec)
     raise ConfigError(f"artifact names an unknown task {name!r}")

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from ..data.images import ImageSpec
 from ..skipping import SkipModel
-from .base import Task
+from ..data.loader import make_loader
+from .base import Task, to_device
 from .vl import encode_texts, example_images, image_batch, mlp_head, vilt_inputs
 
 
@@ -68,6 +69,15 @@ class VQA(Task):
             raise ValueError("the VQA task has no answer vocabulary to turn predictions into answers")
         pred = self.logits(model, batch).argmax(-1).tolist()
         return [{"question_id": int(q), "answer": self.answers[p]} for q, p in zip(batch["question_id"].tolist(), pred)]
+
+    def predict_dataset(self, model: SkipModel, examples, batch_size: int = 32, device=None) -> list[dict]:
+        device = device or next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            return [p for b in make_loader(examples, self.collate, batch_size) for p in self.predict(model, to_device(b, device))]
+        finally:
+            model.train(was_training)
 
     def example_batch(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
         ids = torch.randint(1000, self.tokenizer.vocab_size, (batch_size, seq_len))

@@ -1,0 +1,147 @@
+"""Answer generation tasks of LaVIN-DAS: ScienceQA (with images on a LaVIN model), BoolQ, CSQA, SIQA, GSM8K.
+
+Examples are {prompt, target, answer[, image, qid, subject, context, grade]} (see `data.scienceqa`,
+`data.language_qa`). Training: the loss of `target` + EOS after `prompt` (prompt tokens ignored).
+Evaluation: greedy generation from the prompt, the answer parsed from the text ("The answer is X",
+GSM8K's number), exact-match accuracy; ScienceQA also per subject / context / grade (Table 1 columns).
+The reference samples with temperature 0.1 / top-p 0.75; greedy makes scores reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+from PIL import Image
+
+from ..data.images import SquareImageSpec
+from ..data.text import DataError
+from ..skipping import SkipModel
+from .base import Task, to_device
+from .causal_lm import IGNORE
+from .qa_metrics import SCIENCEQA_COLUMNS, exact_match_accuracy, parse_answer_letter, parse_gsm8k_number, scienceqa_accuracy
+
+QA_TASKS = ("scienceqa", "boolq", "csqa", "siqa", "gsm8k")
+
+
+class GenerativeQA(Task):
+    def __init__(self, tokenizer, name: str, max_length: int = 512, max_new_tokens: int = 64,
+                 image: SquareImageSpec | None = None):
+        if name not in QA_TASKS:
+            raise ValueError(f"unknown generative task {name!r}; expected one of {QA_TASKS}")
+        self.name, self.tokenizer, self.max_length, self.max_new_tokens, self.image = name, tokenizer, max_length, max_new_tokens, image
+
+    # ---- batches ------------------------------------------------------------------------------------
+    def _images(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if self.image is None:
+            return {}
+        pixels, has = [], []
+        for e in examples:
+            path = e.get("image")
+            if path:
+                try:
+                    with Image.open(path) as img:
+                        pixels.append(self.image(img.convert("RGB")))
+                except OSError as err:
+                    raise DataError(f"question {e.get('qid', '?')}: cannot read image {path!r} ({err})") from None
+            else:
+                pixels.append(torch.zeros(3, self.image.size, self.image.size))
+            has.append(int(bool(path)))
+        return {"pixel_values": torch.stack(pixels), "has_image": torch.tensor(has)}
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """Right-padded prompt + target (+ EOS); labels only on the target."""
+        tok, rows = self.tokenizer, []
+        for e in examples:
+            prompt = tok(e["prompt"], add_special_tokens=True)["input_ids"]
+            target = tok(e["target"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            ids = (prompt + target)[-self.max_length :]  # keep the target when truncating
+            rows.append((ids, min(len(target), len(ids))))
+        width = max(len(ids) for ids, _ in rows)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        batch = {"input_ids": torch.full((len(rows), width), pad), "attention_mask": torch.zeros(len(rows), width, dtype=torch.long),
+                 "labels": torch.full((len(rows), width), IGNORE)}
+        for b, (ids, n_target) in enumerate(rows):
+            batch["input_ids"][b, : len(ids)] = torch.tensor(ids)
+            batch["attention_mask"][b, : len(ids)] = 1
+            batch["labels"][b, len(ids) - n_target : len(ids)] = torch.tensor(ids[len(ids) - n_target :])
+        return {**batch, **self._images(examples)}
+
+    def collate_prompts(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """Left-padded prompts for batched generation."""
+        tok = self.tokenizer
+        rows = [tok(e["prompt"], add_special_tokens=True)["input_ids"][-self.max_length :] for e in examples]
+        width = max(map(len, rows))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, width - len(r) :], mask[b, width - len(r) :] = torch.tensor(r), 1
+        return {"input_ids": ids, "attention_mask": mask, **self._images(examples)}
+
+    @staticmethod
+    def _model_inputs(batch: dict) -> dict:
+        return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "pixel_values", "has_image")}
+
+    # ---- training -----------------------------------------------------------------------------------
+    def loss(self, model: SkipModel, batch: dict) -> torch.Tensor:
+        return model(**self._model_inputs(batch), labels=batch["labels"]).loss
+
+    def score(self, model: SkipModel, batch: dict) -> dict[str, float]:
+        n = len(batch["input_ids"])
+        return {"n": n, "loss_sum": float(self.loss(model, batch)) * n}
+
+    # ---- generation and metrics ---------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, model: SkipModel, batch: dict, **kwargs) -> list[str]:
+        """Greedy continuations of a `collate_prompts` batch, decoded."""
+        gen = {"max_new_tokens": self.max_new_tokens, "do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
+               **kwargs}
+        out = model.generate(**self._model_inputs(batch), **gen)
+        if not hasattr(model.base, "embed"):  # a plain decoder returns the prompt too; LaVIN (inputs_embeds) does not
+            out = out[:, batch["input_ids"].shape[1] :]
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    def parse(self, text: str) -> str | None:
+        return parse_gsm8k_number(text) if self.name == "gsm8k" else parse_answer_letter(text)
+
+    def predict_dataset(self, model: SkipModel, examples, batch_size: int = 8, device=None) -> list[dict]:
+        """[{qid, generated, prediction, answer}] over a split."""
+        device = device or next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        out = []
+        try:
+            for start in range(0, len(examples), batch_size):
+                chunk = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
+                texts = self.generate(model, to_device(self.collate_prompts(chunk), device))
+                for e, text in zip(chunk, texts):
+                    out.append({"qid": e.get("qid", start + len(out)), "generated": text, "prediction": self.parse(text),
+                                "answer": e["answer"]})
+        finally:
+            model.train(was_training)
+        return out
+
+    def evaluate_dataset(self, model: SkipModel, examples, batch_size: int = 8, device=None, num_workers: int = 0) -> dict:
+        preds = self.predict_dataset(model, examples, batch_size, device)
+        correct = exact_match_accuracy([p["prediction"] for p in preds], [p["answer"] for p in preds])
+        metrics = {"n": len(preds), "accuracy": correct / 100}
+        if self.name == "scienceqa":
+            items = [examples[i] for i in range(len(examples))]
+            table = scienceqa_accuracy({p["qid"]: p["prediction"] for p in preds}, items)
+            metrics.update({k: table[k] for k in SCIENCEQA_COLUMNS})
+        loss = super().evaluate_dataset(model, examples, batch_size, device, num_workers)
+        return {**metrics, "loss": loss["loss"]}
+
+    def example_batch(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(10, self.tokenizer.vocab_size, (batch_size, seq_len))
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+        if self.image is not None:
+            batch.update(pixel_values=torch.randn(batch_size, 3, self.image.size, self.image.size),
+                         has_image=torch.ones(batch_size, dtype=torch.long))
+        return batch
+
+    def info(self) -> dict:
+        return {"name": self.name, "max_length": self.max_length, "max_new_tokens": self.max_new_tokens,
+                "image": asdict(self.image) if self.image else None}
+

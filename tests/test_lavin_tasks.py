@@ -1,0 +1,162 @@
+"""LaVIN-DAS tasks end to end: ScienceQA with images (LaVIN) and BoolQ (text-only LLaMA), via the CLI."""
+
+import json
+import random
+
+import pytest
+import torch
+from conftest import tiny_bpe_tokenizer
+from PIL import Image, ImageDraw
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+from archskip import AdapterConfig, ModelConfig, SkipModel, SkipPlan
+from archskip.backbones.lavin import LaVIN
+from archskip.cli import main
+from archskip.data.scienceqa import load_scienceqa
+from archskip.data.text import DataError
+from archskip.tasks.generative_qa import GenerativeQA
+from archskip.data.images import SquareImageSpec
+
+COLORS = ["red", "green", "blue"]
+SUBJECTS = ["natural science", "social science", "language science"]
+
+
+def write_scienceqa(root, n=12, seed=0):
+    """problems.json / pid_splits.json / images/<split>/<qid>/image.png, ScienceQA's layout."""
+    rng = random.Random(seed)
+    problems, splits = {}, {"train": [], "val": [], "test": []}
+    for i in range(n):
+        qid = str(100 + i)
+        split = "train" if i < n // 2 else "val" if i < 3 * n // 4 else "test"
+        color = rng.randrange(3)
+        has_image = i % 2 == 0
+        problems[qid] = {
+            "question": "What color is the square?", "choices": COLORS, "answer": color,
+            "hint": "" if has_image else f"The square is {COLORS[color]}.", "image": "image.png" if has_image else None,
+            "subject": SUBJECTS[i % 3], "grade": f"grade{1 + i % 12}", "lecture": "Colors are light.",
+            "solution": f"It is {COLORS[color]}.", "split": split,
+        }
+        splits[split].append(qid)
+        if has_image:
+            d = root / "images" / split / qid
+            d.mkdir(parents=True)
+            img = Image.new("RGB", (40, 30), "white")
+            ImageDraw.Draw(img).rectangle([5, 5, 35, 25], fill=["red", "green", "blue"][color])
+            img.save(d / "image.png")
+    (root / "problems.json").write_text(json.dumps(problems))
+    (root / "pid_splits.json").write_text(json.dumps(splits))
+    return root
+
+
+@pytest.fixture(scope="module")
+def sqa(tmp_path_factory):
+    return write_scienceqa(tmp_path_factory.mktemp("sqa"))
+
+
+@pytest.fixture(scope="module")
+def llm_dirs(tmp_path_factory, sqa):
+    """A tiny LLaMA + byte-level BPE tokenizer (trained on the fixture's text), and a tiny CLIP vision tower."""
+    items = load_scienceqa(sqa, "train") + load_scienceqa(sqa, "test")
+    corpus = [e["prompt"] + e["target"] for e in items] * 3 + ["Image: N/A", "The answer is A. B. C. D. E."]
+    tok = tiny_bpe_tokenizer(corpus)
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=6,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                       pad_token_id=tok.pad_token_id, bos_token_id=1, eos_token_id=2))
+    llm.save_pretrained(root / "llama")
+    tok.save_pretrained(root / "llama")
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                                     image_size=28, patch_size=14)).save_pretrained(root / "clip")
+    return root
+
+
+LAVIN_FLAGS = ["--adapter.style", "sequential", "--adapter.kind", "router", "--adapter.hidden", "4", "--adapter.skip_hidden", "16",
+               "--adapter.skip_norm", "block", "--adapter.init", "zero", "--adapter.skip_init", "zero", "--adapter.dropout", "0.1"]
+
+
+def test_scienceqa_search_train_eval_on_lavin(sqa, llm_dirs, tmp_path, capsys):
+    common = ["--model.name_or_path", str(llm_dirs / "llama"), "--model.vision", str(llm_dirs / "clip"),
+              "--model.image_tokens", "2", "--model.projector_hidden", "8", "--task.name", "scienceqa",
+              "--task.image_size", "28", "--task.image_norm", "clip", "--task.max_new_tokens", "8", "--task.max_length", "256",
+              "--data.root", str(sqa), "--data.train", "train", "--train.batch_size", "2", "--train.lr", "0.01", *LAVIN_FLAGS]
+    main(["search", *common, "--search.k", "2", "--search.gate_lr", "0.05", "--search.updates_per_epoch", "2",
+          "--search.warmup_epochs", "0.5", "--search.reward_fraction", "0.34", "--train.epochs", "2",
+          "--output_dir", str(tmp_path / "s")])
+    result = json.loads((tmp_path / "s" / "search_result.json").read_text())
+    assert len(result["plan"]["skip"]) == 2 and result["history"]
+    main(["train", *common, "--plan", str(tmp_path / "s" / "search_result.json"), "--data.test", "test",
+          "--train.epochs", "1", "--output_dir", str(tmp_path / "t")])
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    test = metrics["test"]["test"]
+    assert {"NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12", "Avg", "accuracy", "loss"} <= set(test)
+    assert test["n"] == 3 and 0 <= test["accuracy"] <= 1
+    preds = json.loads((tmp_path / "t" / "predictions_test.json").read_text())
+    assert [p["qid"] for p in preds] == ["109", "110", "111"] and all("generated" in p for p in preds)
+    capsys.readouterr()
+    meta = json.loads((tmp_path / "t" / "artifact" / "archskip.json").read_text())
+    assert meta["base_model"]["vision"] == str(llm_dirs / "clip") and meta["task"]["image"]["norm"] == "clip"
+
+
+def test_lavin_artifact_reloads_with_identical_generations(sqa, llm_dirs, tmp_path):
+    from archskip.artifact import load_artifact, save_artifact
+    from archskip.backbones.load import load_pretrained
+    from archskip.tasks import assemble
+
+    cfg = ModelConfig(name_or_path=str(llm_dirs / "llama"), vision=str(llm_dirs / "clip"), image_tokens=2, projector_hidden=8)
+    base, tok, extras = load_pretrained(cfg)
+    task = GenerativeQA(tok, "scienceqa", 256, 6, SquareImageSpec(28, "clip"))
+    model = assemble(base, task, AdapterConfig.lavin(hidden=4, multimodal=True), cfg, extras)
+    model.apply_plan(SkipPlan((1, 3), 6))
+    with torch.no_grad():
+        for p in model.trainable_named_parameters().values():
+            p.add_(torch.randn_like(p) * 0.3)
+    items = load_scienceqa(sqa, "test")
+    batch = task.collate_prompts(items)
+    model.eval()
+    ref = task.generate(model, batch)
+    save_artifact(model, task, tmp_path / "art", model_config=cfg)
+    loaded, task2 = load_artifact(tmp_path / "art")
+    assert loaded.pruned and isinstance(loaded.base, LaVIN) and len(loaded.base.llm.model.layers) == 4
+    assert task2.generate(loaded, task2.collate_prompts(items)) == ref
+
+
+def test_boolq_on_a_text_only_llama(llm_dirs, tmp_path, capsys):
+    rows = [{"question": f"is it {c}", "passage": f"The square is {c}.", "answer": i % 2 == 0} for i, c in enumerate(COLORS * 4)]
+    path = tmp_path / "boolq.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    main(["train", "--model.name_or_path", str(llm_dirs / "llama"), "--task.name", "boolq", "--task.max_new_tokens", "6",
+          "--task.max_length", "256", "--data.train", str(path), "--data.test", str(path), "--plan", "2,5",
+          "--adapter.style", "sequential", "--adapter.hidden", "4", "--adapter.skip_hidden", "16", "--adapter.skip_norm", "block",
+          "--adapter.init", "zero", "--adapter.skip_init", "zero", "--train.batch_size", "4", "--train.epochs", "1",
+          "--output_dir", str(tmp_path / "b")])
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    key = str(path)
+    assert metrics["plan"] == [2, 5] and metrics["test"][key]["n"] == 12 and 0 <= metrics["test"][key]["accuracy"] <= 1
+
+
+def test_generation_answers_are_parsed_and_scored(sqa, llm_dirs):
+    """A model whose generation is forced to 'The answer is X.' scores exactly the hand-computed accuracy."""
+    tok = tiny_bpe_tokenizer(["The answer is A. B. C."])
+    task = GenerativeQA(tok, "scienceqa")
+    items = load_scienceqa(sqa, "test")
+    texts = iter(["The answer is A.", "the answer is (B).", "no idea"])
+    task.generate = lambda model, batch, **kw: [next(texts) for _ in batch["input_ids"]]
+    preds = task.predict_dataset(torch.nn.Linear(1, 1), items, batch_size=3)
+    assert [p["prediction"] for p in preds] == ["A", "B", None]
+    answers = [e["answer"] for e in items]
+    expected = sum(p == a for p, a in zip(["A", "B", None], answers)) / 3
+    from archskip.tasks.qa_metrics import exact_match_accuracy
+
+    assert exact_match_accuracy([p["prediction"] for p in preds], answers) / 100 == pytest.approx(expected)
+
+
+def test_missing_scienceqa_image_is_a_clear_error(sqa, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(sqa, root)
+    img = next((root / "images" / "train").glob("*/image.png"))
+    img.unlink()
+    with pytest.raises(DataError, match=f"{img.parent.name}"):
+        load_scienceqa(root, "train")
