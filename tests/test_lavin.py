@@ -155,3 +155,16 @@ def test_image_tokens_are_inserted_after_bos_and_labels_ignore_them():
     assert (out_labels[0, 1 : 1 + n_img_prefix] == -100).all() and out_labels[0, 0] == labels[0, 0]
     assert out_labels[0, 1 + n_img_prefix :].tolist() == labels[0, 1:].tolist()
     assert mask[1].sum() == 7 + n_txt_prefix
+
+
+def test_profile_params_prints_table1_from_the_recipe(capsys):
+    from pathlib import Path
+
+    from archskip.cli import main
+
+    recipe = Path(__file__).parent.parent / "recipes" / "lavin-sqa-train.yaml"
+    main(["profile", "--params", "true", "--config", str(recipe), "--model.name_or_path", "random:llama-7b",
+          "--model.vision", "random:clip-vit-l14", "--ks", "[0,2,4,6]"])
+    out = capsys.readouterr().out
+    for k, m in ((0, "3.78"), (2, "4.17"), (4, "4.57"), (6, "4.96")):
+        assert f"| {k} |" in out and f"| {m} |" in out

@@ -39,3 +39,20 @@ def test_vilt_recipes_follow_the_paper():
     assert r["vilt-nlvr2-train"]["train"]["batch_size"] * r["vilt-nlvr2-train"]["train"]["grad_accum"] == 128
     assert r["vilt-f30k-train"]["train"]["batch_size"] * r["vilt-f30k-train"]["train"]["grad_accum"] == 256
     assert r["vilt-f30k-train"]["data"]["test"] == "f30k_caption_karpathy_test"
+
+
+def test_lavin_recipes_follow_the_reference():
+    r = {p.stem: yaml.safe_load(p.read_text()) for p in RECIPES if p.stem.startswith("lavin-")}
+    assert set(r) == {f"lavin-{t}-{s}" for t in ("sqa", "boolq", "csqa", "gsm8k") for s in ("search", "train")}
+    ks = {"sqa": 6, "boolq": 6, "csqa": 6, "gsm8k": 4}
+    for name, cfg in r.items():
+        a, t = cfg["adapter"], cfg["train"]
+        assert (a["style"], a["hidden"], a["skip_hidden"], a["skip_norm"], a["init"]) == ("sequential", 8, 32, "block", "zero")
+        assert t["batch_size"] * t["grad_accum"] * 2 == 32 and t["schedule"] == "cosine" and t["betas"] == [0.9, 0.95]
+        if name.endswith("search"):
+            s = cfg["search"]
+            assert s["k"] == ks[name.split("-")[1]] and s["gate_lr"] == 0.05 and s["updates_per_epoch"] == 150 and s["samples"] == 3
+    assert r["lavin-sqa-train"]["model"]["vision"] and r["lavin-sqa-train"]["adapter"]["kind"] == "router"
+    assert r["lavin-sqa-train"]["train"]["lr"] == pytest.approx(9e-3 * 32 / 256) and r["lavin-sqa-train"]["train"]["epochs"] == 20
+    assert r["lavin-boolq-train"]["adapter"]["kind"] == "bottleneck" and "vision" not in r["lavin-boolq-train"]["model"]
+    assert r["lavin-gsm8k-train"]["task"]["max_new_tokens"] == 256

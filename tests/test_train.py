@@ -7,7 +7,7 @@ from conftest import classification_examples, make_bert, tiny_tokenizer
 from archskip import AdapterConfig, SkipModel, SkipPlan, TaskConfig, TrainConfig
 from archskip.search import DASHooks, run_search
 from archskip.tasks import build_task
-from archskip.train import CHECKPOINT, Trainer, TrainingError, linear_schedule
+from archskip.train import CHECKPOINT, Trainer, TrainingError, lr_schedule
 
 
 def build(dropout: float = 0.1, plan=(1,)):
@@ -45,10 +45,13 @@ def test_gradient_accumulation_matches_a_larger_batch():
         torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-4, atol=1e-6)
 
 
-def test_linear_schedule_warms_up_then_decays_to_zero():
-    f = linear_schedule(100, 0.1)
+def test_schedules_warm_up_then_decay_to_zero():
+    f = lr_schedule(100, 0.1)
     assert f(0) < f(5) < f(9) <= 1.0
     assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5) and f(100) == 0.0
+    c = lr_schedule(100, 0.1, "cosine")
+    assert c(10) == pytest.approx(1.0) and c(55) == pytest.approx(0.5) and c(100) == pytest.approx(0.0, abs=1e-12)
+    assert c(32) == pytest.approx(0.5 * (1 + __import__("math").cos(__import__("math").pi * 22 / 90)))
 
 
 class Boom(Exception):

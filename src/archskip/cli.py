@@ -124,6 +124,13 @@ def profile(
     device: str = "cpu",
     output: str | None = None,
     params: bool = False,
+    generate_tokens: int = 0,
+    data: DataConfig | None = None,
+    search: SearchConfig | None = None,
+    train: TrainConfig | None = None,
+    plan: str | None = None,
+    seed: int = 0,
+    output_dir: str | None = None,
 ) -> None:
     """Parameters, FLOPs and latency, measured side by side against the frozen base model.
 
@@ -145,6 +152,14 @@ def profile(
         output: also write the table (markdown) to this file.
         params: only count parameters for each k (random:<preset> models are built on the meta device,
             e.g. LLaMA-7B + CLIP ViT-L/14 for the paper's Table 1).
+        generate_tokens: generative tasks: also time generating this many tokens per question (greedy, KV
+            cache) and report seconds per question and its ratio to k = 0 (Table 1's inference time).
+        data: not used (accepted so that a stage recipe can be given with --config).
+        search: not used (as data).
+        train: not used (as data).
+        plan: not used (as data).
+        seed: not used (as data).
+        output_dir: not used (as data).
     """
     from . import pipeline
     from .io import atomic_write_text
@@ -158,8 +173,9 @@ def profile(
     else:
         cfg = RunConfig(model=model, task=task, adapter=adapter)
         rows = pipeline.profile_model(cfg, ks, batch_size=batch_size, seq_len=seq_len, repeats=repeats, warmup=warmup,
-                                      device=device)
-    table = markdown_table(rows, list(rows[0]))
+                                      device=device, generate_tokens=generate_tokens)
+    columns = list(dict.fromkeys(k for r in rows for k in r))  # every key, first-seen order
+    table = markdown_table(rows, columns)
     print(table)
     if output:
         atomic_write_text(output, table + "\n")

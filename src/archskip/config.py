@@ -280,7 +280,9 @@ class TrainConfig:
     """AdamW betas (the paper's ViLT/METER setting)."""
     eps: float = 1e-8
     warmup_ratio: float = 0.1
-    """Linear warm-up over this share of the steps, then linear decay to 0."""
+    """Linear warm-up over this share of the steps, then the decay of `schedule`."""
+    schedule: Literal["linear", "cosine"] = "linear"
+    """After warm-up: linear decay to 0 (ViLT/METER) or half-cycle cosine to 0 (LaVIN)."""
     max_grad_norm: float | None = None
     """Clip the gradient norm to this value (off if unset)."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"

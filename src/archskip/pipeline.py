@@ -25,7 +25,7 @@ from .data.text import DataError, read_examples, split_examples
 from .io import atomic_write_text, ensure_dir
 from .plan import PlanError, SearchResult, SkipPlan, resolve_plan
 from .policy import SkipPolicy
-from .profile import compare_models
+from .profile import compare_generation, compare_models
 from .report import plot_gates
 from .runlog import RunLogger
 from .scorers import block_influence, exhaustive, last_k, random_plan
@@ -295,10 +295,11 @@ def parameter_table(cfg: RunConfig, ks: list[int]) -> list[dict]:
 
 
 def profile_model(cfg: RunConfig, ks: list[int], *, batch_size: int = 8, seq_len: int = 128, repeats: int = 20,
-                  warmup: int = 3, device: str = "cpu") -> list[dict]:
+                  warmup: int = 3, device: str = "cpu", generate_tokens: int = 0) -> list[dict]:
     """The frozen base model and DAS-k for each k (the last k blocks skipped, pruned), side by side.
 
-    Works on `random:<preset>` models: FLOPs and latency do not depend on the weights."""
+    Works on `random:<preset>` models: FLOPs and latency do not depend on the weights. With
+    `generate_tokens`, generative tasks also get seconds per question for generating that many tokens."""
     base, tokenizer, extras = load_pretrained(cfg.model)
     labels = [{"label": i} for i in range(cfg.task.num_labels or 2)]  # classification needs a label set
     task = build_task(cfg.task, tokenizer, labels if cfg.task.name == "classification" else None,
@@ -314,4 +315,14 @@ def profile_model(cfg: RunConfig, ks: list[int], *, batch_size: int = 8, seq_len
     models = {"base (frozen, no adapters)": (variant(None), True)}
     models.update({f"DAS k={k}" if k else "adapters, no skip": (variant(k), False) for k in ks})
     batch = to_device(task.example_batch(batch_size, seq_len), device)
-    return compare_models(models, task, batch, repeats=repeats, warmup=warmup, device=device)
+    rows = compare_models(models, task, batch, repeats=repeats, warmup=warmup, device=device)
+    if generate_tokens and hasattr(task, "generate"):
+        prompts = {k: v for k, v in batch.items() if k != "labels"}
+        das = {name: m for name, (m, off) in models.items() if not off}  # generation needs the adapters' routing
+        speed = compare_generation(das, task, prompts, new_tokens=generate_tokens, repeats=repeats, warmup=1, device=device)
+        first = next(iter(das))
+        for r in rows:
+            if r["model"] in speed:
+                r["s_per_question"] = speed[r["model"]].median_s
+                r["generation_ratio"] = speed[r["model"]].median_s / speed[first].median_s
+    return rows

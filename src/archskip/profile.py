@@ -122,3 +122,16 @@ def _base_params(m: SkipModel) -> int:
                 for p in part.parameters()}
     head = {id(p) for p in m.head.parameters()} if m.head is not None else set()
     return sum(p.numel() for p in {id(p): p for p in m.parameters()}.values() if id(p) not in adapters | head)
+
+
+def compare_generation(models: dict[str, SkipModel], task, batch: dict, *, new_tokens: int, repeats: int = 5,
+                       warmup: int = 1, device=None) -> dict[str, Latency]:
+    """Seconds per question of generating exactly `new_tokens` tokens (greedy, KV cache) for a prompt batch,
+    each model in turn in every round (the paper's "inference time" column, measured side by side)."""
+    n = len(batch["input_ids"])
+
+    def runner(m: SkipModel):
+        return lambda: task.generate(m, batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+
+    lat = measure_latency({name: runner(m) for name, m in models.items()}, warmup=warmup, repeats=repeats, device=device)
+    return {name: Latency(v.median_s / n, v.p10_s / n, v.p90_s / n, v.samples) for name, v in lat.items()}

@@ -88,13 +88,15 @@ def param_groups(model: SkipModel, cfg: TrainConfig) -> list[dict]:
     ]
 
 
-def linear_schedule(total_steps: int, warmup_ratio: float):
+def lr_schedule(total_steps: int, warmup_ratio: float, kind: str = "linear"):
+    """Linear warm-up, then linear decay to 0 (ViLT/METER) or a half-cycle cosine to 0 (LaVIN)."""
     warmup = int(warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
 
     return factor
 
@@ -132,7 +134,7 @@ class Trainer:
         per_epoch = math.ceil(len(train) / cfg.batch_size)
         total_micro = cfg.max_steps * cfg.grad_accum if cfg.max_steps else max(1, math.ceil(cfg.epochs * per_epoch))
         total_steps = math.ceil(total_micro / cfg.grad_accum)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, cfg.warmup_ratio))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(total_steps, cfg.warmup_ratio, cfg.schedule))
         engine, optimizer = acc.prepare(_LossModule(model, self.task), optimizer)
 
         micro = step = 0

@@ -29,7 +29,8 @@ def _llama_7b():
     from transformers import LlamaConfig
 
     return LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=32, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6)
+                       num_key_value_heads=32, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6,
+                       architectures=["LlamaForCausalLM"])
 
 
 def _smollm2_135m():
@@ -37,7 +38,7 @@ def _smollm2_135m():
 
     return LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                        num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rms_norm_eps=1e-5,
-                       tie_word_embeddings=True, rope_theta=100000.0)
+                       tie_word_embeddings=True, rope_theta=100000.0, architectures=["LlamaForCausalLM"])
 
 
 def _clip_vit_l14():
