@@ -167,3 +167,18 @@ def test_logs_start_afresh_unless_resumed_and_tensorboard_is_written(tmp_path):
     fresh.log("train", 1, loss=9.0)
     fresh.close()
     assert (tmp_path / "train.csv").read_text().splitlines() == ["step,loss", "1,9.0"]
+
+
+def test_learning_rate_groups():
+    from archskip.train import param_groups
+
+    model, _, _ = build()
+    cfg = TrainConfig(lr=1e-3, head_lr_mult=10, lr_mult={"sites": 5, "pooler": 2})
+    groups = param_groups(model, cfg)
+    by_lr = {}
+    names = {id(p): n for n, p in model.trainable_named_parameters().items()}
+    for g in groups:
+        for p in g["params"]:
+            by_lr.setdefault(g["lr"], set()).add(names[id(p)].split(".")[0] + ("." + names[id(p)].split(".")[2] if names[id(p)].startswith("candidates") else ""))
+    assert by_lr[1e-2] == {"head"} and by_lr[5e-3] == {"candidates.sites"} and by_lr[1e-3] == {"candidates.replacement"}
+    assert all(g["weight_decay"] == 0.0 for g in groups if all(names[id(p)].endswith(".bias") for p in g["params"]))

@@ -99,8 +99,9 @@ class ModelConfig:
     """Hugging Face hub id or local directory (anything `from_pretrained` accepts), an original ViLT
     checkpoint (*.ckpt), or random:<preset> (full-size architecture, random weights: vilt-b32, bert-base,
     minilm-l6, llama-7b, smollm2-135m)."""
-    kind: Literal["auto", "encoder", "decoder", "vilt"] = "auto"
-    """'encoder' loads AutoModel, 'decoder' AutoModelForCausalLM, 'vilt' ViltModel; 'auto' decides from the config."""
+    kind: Literal["auto", "encoder", "decoder", "vilt", "meter"] = "auto"
+    """'encoder' loads AutoModel, 'decoder' AutoModelForCausalLM, 'vilt' ViltModel, 'meter' archskip's METER;
+    'auto' decides from the config (an original *.ckpt is METER if its file name says so, else ViLT)."""
     tokenizer: str | None = None
     """Tokenizer hub id or directory; defaults to the model's own (bert-base-uncased for ViLT checkpoints)."""
     vision: str | None = None
@@ -110,6 +111,8 @@ class ModelConfig:
     """LaVIN: image tokens = the first token of every (L/n)-th vision block (ViT-L/14: 6)."""
     projector_hidden: int = 128
     """LaVIN: hidden width of the vision -> LLM projector."""
+    image_size: int | None = None
+    """METER checkpoints: the image size to fine-tune at (its 288-px position table is interpolated)."""
     layers: str | None = None
     """Dotted path of the ModuleList whose blocks are the skip candidates; found automatically if unset."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -137,7 +140,10 @@ class TaskConfig:
     pooling: Literal["cls", "mean"] = "cls"
     """How a classification head reads the sequence: first token or masked mean."""
     image_size: int = 384
-    """Images: shorter side after resizing (ViLT 384; METER 288 or 384)."""
+    """Images: shorter side after resizing (ViLT 384; METER 288 or 384; LaVIN 224)."""
+    image_resize: Literal["pixelbert", "square"] = "pixelbert"
+    """'pixelbert': ViLT's aspect-keeping resize (longer side <= max_image_side, patch-aligned, padded batches);
+    'square': resize the shorter side and centre-crop image_size x image_size (METER, CLIP encoders)."""
     max_image_side: int = 640
     """Images: longer side at most this."""
     image_patch: int = 32
@@ -274,6 +280,9 @@ class TrainConfig:
     """Peak learning rate of the adapters."""
     head_lr_mult: float = 1.0
     """Learning-rate multiplier of the task head."""
+    lr_mult: dict[str, float] = field(default_factory=dict)
+    """Learning-rate multipliers by name substring of the trainable tensors (first match wins), e.g.
+    {"sites": 5, "pooler": 5} for METER's x5 on fusion adapters and poolers."""
     weight_decay: float = 0.01
     """AdamW weight decay (not applied to biases and norms)."""
     betas: tuple[float, float] = (0.9, 0.98)

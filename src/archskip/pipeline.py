@@ -101,6 +101,15 @@ def _text_splits(cfg: RunConfig) -> Splits:
     return Splits(train, validation, {"test": test} if test else {})
 
 
+def arrow_dataset(task: str, root: str, names: str, transform, *, train: bool, num_answers: int = 3129, negatives: int = 0):
+    """A ViLT-format arrow dataset for a vision-language task."""
+    if task == "vqa":
+        return VQADataset(root, names, transform, num_answers=num_answers, require_answers=train)
+    if task == "nlvr2":
+        return NLVR2Dataset(root, names, transform)
+    return RetrievalDataset(root, names, transform, negatives=negatives if train else 0)
+
+
 def _arrow_splits(cfg: RunConfig) -> Splits:
     d, t = cfg.data, cfg.task
     if not d.root:
@@ -110,12 +119,8 @@ def _arrow_splits(cfg: RunConfig) -> Splits:
     spec = image_spec(t)
 
     def dataset(names: str, train: bool):
-        transform = spec.transform(randaugment=train and t.randaugment)
-        if t.name == "vqa":
-            return VQADataset(d.root, names, transform, num_answers=t.num_labels or 3129, require_answers=train)
-        if t.name == "nlvr2":
-            return NLVR2Dataset(d.root, names, transform)
-        return RetrievalDataset(d.root, names, transform, negatives=t.negatives if train else 0)
+        return arrow_dataset(t.name, d.root, names, spec.transform(randaugment=train and t.randaugment), train=train,
+                             num_answers=t.num_labels or 3129, negatives=t.negatives)
 
     train = dataset(d.train, True) if d.train else None
     if train is not None and d.limit:
@@ -182,7 +187,7 @@ def search(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Se
     else:
         raise ConfigError(f"unknown search.method {s.method!r}")
     result.seed = cfg.seed
-    result.config = cfg.to_dict()
+    result.config = {**result.config, **cfg.to_dict()}  # keeps what the method recorded (e.g. block costs)
     result.base_model = {"name_or_path": model.name_or_path, "fingerprint": model.fingerprint}
     result.wall_time_s = time.perf_counter() - t0
     result.save(out / RESULT_FILE)
@@ -241,19 +246,13 @@ def evaluate_artifact(artifact: str | Path, data: str, *, text_column: str = "te
 
     With `predictions`, also write the task's predictions there (VQA: the test-dev submission JSON)."""
     model, task = load_artifact(artifact, base)
-    if data.endswith(".arrow") or (Path(data).is_dir() if data else False):
-        from .config import TaskConfig
-
+    if data.endswith(".arrow"):
         files = [Path(p) for p in data.split(",")]
-        image = getattr(task, "image", None)
-        tcfg = TaskConfig(name=task.name, num_labels=getattr(task, "num_answers", None), negatives=0,
-                          **({"image_size": image.shorter, "max_image_side": image.longer, "image_patch": image.patch} if image else {}))
-        cfg = RunConfig(task=tcfg)
-        cfg.data.root, cfg.data.test = str(files[0].parent), ",".join(f.stem for f in files)
-        splits = _arrow_splits(cfg)
-        metrics = {name: task.evaluate_dataset(model, ds, batch_size) for name, ds in splits.test.items()}
-        if predictions:
-            write_predictions(model, task, ConcatDataset(list(splits.test.values())), predictions, batch_size)
+        splits = {f.stem: arrow_dataset(task.name, str(f.parent), f.stem, task.image.transform(), train=False,
+                                        num_answers=getattr(task, "num_answers", 3129)) for f in files}
+        metrics = {name: task.evaluate_dataset(model, ds, batch_size) for name, ds in splits.items()}
+        if predictions and hasattr(task, "predict_dataset"):
+            write_predictions(model, task, ConcatDataset(list(splits.values())), predictions, batch_size)
         return metrics
     examples = read_examples(data, text_column, label_column, text_pair_column)
     metrics = task.evaluate_dataset(model, examples, batch_size)

@@ -20,6 +20,7 @@ from .data.text import split_examples
 from .data.vilt_arrow import eval_view
 from .plan import SearchResult
 from .policy import SkipPolicy
+from .profile import block_costs as measure_block_costs
 from .runlog import RunLogger
 from .skipping import SkipModel
 from .tasks.base import Task, to_device
@@ -167,6 +168,10 @@ def run_search(
         model, task, policy, cfg, reward_examples, cfg.reward_batch_size or train_cfg.batch_size,
         seed=seed, trainer=trainer, logger=logger, block_costs=block_costs,
     )
+    if cfg.cost_weight and block_costs is None:  # FLOPs-aware reward: measure what each block costs
+        probe = task.collate([rest[0]])
+        model.to(trainer.device)
+        hooks.block_costs = measure_block_costs(model, task, to_device(probe, trainer.device))
     if cfg.updates_per_epoch:
         hooks.update_every = max(1, math.ceil(len(rest) / train_cfg.batch_size) // cfg.updates_per_epoch)
     trainer.hooks = hooks
@@ -179,7 +184,7 @@ def run_search(
     model.set_skip([])
     result = SearchResult(
         plan=policy.top_k(), method=f"das-{cfg.mode}", scores=policy.gates.tolist(), seed=seed,
-        history=hooks.history, config={"search": cfg.__dict__, "train": train_cfg.__dict__},
+        history=hooks.history, config={"search": cfg.__dict__, "train": train_cfg.__dict__, "block_costs": hooks.block_costs},
         base_model={"name_or_path": model.name_or_path, "fingerprint": model.fingerprint},
         wall_time_s=time.perf_counter() - t0,
     )

@@ -342,6 +342,12 @@ class SkipModel(nn.Module):
         if self.pruned:
             return self
         keep = self.plan.keep
+        if self.spec.keep_positions:  # the forward indexes the list: delete frozen weights, keep the places
+            for layer in self.candidates:
+                if layer.skipped:
+                    layer.block = None
+            self.pruned = True
+            return self
         mlist = self.base.get_submodule(self.layers_path)
         kept = [self.candidates[i] for i in keep]
         for layer in self.candidates:

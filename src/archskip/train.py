@@ -75,16 +75,21 @@ def make_accelerator(cfg: TrainConfig):
     return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, kwargs_handlers=[ddp])
 
 
+def lr_multiplier(name: str, cfg: TrainConfig) -> float:
+    if name.startswith("head."):
+        return cfg.head_lr_mult
+    return next((m for pattern, m in cfg.lr_mult.items() if pattern in name), 1.0)
+
+
 def param_groups(model: SkipModel, cfg: TrainConfig) -> list[dict]:
-    """Weight decay except on biases and norms; the head at lr * head_lr_mult."""
-    groups: dict[tuple[bool, bool], list] = {}
+    """Weight decay except on biases and norms; lr * head_lr_mult for the head, * lr_mult by name pattern."""
+    groups: dict[tuple[float, bool], list] = {}
     for name, p in model.trainable_named_parameters().items():
-        is_head = name.startswith("head.")
         decay = not (name.endswith(".bias") or ".norm." in name or "LayerNorm" in name)
-        groups.setdefault((is_head, decay), []).append(p)
+        groups.setdefault((lr_multiplier(name, cfg), decay), []).append(p)
     return [
-        {"params": ps, "lr": cfg.lr * (cfg.head_lr_mult if head else 1.0), "weight_decay": cfg.weight_decay if decay else 0.0}
-        for (head, decay), ps in sorted(groups.items())
+        {"params": ps, "lr": cfg.lr * mult, "weight_decay": cfg.weight_decay if decay else 0.0}
+        for (mult, decay), ps in sorted(groups.items())
     ]
 
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import hf_decoder, hf_encoder
+from . import hf_decoder, hf_encoder, meter
 from .spec import BackboneError, BlockSpec, ParallelSite, ResidualArgSite
 
 __all__ = ["BackboneError", "BlockSpec", "ParallelSite", "ResidualArgSite", "find_layers", "spec_for"]
 
 
-FAMILIES = (hf_decoder, hf_encoder)
+FAMILIES = (meter, hf_decoder, hf_encoder)
 
 # Dotted paths of the candidate ModuleList, tried in order when none is given.
 KNOWN_LAYER_PATHS = (
-    "llm.model.layers", "model.layers", "layers", "model.decoder.layers", "decoder.layers",
+    "llm.model.layers", "fusion", "model.layers", "layers", "model.decoder.layers", "decoder.layers",
     "encoder.layer", "encoder.layers", "model.encoder.layer", "transformer.h", "h",
 )
 

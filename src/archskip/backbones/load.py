@@ -95,6 +95,8 @@ def _build(cls, config, dtype, device: str | None):
     """A model with random weights from a config; on the meta device no memory is used."""
     with torch.device(device) if device else contextlib.nullcontext():
         model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+    if hasattr(model, "init_classifier_token") and device != "meta":
+        model.init_classifier_token()
     return model.to(dtype) if device != "meta" else model
 
 
@@ -116,9 +118,11 @@ def load_vision(name: str, dtype, device: str | None = None) -> torch.nn.Module:
 def _model_class(config, kind: str):
     from transformers import AutoModel, AutoModelForCausalLM, ViltModel
 
+    from .meter import METERModel
+
     if kind == "auto":
-        kind = "vilt" if config.model_type == "vilt" else "decoder" if is_decoder_config(config) else "encoder"
-    return {"vilt": ViltModel, "decoder": AutoModelForCausalLM, "encoder": AutoModel}[kind]
+        kind = config.model_type if config.model_type in ("vilt", "meter") else "decoder" if is_decoder_config(config) else "encoder"
+    return {"vilt": ViltModel, "meter": METERModel, "decoder": AutoModelForCausalLM, "encoder": AutoModel}[kind]
 
 
 def load_pretrained(cfg: ModelConfig, device: str | None = None) -> Loaded:
@@ -135,19 +139,31 @@ def load_pretrained(cfg: ModelConfig, device: str | None = None) -> Loaded:
         config = preset_config(preset)
         model = _build(_model_class(config, cfg.kind), config, dtype, device)
         tokenizer_name = cfg.tokenizer or PRESET_TOKENIZERS.get(preset)
-    elif name.endswith(".ckpt"):
-        from .vilt_convert import load_original_vilt
+    elif name.endswith(".ckpt"):  # an original Lightning checkpoint of the paper's models
+        if cfg.kind == "meter" or (cfg.kind == "auto" and "meter" in os.path.basename(name).lower()):
+            from .meter_convert import load_original_meter
 
-        model, extras = load_original_vilt(resolve_name(name))
+            model, extras = load_original_meter(resolve_name(name), image_size=cfg.image_size or 288)
+            tokenizer_name = cfg.tokenizer or "roberta-base"
+        else:
+            from .vilt_convert import load_original_vilt
+
+            model, extras = load_original_vilt(resolve_name(name))
+            tokenizer_name = cfg.tokenizer or "bert-base-uncased"
         model = model.to(dtype)
-        tokenizer_name = cfg.tokenizer or "bert-base-uncased"
     else:
         path = resolve_name(name)
         try:
             config = AutoConfig.from_pretrained(path)
         except OSError as e:
             raise BackboneError(f"cannot load a model config from {name!r}: {e}") from None
-        model = _model_class(config, cfg.kind).from_pretrained(path, dtype=dtype)
+        cls = _model_class(config, cfg.kind)
+        if config.model_type == "meter":
+            from .meter import load_meter
+
+            model = load_meter(path, dtype)
+        else:
+            model = cls.from_pretrained(path, dtype=dtype)
         tokenizer_name = cfg.tokenizer or path
     model.config._name_or_path = name
     tokenizer = load_tokenizer(tokenizer_name) if tokenizer_name else None

@@ -55,7 +55,15 @@ def _dinov2_small():
     return Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14, image_size=518)
 
 
+def _meter():
+    from .meter_convert import original_meter_config
+
+    # METER-CLIP16-RoBERTa as the paper fine-tunes it (288-px position grid; other sizes are interpolated)
+    return original_meter_config(288)
+
+
 PRESETS = {
+    "meter": _meter,
     "clip-vit-l14": _clip_vit_l14,
     "dinov2-small": _dinov2_small,
     "vilt-b32": _vilt_b32,
@@ -65,7 +73,7 @@ PRESETS = {
     "smollm2-135m": _smollm2_135m,
 }
 # the tokenizer each preset's vocabulary belongs to (hub id; packaged copies are used when present)
-PRESET_TOKENIZERS = {"vilt-b32": "bert-base-uncased", "bert-base": "bert-base-uncased", "minilm-l6": "bert-base-uncased"}
+PRESET_TOKENIZERS = {"meter": "roberta-base", "vilt-b32": "bert-base-uncased", "bert-base": "bert-base-uncased", "minilm-l6": "bert-base-uncased"}
 
 
 def preset_config(name: str):

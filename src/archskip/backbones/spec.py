@@ -38,3 +38,6 @@ class BlockSpec:
     returns_tuple: bool = False
     """The block returns (hidden, ...) instead of a tensor."""
     is_decoder: bool = False
+    keep_positions: bool = False
+    """Pruning keeps every candidate in its place (its frozen block deleted) instead of compacting the list:
+    for models whose forward pairs blocks by index (METER's two streams)."""

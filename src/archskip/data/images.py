@@ -60,7 +60,11 @@ class ImageSpec:
     patch: int = 32
 
     def transform(self, randaugment: bool = False) -> ImageTransform:
-        return ImageTransform(self.shorter, self.longer, self.patch, randaugment)
+        return ImageTransform(randaugment=randaugment, spec=self)
+
+    def resize_normalize(self, img: Image.Image) -> torch.Tensor:
+        w, h = vilt_size(*img.size, self.shorter, self.longer, self.patch)
+        return to_tensor(img.resize((w, h), Image.BICUBIC))
 
     @property
     def largest(self) -> tuple[int, int]:
@@ -70,15 +74,20 @@ class ImageSpec:
 
 
 class ImageTransform:
-    def __init__(self, shorter: int = 384, longer: int = 640, patch: int = 32, randaugment: bool = False):
-        self.shorter, self.longer, self.patch = shorter, longer, patch
+    """(optional RandAugment) then a spec's resize + normalisation; `without_augmentation()` for evaluation."""
+
+    def __init__(self, shorter: int = 384, longer: int = 640, patch: int = 32, randaugment: bool = False,
+                 spec=None):
+        self.spec = spec if spec is not None else ImageSpec(shorter, longer, patch)
         self.randaugment = RandAugment() if randaugment else None
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         if self.randaugment is not None:
             img = self.randaugment(img)
-        w, h = vilt_size(*img.size, self.shorter, self.longer, self.patch)
-        return to_tensor(img.resize((w, h), Image.BICUBIC))
+        return self.spec.resize_normalize(img)
+
+    def without_augmentation(self) -> ImageTransform:
+        return ImageTransform(spec=self.spec)
 
 
 def pad_images(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,6 +179,16 @@ class SquareImageSpec:
 
     size: int = 224
     norm: str = "clip"
+
+    @property
+    def largest(self) -> tuple[int, int]:
+        return self.size, self.size
+
+    def transform(self, randaugment: bool = False) -> ImageTransform:
+        return ImageTransform(randaugment=randaugment, spec=self)
+
+    def resize_normalize(self, img: Image.Image) -> torch.Tensor:
+        return self(img)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         w, h = img.size

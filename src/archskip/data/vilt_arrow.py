@@ -75,8 +75,7 @@ class ArrowDataset(Dataset):
     def eval_view(self) -> ArrowDataset:
         """The same items without training augmentation (for reward and evaluation batches)."""
         view = copy.copy(self)
-        t = self.transform
-        view.transform = ImageTransform(t.shorter, t.longer, t.patch, randaugment=False)
+        view.transform = self.transform.without_augmentation()
         return view
 
 

@@ -28,7 +28,9 @@ def assemble(base, task: Task, adapter: AdapterConfig, model_cfg: ModelConfig, e
     return model
 
 
-def image_spec(cfg: TaskConfig) -> ImageSpec:
+def image_spec(cfg: TaskConfig) -> ImageSpec | SquareImageSpec:
+    if cfg.image_resize == "square":
+        return SquareImageSpec(cfg.image_size, cfg.image_norm)
     return ImageSpec(cfg.image_size, cfg.max_image_side, cfg.image_patch)
 
 
@@ -60,7 +62,8 @@ def build_task(cfg: TaskConfig, tokenizer, train_examples=None, *, images: bool 
 def task_from_info(info: dict, tokenizer) -> Task:
     """Rebuild a task from the `info()` an artifact stored."""
     name = info.get("name")
-    image = ImageSpec(**info["image"]) if isinstance(info.get("image"), dict) and "shorter" in info["image"] else ImageSpec()
+    raw = info.get("image")
+    image = (ImageSpec(**raw) if "shorter" in raw else SquareImageSpec(**raw)) if isinstance(raw, dict) else ImageSpec()
     if name == "classification":
         return SequenceClassification(tokenizer, LabelVocab(info["labels"]), info["max_length"], info["pooling"])
     if name == "causal_lm":

@@ -16,12 +16,13 @@ from torch import nn
 from ..data.images import ImageSpec
 from ..skipping import SkipModel
 from .base import Task
-from .vl import encode_texts, example_images, image_batch, mlp_head, vilt_inputs
+from .vl import encode_texts, example_images, image_batch, mlp_head, pooled_size, vilt_inputs
 
 
 def add_image_token_type(base: nn.Module) -> None:
-    """Grow ViLT's modality embedding from [text, image] to [text, image, image 2]; row 2 := row 1."""
-    emb = base.embeddings.token_type_embeddings
+    """Grow the modality embedding (ViLT, METER) from [text, image] to [text, image, image 2]; row 2 := row 1."""
+    owner = base.embeddings if hasattr(base, "embeddings") and hasattr(base.embeddings, "token_type_embeddings") else base
+    emb = owner.token_type_embeddings
     if emb.num_embeddings >= 3:
         return
     grown = nn.Embedding(3, emb.embedding_dim).to(device=emb.weight.device, dtype=emb.weight.dtype)
@@ -29,7 +30,7 @@ def add_image_token_type(base: nn.Module) -> None:
         grown.weight[:2] = emb.weight
         grown.weight[2] = emb.weight[1]
     grown.weight.requires_grad_(emb.weight.requires_grad)
-    base.embeddings.token_type_embeddings = grown
+    owner.token_type_embeddings = grown
     base.config.modality_type_vocab_size = 3
 
 
@@ -43,8 +44,8 @@ class NLVR2(Task):
         add_image_token_type(base)
 
     def attach_head(self, model: SkipModel, extras: dict | None = None) -> None:
-        d = model.config.hidden_size
-        model.head = mlp_head(2 * d, 2 * d, 2).to(next(model.base.parameters()).device)
+        d = model.config.hidden_size  # two passes concatenated: ViLT 1536 -> 1536, METER 3072 -> 1536
+        model.head = mlp_head(2 * pooled_size(model), 2 * d, 2).to(next(model.base.parameters()).device)
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         return {**encode_texts(self.tokenizer, [e["text"] for e in examples], self.max_length),

@@ -24,7 +24,7 @@ from ..data.images import pad_images
 from ..data.images import ImageSpec
 from ..skipping import SkipModel
 from .base import Task
-from .vl import encode_texts, example_images, vilt_inputs
+from .vl import encode_texts, example_images, pooled_size, vilt_inputs
 
 KS = (1, 5, 10)
 
@@ -56,8 +56,7 @@ class Retrieval(Task):
         self.image, self.text_batch = image, text_batch
 
     def attach_head(self, model: SkipModel, extras: dict | None = None) -> None:
-        d = model.config.hidden_size
-        head = nn.Linear(d, 1)
+        head = nn.Linear(pooled_size(model), 1)
         itm_w, itm_b = (extras or {}).get("itm_score.fc.weight"), (extras or {}).get("itm_score.fc.bias")
         with torch.no_grad():
             if itm_w is not None and itm_b is not None:

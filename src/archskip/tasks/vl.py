@@ -27,6 +27,11 @@ def vilt_inputs(batch: dict, prefix: str = "") -> dict[str, torch.Tensor]:
             "pixel_mask": batch[f"{prefix}pixel_mask"]}
 
 
+def pooled_size(model) -> int:
+    """Width of the pooled feature a VL head reads: ViLT's pooler (D), METER's [text ; image] (2D)."""
+    return getattr(model.config, "pooled_size", model.config.hidden_size)
+
+
 def mlp_head(dim_in: int, dim_hidden: int, dim_out: int) -> nn.Sequential:
     """ViLT's classifier: Linear -> LayerNorm -> GELU -> Linear, initialised like its heads (N(0, 0.02))."""
     head = nn.Sequential(nn.Linear(dim_in, dim_hidden), nn.LayerNorm(dim_hidden), nn.GELU(), nn.Linear(dim_hidden, dim_out))

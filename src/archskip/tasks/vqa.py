@@ -18,7 +18,7 @@ from ..data.images import ImageSpec
 from ..skipping import SkipModel
 from ..data.loader import make_loader
 from .base import Task, to_device
-from .vl import encode_texts, example_images, image_batch, mlp_head, vilt_inputs
+from .vl import encode_texts, example_images, image_batch, mlp_head, pooled_size, vilt_inputs
 
 
 def vqa_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -35,8 +35,8 @@ class VQA(Task):
         self.answers, self.image = answers, image
 
     def attach_head(self, model: SkipModel, extras: dict | None = None) -> None:
-        d = model.config.hidden_size
-        model.head = mlp_head(d, 2 * d, self.num_answers).to(next(model.base.parameters()).device)
+        d = model.config.hidden_size  # hidden width 2D: ViLT 768 -> 1536, METER [text ; image] 1536 -> 1536
+        model.head = mlp_head(pooled_size(model), 2 * d, self.num_answers).to(next(model.base.parameters()).device)
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch = {**encode_texts(self.tokenizer, [e["text"] for e in examples], self.max_length),
