@@ -67,3 +67,8 @@ def test_search_config_from_arbitrary_yaml_is_valid_or_a_config_error(d):
     except ConfigError:
         return
     assert cfg.search.k >= 0 and cfg.search.samples >= 1 and cfg.search.gate_lr > 0
+
+
+def test_yaml_number_written_as_text_is_explained():
+    with pytest.raises(ConfigError, match=r"train.lr='5e-05' has the wrong type; expected a number \(YAML reads"):
+        RunConfig.from_dict(yaml.safe_load("train:\n  lr: 5e-05\n"))

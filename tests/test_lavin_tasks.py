@@ -9,7 +9,7 @@ from conftest import tiny_bpe_tokenizer
 from PIL import Image, ImageDraw
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from archskip import AdapterConfig, ModelConfig, SkipModel, SkipPlan
+from archskip import AdapterConfig, ModelConfig, SkipPlan
 from archskip.backbones.lavin import LaVIN
 from archskip.cli import main
 from archskip.data.scienceqa import load_scienceqa

@@ -56,3 +56,19 @@ def test_lavin_recipes_follow_the_reference():
     assert r["lavin-sqa-train"]["train"]["lr"] == pytest.approx(9e-3 * 32 / 256) and r["lavin-sqa-train"]["train"]["epochs"] == 20
     assert r["lavin-boolq-train"]["adapter"]["kind"] == "bottleneck" and "vision" not in r["lavin-boolq-train"]["model"]
     assert r["lavin-gsm8k-train"]["task"]["max_new_tokens"] == 256
+
+
+def test_meter_recipes_follow_the_paper():
+    r = {p.stem: yaml.safe_load(p.read_text()) for p in RECIPES if p.stem.startswith("meter-")}
+    assert set(r) == {f"meter-{t}-{s}" for t in ("vqa", "nlvr2", "f30k") for s in ("search", "train")}
+    for name, cfg in r.items():
+        a, t = cfg["adapter"], cfg["train"]
+        assert (a["hidden"], a["skip_hidden"]) == (96, 288) and t["lr_mult"] == {"sites": 5, "pooler": 5}
+        if name.endswith("search"):
+            assert cfg["search"]["k"] == 4
+    expect = {"vqa": (384, 50, 512, 2.5e-5, 50), "nlvr2": (288, 50, 256, 5e-5, 10), "f30k": (384, 40, 512, 5e-5, 5)}
+    for short, (img, tlen, eff, lr, head) in expect.items():
+        cfg = r[f"meter-{short}-train"]
+        t = cfg["train"]
+        assert (cfg["task"]["image_size"], cfg["task"]["max_length"], t["batch_size"] * t["grad_accum"], t["lr"], t["head_lr_mult"]) == \
+            (img, tlen, eff, lr, head)

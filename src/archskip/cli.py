@@ -125,6 +125,7 @@ def profile(
     output: str | None = None,
     params: bool = False,
     generate_tokens: int = 0,
+    plans: list[str] | None = None,
     data: DataConfig | None = None,
     search: SearchConfig | None = None,
     train: TrainConfig | None = None,
@@ -154,6 +155,7 @@ def profile(
             e.g. LLaMA-7B + CLIP ViT-L/14 for the paper's Table 1).
         generate_tokens: generative tasks: also time generating this many tokens per question (greedy, KV
             cache) and report seconds per question and its ratio to k = 0 (Table 1's inference time).
+        plans: explicit skip sets to measure instead of --ks (e.g. '["none", "0,1,2,3", "6,7,8,9"]').
         data: not used (accepted so that a stage recipe can be given with --config).
         search: not used (as data).
         train: not used (as data).
@@ -173,7 +175,7 @@ def profile(
     else:
         cfg = RunConfig(model=model, task=task, adapter=adapter)
         rows = pipeline.profile_model(cfg, ks, batch_size=batch_size, seq_len=seq_len, repeats=repeats, warmup=warmup,
-                                      device=device, generate_tokens=generate_tokens)
+                                      device=device, generate_tokens=generate_tokens, plans=plans)
     columns = list(dict.fromkeys(k for r in rows for k in r))  # every key, first-seen order
     table = markdown_table(rows, columns)
     print(table)

@@ -398,8 +398,11 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{name}={value!r} has the wrong type; expected {hint}")
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        hint_text = " (YAML reads a number like 5e-05 as text: write 5.0e-05)" if isinstance(value, str) else ""
+        raise ConfigError(f"{name}={value!r} has the wrong type; expected a number{hint_text}")
     if hint in (int, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         raise ConfigError(f"{name}={value!r} has the wrong type; expected {hint.__name__}")
     if origin is list and not isinstance(value, list):

@@ -294,7 +294,7 @@ def parameter_table(cfg: RunConfig, ks: list[int]) -> list[dict]:
 
 
 def profile_model(cfg: RunConfig, ks: list[int], *, batch_size: int = 8, seq_len: int = 128, repeats: int = 20,
-                  warmup: int = 3, device: str = "cpu", generate_tokens: int = 0) -> list[dict]:
+                  warmup: int = 3, device: str = "cpu", generate_tokens: int = 0, plans: list[str] | None = None) -> list[dict]:
     """The frozen base model and DAS-k for each k (the last k blocks skipped, pruned), side by side.
 
     Works on `random:<preset>` models: FLOPs and latency do not depend on the weights. With
@@ -304,15 +304,18 @@ def profile_model(cfg: RunConfig, ks: list[int], *, batch_size: int = 8, seq_len
     task = build_task(cfg.task, tokenizer, labels if cfg.task.name == "classification" else None,
                       images=cfg.model.vision is not None)
 
-    def variant(k: int | None) -> SkipModel:
+    def variant(plan: str | int | None) -> SkipModel:
         m = assemble(copy.deepcopy(base), task, cfg.adapter, cfg.model, extras)
-        if k is not None:
-            m.apply_plan(SkipPlan.last(k, m.num_candidates))
+        if plan is not None:
+            m.apply_plan(SkipPlan.last(plan, m.num_candidates) if isinstance(plan, int) else resolve_plan(plan, m.num_candidates))
             m.prune()
         return m.to(device)
 
     models = {"base (frozen, no adapters)": (variant(None), True)}
-    models.update({f"DAS k={k}" if k else "adapters, no skip": (variant(k), False) for k in ks})
+    if plans:  # explicit skip sets, e.g. METER's text-side vs image-side fusion layers
+        models.update({f"skip {p}" if p.strip() not in ("", "none") else "adapters, no skip": (variant(p), False) for p in plans})
+    else:
+        models.update({f"DAS k={k}" if k else "adapters, no skip": (variant(k), False) for k in ks})
     batch = to_device(task.example_batch(batch_size, seq_len), device)
     rows = compare_models(models, task, batch, repeats=repeats, warmup=warmup, device=device)
     if generate_tokens and hasattr(task, "generate"):

@@ -116,6 +116,9 @@ class METERModel(nn.Module):
         self.cross_modal_image_pooler = Pooler(d)
         # the reference's learned first text token: RoBERTa's embedding of <s> (id 0), replacing the
         # transformed first text feature before fusion
+        if config.classifier_token and tcfg.hidden_size != d:
+            raise ValueError(f"the classifier token replaces a fused text feature: text width {tcfg.hidden_size} must "
+                             f"equal the fusion width {d} (or set classifier_token=False)")
         self.token4classifier = nn.Parameter(torch.zeros(1, 1, tcfg.hidden_size)) if config.classifier_token else None
 
     @property
@@ -125,9 +128,12 @@ class METERModel(nn.Module):
     def init_classifier_token(self) -> None:
         """token4classifier := RoBERTa's embedding output for token id 0 (as the reference, after loading weights)."""
         if self.token4classifier is not None:
+            emb, was_training = self.text.embeddings, self.text.embeddings.training
+            emb.eval()  # no dropout mask in the token (the reference computed it in train mode: a random one)
             with torch.no_grad():
                 ids = torch.zeros(1, 1, dtype=torch.long, device=self.token4classifier.device)
-                self.token4classifier.copy_(self.text.embeddings(input_ids=ids))
+                self.token4classifier.copy_(emb(input_ids=ids))
+            emb.train(was_training)
 
     def encode(self, input_ids, attention_mask, pixel_values) -> tuple[torch.Tensor, torch.Tensor]:
         """The frozen encoders: (B, T, Dt) text, (B, 1+P, Dv) image with ln_post on every token."""
