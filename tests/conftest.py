@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Tiny models gain nothing from intra-op threads, and on a shared machine threads fighting another
+# process's make each small op wait (10x slower seen); child processes the tests start inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

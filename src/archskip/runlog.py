@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
-from .io import ensure_dir
+from .io import atomic_write_text, ensure_dir
 
 
 class RunLogger:
@@ -21,6 +22,21 @@ class RunLogger:
             except ImportError as e:
                 raise RuntimeError("train.tensorboard=true needs the tensorboard package: pip install 'archskip[tensorboard]'") from e
             self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+
+    def rewind(self, stream: str, step: int) -> None:
+        """Drop rows past `step` (a resumed run repeats the steps after its last checkpoint)."""
+        if self.dir is None or stream in self._files:
+            return
+        path = self.dir / f"{stream}.csv"
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f))
+        header, body = rows[0], rows[1:]
+        kept = [r for r in body if r and float(r[0]) <= step]
+        buf = io.StringIO()
+        csv.writer(buf).writerows([header, *kept])
+        atomic_write_text(path, buf.getvalue())
 
     def log(self, stream: str, step: int, **values: float) -> None:
         if self.dir is None:

@@ -146,6 +146,8 @@ class Trainer:
         history: list[dict] = []
         if resume:
             micro, step, history = self._restore(optimizer, scheduler)  # also restores the RNG state
+            for stream, at in (("train", step), ("eval", step), ("policy", micro)):
+                self.logger.rewind(stream, at)
         else:
             torch.manual_seed(self.seed)  # dropout masks
         engine.train()
