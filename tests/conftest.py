@@ -20,8 +20,22 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from transformers import (  # noqa: E402
-    BertConfig, BertModel, Dinov2Config, Dinov2Model, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-    PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, RobertaConfig, RobertaModel, ViltConfig, ViltModel, ViTConfig,
+    BertConfig,
+    BertModel,
+    Dinov2Config,
+    Dinov2Model,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    RobertaConfig,
+    RobertaModel,
+    ViltConfig,
+    ViltModel,
+    ViTConfig,
     ViTModel,
 )
 

@@ -12,10 +12,10 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaFo
 from archskip import AdapterConfig, ModelConfig, SkipPlan
 from archskip.backbones.lavin import LaVIN
 from archskip.cli import main
+from archskip.data.images import SquareImageSpec
 from archskip.data.scienceqa import load_scienceqa
 from archskip.data.text import DataError
 from archskip.tasks.generative_qa import GenerativeQA
-from archskip.data.images import SquareImageSpec
 
 COLORS = ["red", "green", "blue"]
 SUBJECTS = ["natural science", "social science", "language science"]

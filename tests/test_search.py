@@ -9,10 +9,10 @@ from conftest import make_bert, random_sentence, tiny_tokenizer
 
 from archskip import AdapterConfig, SearchConfig, SkipModel, TrainConfig
 from archskip.config import ConfigError
+from archskip.data.loader import make_loader
 from archskip.plan import SearchResult
 from archskip.search import RESULT_FILE, DASHooks, run_search
 from archskip.tasks.base import Task, evaluate
-from archskip.data.loader import make_loader
 
 PLANTED = (1, 4)
 

@@ -51,8 +51,8 @@ def test_causal_lm_exact_match_is_greedy_decoding():
 
 def test_classification_accepts_models_without_token_types():
     tok = tiny_tokenizer()
-    from transformers import LlamaConfig, LlamaModel
     from conftest import DEC
+    from transformers import LlamaConfig, LlamaModel
 
     base = LlamaModel(LlamaConfig(**DEC)).eval()
     model = SkipModel(base, AdapterConfig.lavin())

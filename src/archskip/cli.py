@@ -11,7 +11,17 @@ import sys
 
 from .artifact import ArtifactError
 from .backbones import BackboneError
-from .config import AdapterConfig, ConfigError, DataConfig, ModelConfig, RunConfig, SearchConfig, TaskConfig, TrainConfig
+from .config import (
+    AdapterConfig,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    SearchConfig,
+    TaskConfig,
+    TrainConfig,
+    load_mapping,
+)
 from .data.text import DataError
 from .io import OutputError
 from .plan import PlanError
@@ -213,12 +223,19 @@ def normalize_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def config_files(argv: list[str]) -> list[str]:
+    return [argv[i + 1] if a == "--config" else a.split("=", 1)[1] for i, a in enumerate(argv)
+            if (a == "--config" and i + 1 < len(argv)) or a.startswith("--config=")]
+
+
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import auto_cli, set_parsing_settings
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # the config fields' docs appear in --help
     argv = normalize_flags(sys.argv[1:] if argv is None else argv)
     try:
+        for path in config_files(argv):  # a broken recipe: name the file, not just a line number
+            load_mapping(path)
         auto_cli(COMMANDS, args=argv, as_positional=False)
     except USER_ERRORS as e:
         print(f"archskip: error: {e}", file=sys.stderr)

@@ -21,7 +21,10 @@ from torch.utils.data import ConcatDataset, Subset
 from .artifact import load_artifact, save_artifact
 from .backbones.load import load_pretrained
 from .config import ConfigError, RunConfig
+from .data.language_qa import load_boolq, load_csqa, load_gsm8k, load_siqa
+from .data.scienceqa import load_scienceqa
 from .data.text import DataError, read_examples, split_examples
+from .data.vilt_arrow import NLVR2Dataset, RetrievalDataset, VQADataset, split_names
 from .io import atomic_write_text, ensure_dir
 from .plan import PlanError, SearchResult, SkipPlan, resolve_plan
 from .policy import SkipPolicy
@@ -31,9 +34,6 @@ from .runlog import RunLogger
 from .scorers import block_influence, exhaustive, last_k, random_plan
 from .search import RESULT_FILE, run_search
 from .skipping import SkipModel
-from .data.language_qa import load_boolq, load_csqa, load_gsm8k, load_siqa
-from .data.scienceqa import load_scienceqa
-from .data.vilt_arrow import NLVR2Dataset, RetrievalDataset, VQADataset, split_names
 from .tasks import Task, assemble, build_task, image_spec, to_device
 from .train import Trainer
 
@@ -130,8 +130,20 @@ def _arrow_splits(cfg: RunConfig) -> Splits:
     return Splits(train, validation, test)
 
 
+def text_positions(config) -> int | None:
+    """How many text tokens the model can read (RoBERTa reserves two positions for its padding offset)."""
+    text = config.text_config if isinstance(getattr(config, "text_config", None), dict) else None
+    n = (text or {}).get("max_position_embeddings") or getattr(config, "max_position_embeddings", None)
+    model_type = (text or {}).get("model_type") or getattr(config, "model_type", "")
+    return n - 2 if n and model_type in ("roberta", "xlm-roberta") else n
+
+
 def build_model(cfg: RunConfig, train_examples) -> tuple[SkipModel, Task]:
     base, tokenizer, extras = load_pretrained(cfg.model)
+    limit = text_positions(base.config)
+    if limit and cfg.task.max_length > limit:
+        raise ConfigError(f"task.max_length={cfg.task.max_length} exceeds the {limit} text positions of "
+                          f"{cfg.model.name_or_path!r}; set task.max_length <= {limit}")
     task = build_task(cfg.task, tokenizer, train_examples, images=cfg.model.vision is not None)
     return assemble(base, task, cfg.adapter, cfg.model, extras), task
 

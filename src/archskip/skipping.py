@@ -27,8 +27,16 @@ import torch
 from torch import nn
 
 from .adapters import Bottleneck, ReplacementAdapter, RouterAdapter, SequentialAdapter, make_norm
-from .backbones import BackboneError, BlockSpec, ParallelSite, ResidualArgSite, find_layers, get_submodule, spec_for
-from .backbones import hf_decoder
+from .backbones import (
+    BackboneError,
+    BlockSpec,
+    ParallelSite,
+    ResidualArgSite,
+    find_layers,
+    get_submodule,
+    hf_decoder,
+    spec_for,
+)
 from .config import AdapterConfig
 from .plan import PlanError, SkipPlan
 

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import CLIPVisionConfig, RobertaConfig
 
-from .meter import METERConfig, METERModel
 from .checkpoint import CheckpointError, read_checkpoint, state_dict_of
+from .meter import METERConfig, METERModel
 
 __all__ = [
     "DROPPED_KEYS",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..config import AdapterConfig, ConfigError, ModelConfig, TaskConfig
-from ..skipping import SkipModel
 from ..data.images import ImageSpec, SquareImageSpec
 from ..data.text import LabelVocab
+from ..skipping import SkipModel
 from .base import Task, evaluate, to_device
 from .causal_lm import CausalLM
 from .classification import SequenceClassification

@@ -19,7 +19,13 @@ from ..data.text import DataError
 from ..skipping import SkipModel
 from .base import Task, to_device
 from .causal_lm import IGNORE
-from .qa_metrics import SCIENCEQA_COLUMNS, exact_match_accuracy, parse_answer_letter, parse_gsm8k_number, scienceqa_accuracy
+from .qa_metrics import (
+    SCIENCEQA_COLUMNS,
+    exact_match_accuracy,
+    parse_answer_letter,
+    parse_gsm8k_number,
+    scienceqa_accuracy,
+)
 
 QA_TASKS = ("scienceqa", "boolq", "csqa", "siqa", "gsm8k")
 

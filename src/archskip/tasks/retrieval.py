@@ -12,16 +12,14 @@ ranks above it, so a model that scores everything alike gets recall 0, not a luc
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import warnings
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.images import pad_images
-from ..data.images import ImageSpec
+from ..data.images import ImageSpec, pad_images
 from ..skipping import SkipModel
 from .base import Task
 from .vl import encode_texts, example_images, pooled_size, vilt_inputs

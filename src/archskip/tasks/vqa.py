@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.images import ImageSpec
-from ..skipping import SkipModel
 from ..data.loader import make_loader
+from ..skipping import SkipModel
 from .base import Task, to_device
 from .vl import encode_texts, example_images, image_batch, mlp_head, pooled_size, vilt_inputs
 
