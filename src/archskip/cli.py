@@ -58,6 +58,8 @@ def search(
 
     cfg = RunConfig(model=model, task=task, data=data, adapter=adapter, search=search, train=train, seed=seed, output_dir=output_dir)
     result = pipeline.search(cfg, resume=resume)
+    if not pipeline.is_main_process():
+        return
     print(f"plan: skip {list(result.plan.skip)} of {result.plan.num_candidates} ({result.method}, {result.wall_time_s:.1f}s)")
     print(f"wrote {output_dir}/search_result.json and {output_dir}/gates.png")
 
@@ -90,6 +92,8 @@ def train(
 
     cfg = RunConfig(model=model, task=task, data=data, adapter=adapter, train=train, seed=seed, output_dir=output_dir)
     metrics = pipeline.train(cfg, plan, resume=resume)
+    if not pipeline.is_main_process():
+        return
     print(json.dumps(metrics, indent=2))
     print(f"wrote {output_dir}/artifact")
 

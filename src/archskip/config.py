@@ -298,6 +298,8 @@ class TrainConfig:
     """Autocast precision through accelerate (bf16 also works on CPU)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """'auto' = CUDA when available."""
+    gradient_checkpointing: bool = False
+    """Recompute the frozen blocks' activations in the backward pass (large decoders: memory for compute)."""
     eval_every: int | None = None
     """Evaluate every this many optimiser steps (default: after each epoch)."""
     checkpoint_every: int | None = None

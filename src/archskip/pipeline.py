@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -148,11 +149,22 @@ def build_model(cfg: RunConfig, train_examples) -> tuple[SkipModel, Task]:
     return assemble(base, task, cfg.adapter, cfg.model, extras), task
 
 
+def is_main_process() -> bool:
+    """True in a single process, and in the first of the processes `accelerate launch` / torchrun start."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _start(cfg: RunConfig) -> Path:
-    out = ensure_dir(cfg.output_dir)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
+    out = Path(cfg.output_dir)
+    if is_main_process():  # one writer; the others read what it wrote (a shared filesystem)
+        ensure_dir(out)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
     torch.manual_seed(cfg.seed)
     return out
+
+
+def _logger(out: Path, cfg: RunConfig, resume: bool) -> RunLogger:
+    return RunLogger(out if is_main_process() else None, cfg.train.tensorboard, resume)
 
 
 class _RandomConfigs:
@@ -183,7 +195,7 @@ def search(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Se
     t0 = time.perf_counter()
     if s.method == "das":
         result = run_search(model, task, splits.train, s, cfg.train, seed=cfg.seed, out_dir=out, resume=resume,
-                            progress=progress, logger=RunLogger(out, cfg.train.tensorboard, resume))
+                            progress=progress, logger=_logger(out, cfg, resume))
     elif s.method == "last-k":
         result = last_k(n, s.k)
     elif s.method == "random":
@@ -202,8 +214,9 @@ def search(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Se
     result.config = {**result.config, **cfg.to_dict()}  # keeps what the method recorded (e.g. block costs)
     result.base_model = {"name_or_path": model.name_or_path, "fingerprint": model.fingerprint}
     result.wall_time_s = time.perf_counter() - t0
-    result.save(out / RESULT_FILE)
-    plot_gates(result, out / "gates.png")
+    if is_main_process():
+        result.save(out / RESULT_FILE)
+        plot_gates(result, out / "gates.png")
     return result
 
 
@@ -226,23 +239,27 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
     check_plan_source(plan, model)
     skip_plan = resolve_plan(plan, model.num_candidates)
     model.apply_plan(skip_plan)
-    trainer = Trainer(model, task, cfg.train, seed=cfg.seed, out_dir=out,
-                      logger=RunLogger(out, cfg.train.tensorboard, resume), progress=progress)
+    trainer = Trainer(model, task, cfg.train, seed=cfg.seed, out_dir=out, logger=_logger(out, cfg, resume),
+                      progress=progress)
     fit = trainer.fit(splits.train, splits.validation, resume=resume)
     test = {}
     for name, split in splits.test.items():
         test[name] = trainer.evaluate(split)
-        if hasattr(task, "predict_dataset"):
+        if hasattr(task, "predict_dataset") and trainer.is_main:
             test[name]["predictions"] = str(write_predictions(model, task, split, out / f"predictions_{name}.json",
                                                               cfg.train.batch_size))
     trainable, total = model.parameter_counts()
     metrics = {
         "plan": list(skip_plan.skip), "validation": fit.final_eval, "test": test, "trainable_params": trainable,
-        "steps": fit.steps, "train_wall_time_s": round(fit.wall_time_s, 2),
+        "steps": fit.steps, "train_wall_time_s": round(fit.wall_time_s, 2), "processes": trainer.world,
     }
-    save_artifact(model, task, out / "artifact", model_config=cfg.model, metrics=metrics,
-                  run_config={**cfg.to_dict(), "plan": str(plan)})
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    if trainer.world > 1:  # DDP keeps the replicas equal; say so, checked bit for bit
+        metrics["adapters_identical_across_processes"] = trainer.ranks_agree()
+    with trainer.full_params():  # (every process enters: gathering FSDP shards is collective)
+        if trainer.is_main:
+            save_artifact(model, task, out / "artifact", model_config=cfg.model, metrics=metrics,
+                          run_config={**cfg.to_dict(), "plan": str(plan)})
+            atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, SearchConfig, TrainConfig
-from .data.loader import make_loader
+from .data.loader import batches_per_rank, make_loader
 from .data.text import split_examples
 from .data.vilt_arrow import eval_view
 from .plan import SearchResult
@@ -81,7 +81,7 @@ class DASHooks:
     # ---- policy update ---------------------------------------------------------------------------
     def _next_reward_batch(self) -> dict:
         """The next batch of the held-out slice; reshuffled every pass, so it changes at every update."""
-        per_pass = math.ceil(len(self.reward_examples) / self.batch_size)
+        per_pass = max(1, batches_per_rank(len(self.reward_examples), self.batch_size, self.trainer.world))
         if self._reward_iter is None:
             p, start = divmod(self.reward_batches_used, per_pass)
             self._reward_iter = self._passes(p, start)
@@ -93,7 +93,7 @@ class DASHooks:
         while True:
             yield from make_loader(
                 self.reward_examples, self.task.collate, self.batch_size, shuffle=True,
-                seed=self.seed + 7919, epoch=p, start=start,
+                seed=self.seed + 7919, epoch=p, start=start, rank=self.trainer.rank, world=self.trainer.world,
             )
             p, start = p + 1, 0
 
@@ -113,11 +113,20 @@ class DASHooks:
         costs = [self.config_cost(c) for c in configs] if self.cfg.cost_weight else None
         upd = self.policy.update(configs, losses, costs)
         gates = self.policy.gates.tolist()
-        self.history.append({"micro_step": micro, "epoch": round(epoch, 4), "gates": gates, **upd.__dict__})
+        entry = {"micro_step": micro, "epoch": round(epoch, 4), "gates": gates, **upd.__dict__}
+        if self.trainer.world > 1:  # every process must hold the same policy: check it, bit for bit
+            entry["ranks_agree"] = self._gates_agree()
+            if not entry["ranks_agree"]:
+                raise RuntimeError(f"policy gates diverged across processes at micro-batch {micro}")
+        self.history.append(entry)
         self.logger.log(
             "policy", micro, epoch=epoch, reward_mean=upd.baseline,
             **{f"gate_{i}": g for i, g in enumerate(gates)},
         )
+
+    def _gates_agree(self) -> bool:
+        gathered = self.trainer.accelerator.gather(self.policy.gates[None].to(self.trainer.device))  # (world, N)
+        return bool((gathered == gathered[0]).all())
 
     def evaluate_configs(self, configs, batch) -> list[float]:
         """Loss of each configuration on one batch, eval mode (dropout off), no_grad; duplicates scored once."""
@@ -133,7 +142,11 @@ class DASHooks:
                         cache[key] = float(self.task.loss(self.model, batch))
         finally:
             self.model.train(was_training)
-        return [cache[tuple(sorted(c))] for c in configs]
+        losses = [cache[tuple(sorted(c))] for c in configs]
+        if self.trainer.world > 1:  # each process scored its own reward batch: average, so all update alike
+            t = torch.tensor(losses, dtype=torch.float64, device=self.trainer.device)
+            losses = self.trainer.accelerator.reduce(t, reduction="mean").tolist()
+        return losses
 
 
 def run_search(
@@ -161,9 +174,10 @@ def run_search(
             f"search.reward_fraction={cfg.reward_fraction} of {len(train)} training examples leaves "
             f"{len(reward_examples)} for rewards and {len(rest)} for training; both must be non-empty"
         )
-    logger = logger or RunLogger(out_dir, resume=resume)
     t0 = time.perf_counter()
     trainer = Trainer(model, task, train_cfg, seed=seed, out_dir=out_dir, logger=logger, progress=progress, desc="search")
+    if logger is None:
+        trainer.logger = logger = RunLogger(out_dir if trainer.is_main else None, resume=resume)
     hooks = DASHooks(
         model, task, policy, cfg, reward_examples, cfg.reward_batch_size or train_cfg.batch_size,
         seed=seed, trainer=trainer, logger=logger, block_costs=block_costs,
@@ -188,6 +202,7 @@ def run_search(
         base_model={"name_or_path": model.name_or_path, "fingerprint": model.fingerprint},
         wall_time_s=time.perf_counter() - t0,
     )
-    if out_dir:
+    result.config["world_size"] = trainer.world
+    if out_dir and trainer.is_main:
         result.save(Path(out_dir) / RESULT_FILE)
     return result

@@ -8,8 +8,10 @@ as in the paper.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -19,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .data.loader import make_loader
+from .data.loader import batches_per_rank, make_loader
 from .io import atomic_write
 from .runlog import RunLogger
 from .skipping import SkipModel
@@ -124,23 +126,42 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir else None
         self.hooks, self.logger, self.progress, self.desc = hooks, logger or RunLogger(None), progress, desc
         self.accelerator = make_accelerator(cfg)
+        self._engine = None  # the prepared (possibly wrapped) model, once fit() has run
 
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
 
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
     def fit(self, train: list[dict], evaluation: list[dict] | None = None, resume: bool = False) -> FitResult:
+        """Train; with N processes each takes every N-th batch (DDP averages the gradients)."""
         cfg, acc, model = self.cfg, self.accelerator, self.model
         if not train:
             raise TrainingError("the training split is empty")
         t0 = time.perf_counter()
         model.to(self.device)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-        per_epoch = math.ceil(len(train) / cfg.batch_size)
+        per_epoch = batches_per_rank(len(train), cfg.batch_size, self.world)
+        if per_epoch == 0:
+            raise TrainingError(f"{len(train)} training examples make no batch of {cfg.batch_size} for each of {self.world} processes")
         total_micro = cfg.max_steps * cfg.grad_accum if cfg.max_steps else max(1, math.ceil(cfg.epochs * per_epoch))
         total_steps = math.ceil(total_micro / cfg.grad_accum)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(total_steps, cfg.warmup_ratio, cfg.schedule))
         engine, optimizer = acc.prepare(_LossModule(model, self.task), optimizer)
+        self._engine = engine
 
         micro = step = 0
         history: list[dict] = []
@@ -152,28 +173,30 @@ class Trainer:
             torch.manual_seed(self.seed)  # dropout masks
         engine.train()
         running, seen, last_loss = 0.0, 0, float("nan")
-        bar = tqdm(total=total_micro, initial=micro, desc=self.desc, disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(total=total_micro, initial=micro, desc=self.desc, disable=not (self.progress and self.is_main),
+                   dynamic_ncols=True)
         while micro < total_micro:
             epoch, start = divmod(micro, per_epoch)
             loader = make_loader(
                 train, self.task.collate, cfg.batch_size, shuffle=True, seed=self.seed, epoch=epoch, start=start,
-                num_workers=cfg.num_workers,
+                num_workers=cfg.num_workers, rank=self.rank, world=self.world,
             )
             for batch in loader:
                 if self.hooks:
                     self.hooks.before_batch(micro, micro / per_epoch)
-                with acc.autocast():
+                boundary = (micro + 1) % cfg.grad_accum == 0 or micro + 1 == total_micro
+                # gradients are averaged across processes once per optimiser step, not per micro-batch
+                with acc.autocast(), (contextlib.nullcontext() if boundary else acc.no_sync(engine)):
                     loss = engine(to_device(batch, self.device))
-                if not torch.isfinite(loss):
-                    bar.close()
-                    kept = self.out_dir is not None and (self.out_dir / CHECKPOINT).is_file()
-                    where = f"; the last checkpoint is kept in {self.out_dir / CHECKPOINT}" if kept else ""
-                    raise TrainingError(f"loss is {loss.item()} at optimiser step {step} (micro-batch {micro}){where}")
-                acc.backward(loss / cfg.grad_accum)
+                    if not torch.isfinite(loss):
+                        bar.close()
+                        kept = self.out_dir is not None and (self.out_dir / CHECKPOINT).is_file()
+                        where = f"; the last checkpoint is kept in {self.out_dir / CHECKPOINT}" if kept else ""
+                        raise TrainingError(f"loss is {loss.item()} at optimiser step {step} (micro-batch {micro}){where}")
+                    acc.backward(loss / cfg.grad_accum)
                 running, seen = running + loss.item(), seen + 1
                 micro += 1
                 bar.update(1)
-                boundary = micro % cfg.grad_accum == 0 or micro == total_micro
                 if boundary:
                     if cfg.max_grad_norm:
                         acc.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
@@ -195,6 +218,7 @@ class Trainer:
                         history.append({"step": step, **metrics})
                         self.logger.log("eval", step, **metrics)
                     if self.out_dir and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or epoch_end):
+                        acc.wait_for_everyone()
                         self._save(optimizer, scheduler, micro, step, history)
                 if micro >= total_micro:
                     break
@@ -209,8 +233,13 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _save(self, optimizer, scheduler, micro: int, step: int, history: list[dict]) -> None:
+        """Every process gathers (FSDP), one writes; every process reads the file on resume."""
+        with self.full_params():
+            trainable = self.model.trainable_state_dict()
+        if not self.is_main:
+            return
         state = {
-            "trainable": self.model.trainable_state_dict(),
+            "trainable": trainable,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "micro": micro,
@@ -221,6 +250,7 @@ class Trainer:
             "hooks": self.hooks.state_dict() if self.hooks else {},
             "plan": self.model.plan.to_dict() if self.model.plan else None,
             "train_config": asdict(self.cfg),
+            "world_size": self.world,
         }
         atomic_write(self.out_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
@@ -235,7 +265,8 @@ class Trainer:
         plan = self.model.plan.to_dict() if self.model.plan else None
         if state.get("plan") != plan:
             raise TrainingError(f"checkpoint {path} was made with plan {state.get('plan')}, this run has {plan}")
-        self.model.load_trainable_state_dict(state["trainable"])
+        with self.full_params(writeback=True):
+            self.model.load_trainable_state_dict(state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -243,4 +274,43 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         if self.hooks:
             self.hooks.load_state_dict(state["hooks"])
-        return state["micro"], state["step"], state["history"]
+        micro, step, saved_world = state["micro"], state["step"], state.get("world_size", 1)
+        if saved_world != self.world:  # same data seen so far, in this run's per-process micro-batches
+            micro = micro * saved_world // self.world
+            step = micro // self.cfg.grad_accum
+            scheduler.last_epoch = step
+            warnings.warn(f"resuming a {saved_world}-process run with {self.world} process(es): continuing from "
+                          f"micro-batch {micro} (the data order and schedule are continued approximately)", stacklevel=2)
+        return micro, step, state["history"]
+
+    def full_params(self, writeback: bool = False):
+        """A context in which every trainable tensor is whole on every process: FSDP shards them (adapters
+        live inside the blocks' flat parameters); DDP and single processes need nothing."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type != DistributedType.FSDP or self._engine is None:
+            return contextlib.nullcontext()
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel.summon_full_params(self._engine, writeback=writeback)
+
+    def checksum(self) -> list[float]:
+        """A fingerprint of the trainable tensors (to check that all processes hold the same adapters)."""
+        return [float(p.detach().double().sum()) for p in self.model.trainable_named_parameters().values()]
+
+    def ranks_agree(self) -> bool:
+        """Do all processes hold bit-identical trainable tensors?"""
+        if self.world == 1:
+            return True
+        with self.full_params():
+            flat = torch.cat([p.detach().reshape(-1).float() for p in self.model.trainable_named_parameters().values()])
+        gathered = self.accelerator.gather(flat[None].to(self.device))  # (world, P)
+        return bool((gathered == gathered[0]).all())
+
+
+def enable_gradient_checkpointing(model: SkipModel) -> None:
+    """Recompute block activations in the backward pass (HF models; non-reentrant: inputs may be frozen)."""
+    base = getattr(model.base, "llm", model.base)
+    if not hasattr(base, "gradient_checkpointing_enable"):
+        raise TrainingError(f"{type(base).__name__} does not support gradient checkpointing")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

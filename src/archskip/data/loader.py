@@ -1,4 +1,9 @@
-"""A batch order that is a pure function of (seed, epoch), so a run can resume mid-epoch exactly."""
+"""A batch order that is a pure function of (seed, epoch, rank), so a run can resume mid-epoch exactly.
+
+With W processes, epoch e's shuffled global batches are dealt round-robin: rank r takes global
+batches r, r + W, r + 2W, ... Every rank gets the same number (the last G mod W batches are dropped,
+as DistributedSampler's drop_last), so no rank waits for another at the end of an epoch.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,21 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 
-class BatchOrder(Sampler[list[int]]):
-    """Index batches of epoch `epoch`, starting at batch `start` (shuffled with seed + epoch)."""
+def batches_per_rank(n: int, batch_size: int, world: int = 1) -> int:
+    total = -(-n // batch_size)
+    return total if world == 1 else total // world
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, start: int = 0):
+
+class BatchOrder(Sampler[list[int]]):
+    """Index batches of epoch `epoch` for `rank` of `world`, from this rank's batch `start` on."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, start: int = 0,
+                 rank: int = 0, world: int = 1):
         self.n, self.batch_size, self.shuffle, self.seed, self.epoch, self.start = n, batch_size, shuffle, seed, epoch, start
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
-        return max(0, -(-self.n // self.batch_size) - self.start)
+        return max(0, batches_per_rank(self.n, self.batch_size, self.world) - self.start)
 
     def __iter__(self) -> Iterator[list[int]]:
         if self.shuffle:
@@ -23,15 +35,16 @@ class BatchOrder(Sampler[list[int]]):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        for b in range(self.start, -(-self.n // self.batch_size)):
+        for i in range(self.start, batches_per_rank(self.n, self.batch_size, self.world)):
+            b = i * self.world + self.rank
             yield order[b * self.batch_size : (b + 1) * self.batch_size]
 
 
 def make_loader(
     examples: list, collate: Callable, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-    epoch: int = 0, start: int = 0, num_workers: int = 0,
+    epoch: int = 0, start: int = 0, num_workers: int = 0, rank: int = 0, world: int = 1,
 ) -> DataLoader:
-    order = BatchOrder(len(examples), batch_size, shuffle=shuffle, seed=seed, epoch=epoch, start=start)
+    order = BatchOrder(len(examples), batch_size, shuffle=shuffle, seed=seed, epoch=epoch, start=start, rank=rank, world=world)
     # A private generator: building a DataLoader iterator otherwise draws from the global RNG (for worker
     # seeds), which would shift dropout masks whenever a loader is rebuilt, e.g. after a resume.
     worker_seeds = torch.Generator().manual_seed(seed * 100_003 + epoch)

@@ -1,0 +1,98 @@
+"""Two CPU processes (gloo): one policy across ranks, identical adapters, one writer, resume with 1 process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_resume_kill import checkpoint_step, data, model_dir  # noqa: F401  (module fixtures)
+
+from archskip.cli import main
+from archskip.plan import SkipPlan
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "archskip.cli", *argv]
+
+
+CONFIGS = Path(__file__).parent.parent / "configs" / "accelerate"
+
+
+def accelerate_launch(*argv: str) -> list[str]:
+    """The shipped 2-process CPU config (MULTI_GPU on a machine without GPUs = CPU processes over gloo)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu-2proc.yaml"),
+            "-m", "archskip.cli", *argv]
+
+
+def common(model_dir, data, out):  # noqa: F811
+    return ["--model.name_or_path", str(model_dir), "--data.train", data, "--adapter.hidden", "8", "--adapter.skip_hidden", "16",
+            "--train.batch_size", "8", "--train.lr", "0.003", "--train.log_every", "1", "--seed", "3", "--output_dir", str(out)]
+
+
+def run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_search_on_two_processes_keeps_one_policy(model_dir, data, tmp_path):  # noqa: F811
+    out = tmp_path / "search"
+    run(torchrun("search", *common(model_dir, data, out), "--search.k", "1", "--search.update_every", "2",
+                 "--search.warmup_epochs", "0.5", "--train.epochs", "2"))
+    result = json.loads((out / "search_result.json").read_text())
+    assert result["config"]["world_size"] == 2 and len(result["history"]) >= 5
+    assert all(h["ranks_agree"] is True for h in result["history"])  # gates gathered and compared bit for bit
+    plan = SkipPlan.from_dict(result["plan"])
+    final = result["history"][-1]["gates"]
+    assert plan.skip == (max(range(4), key=lambda i: (final[i], -i)),)  # the plan is the main process's top-1
+    rows = (out / "policy.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(result["history"])  # one writer: no row written twice
+
+
+def test_training_on_two_processes_ends_with_identical_adapters(model_dir, data, tmp_path):  # noqa: F811
+    out = tmp_path / "train"
+    run(accelerate_launch("train", *common(model_dir, data, out), "--plan", "2", "--train.epochs", "2",
+                          "--train.grad_accum", "2"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["adapters_identical_across_processes"] is True
+    assert (out / "artifact" / "adapter_model.safetensors").is_file()
+    # 320 examples / batch 8 = 40 global batches per epoch, 20 per process, 2 micro-batches per step: 10 steps per epoch
+    assert metrics["steps"] == 20
+
+
+def test_two_process_search_killed_then_resumed_with_one_process(model_dir, data, tmp_path):  # noqa: F811
+    out = tmp_path / "search"
+    argv = [*common(model_dir, data, out), "--search.k", "1", "--search.update_every", "2", "--search.warmup_epochs", "0.5",
+            "--train.epochs", "4", "--train.checkpoint_every", "1"]
+    child = subprocess.Popen(torchrun("search", *argv), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.time() + 240
+    while checkpoint_step(out) < 25 and child.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(child.pid, signal.SIGKILL)  # the launcher and both workers
+    child.wait()
+    assert 0 <= checkpoint_step(out) and not (out / "search_result.json").exists(), "the run was not killed mid-way"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["world_size"] == 2
+    with pytest.warns(UserWarning, match="resuming a 2-process run with 1 process"):
+        main(["search", *argv, "--resume", "true"])
+    result = json.loads((out / "search_result.json").read_text())
+    plan = SkipPlan.from_dict(result["plan"])
+    assert plan.num_candidates == 4 and plan.k == 1 and result["config"]["world_size"] == 1
+
+
+def test_shipped_accelerate_configs_are_consistent():
+    import yaml
+
+    for path in CONFIGS.glob("*.yaml"):
+        cfg = yaml.safe_load(path.read_text())
+        gpus = 2 if cfg.get("use_cpu") is False and "cpu" in path.stem else 8
+        assert cfg["num_processes"] == cfg["num_machines"] * gpus, path.name
+        if cfg["distributed_type"] == "FSDP":
+            fsdp = cfg["fsdp_config"]
+            assert fsdp["fsdp_use_orig_params"] is True and fsdp["fsdp_transformer_layer_cls_to_wrap"] == "SkippableLayer"
