@@ -52,13 +52,18 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
 def measure_latency(
-    fns: dict[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 20, seed: int = 0, device=None
+    fns: dict[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 20, seed: int = 0, device=None,
+    grad: bool = False,
 ) -> dict[str, Latency]:
-    """Median wall time of each callable, measured in interleaved rounds."""
+    """Median wall time of each callable, measured in interleaved rounds (under no_grad unless `grad`)."""
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be >= 1")
+    with torch.enable_grad() if grad else torch.no_grad():
+        return _interleaved(fns, warmup, repeats, seed, device)
+
+
+def _interleaved(fns, warmup: int, repeats: int, seed: int, device) -> dict[str, Latency]:
     names = list(fns)
     for name in names:
         for _ in range(warmup):

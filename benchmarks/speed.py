@@ -1,0 +1,316 @@
+"""Speed: is a skipped model as fast as its FLOPs allow, and cheaper to train than PEFT LoRA?
+
+Everything is measured side by side in one process: the models of a table take turns in every round
+(shuffled), medians are reported with their spread ((p90 - p10) / median), never absolute timings.
+
+1. Inference: the pruned DAS-k model against the frozen base model, k = 1 .. N/3 (the last k blocks),
+   next to PEFT LoRA (r = 8, unmerged and merged) on the same model and inputs. Goal: latency ratio
+   within 3% of the FLOPs ratio. PEFT has no bottleneck adapter (huggingface/peft#244), so none is shown.
+2. Training: one optimiser step with a fixed plan (frozen backbone; adapters + head, or LoRA + head).
+   Goal: step time of DAS-k / LoRA <= (N - k)/N + 0.05. Memory: bytes saved for the backward pass
+   (activations) and trainable + optimiser state; CUDA max allocated on a GPU.
+3. Search: the DAS search against plain adapter training for the same steps. Goal: <= 1.35x.
+
+    python benchmarks/speed.py                       # CPU, full (writes benchmarks/results/speed.md)
+    python benchmarks/speed.py --quick               # CI smoke run
+    python benchmarks/speed.py --device cuda --dtype bfloat16 --out speed-gpu   # see benchmarks/gpu.sh
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+from common import Report
+
+from archskip import AdapterConfig, ModelConfig, SearchConfig, SkipModel, SkipPlan, TaskConfig, TrainConfig
+from archskip.backbones.load import load_pretrained
+from archskip.profile import count_flops, measure_latency
+from archskip.tasks import build_task
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+TOLERANCE = 0.03
+
+
+# ---- model zoo ---------------------------------------------------------------------------------------
+def zoo(quick: bool, device: str) -> list[dict]:
+    """(name, model config, task config, adapter, batch) for every model of the inference table."""
+    from archskip.packaged import smollm2
+
+    big = not quick
+    items = [
+        dict(name="all-MiniLM-L6-v2 (real)", model=ModelConfig(name_or_path=MINILM), task=TaskConfig(max_length=64, pooling="mean"),
+             adapter=AdapterConfig(hidden=64, skip_hidden=128), batch=(32, 64) if big else (4, 16)),
+        dict(name="SmolLM2-135M (real), prefill", model=ModelConfig(name_or_path=str(smollm2())), task=TaskConfig(name="boolq"),
+             adapter=AdapterConfig.lavin(), batch=(8, 128) if big else (2, 16), decode=True),
+        dict(name="ViLT-B/32 (384x384, 40 tokens)", model=ModelConfig(name_or_path="random:vilt-b32", tokenizer=MINILM),
+             task=TaskConfig(name="vqa", max_length=40, image_size=384, max_image_side=384),
+             adapter=AdapterConfig(hidden=96, skip_hidden=192), batch=(8, 40) if big else (1, 8)),
+        dict(name="METER (384 px, 50 tokens)", model=ModelConfig(name_or_path="random:meter", tokenizer=MINILM),
+             task=TaskConfig(name="vqa", max_length=50, image_size=384, image_resize="square", image_norm="clip"),
+             adapter=AdapterConfig(hidden=96, skip_hidden=288), batch=(8 if device == "cuda" else 2, 50) if big else (1, 8)),
+    ]
+    return items if big else items[:1]
+
+
+def build(spec: dict, dtype: torch.dtype):
+    base, tok, extras = load_pretrained(spec["model"])
+    task = build_task(spec["task"], tok, [{"label": 0}, {"label": 1}] if spec["task"].name == "classification" else None)
+    return base.to(dtype), tok, task
+
+
+def das(base, task, spec, k: int, device, dtype) -> SkipModel:
+    from archskip.tasks import assemble
+
+    m = assemble(copy.deepcopy(base), task, spec["adapter"], spec["model"])
+    m.apply_plan(SkipPlan.last(k, m.num_candidates))
+    if k:  # (k = 0 stays unpruned: its adapters can then be switched off to time the frozen base model)
+        m.prune()
+    return m.to(device).eval()
+
+
+class PeftTaskModel(torch.nn.Module):
+    """A PEFT model seen the way a Task sees a SkipModel: `.base`, `.config`, `.head`, forward = base forward."""
+
+    def __init__(self, base: torch.nn.Module, config):
+        super().__init__()
+        self.base, self._config, self.head = base, config, None
+
+    @property
+    def config(self):
+        return self._config
+
+    def forward(self, *args, **kwargs):
+        return self.base(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self.base.generate(*args, **kwargs)
+
+
+def lora(base, task, device, merged: bool) -> PeftTaskModel:
+    """PEFT LoRA (r = 8 on the attention projections) on a copy of the same base, with the same head."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
+    targets = sorted(names & {"query", "value", "q_proj", "v_proj"})
+    model = get_peft_model(copy.deepcopy(base), LoraConfig(r=8, lora_alpha=16, target_modules=targets))
+    for n, p in model.named_parameters():  # LoRA's B starts at 0: give it values, as after training
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.01)
+    if merged:
+        model = model.merge_and_unload()
+    wrapped = PeftTaskModel(model, base.config)
+    task.attach_head(wrapped)
+    return wrapped.to(device).eval()
+
+
+# ---- 1. inference -------------------------------------------------------------------------------------
+def inference(spec: dict, device: str, dtype: torch.dtype, repeats: int, quick: bool = False) -> list[dict]:
+    base, tok, task = build(spec, dtype)
+    batch_size, seq = spec["batch"]
+    batch = {k: (v.to(device).to(dtype) if v.is_floating_point() else v.to(device)) for k, v in task.example_batch(batch_size, seq).items()}
+    ref = das(base, task, spec, 0, device, dtype)  # for the frozen base: the same model with adapters off
+    n = ref.num_candidates
+    models = {"base (frozen)": ("base", ref)}
+    for k in (range(1, max(1, n // 3) + 1) if not quick else (1,)):
+        models[f"DAS k={k}"] = ("das", das(base, task, spec, k, device, dtype))
+    models["LoRA r=8, unmerged"] = ("lora", lora(base, task, device, merged=False))
+    models["LoRA r=8, merged"] = ("lora", lora(base, task, device, merged=True))
+
+    def runner(kind, m):
+        if kind == "base":
+            def run():
+                with m.adapters_disabled():
+                    return task.loss(m, batch)
+            return run
+        return lambda: task.loss(m, batch)
+
+    with torch.no_grad():
+        fns = {name: runner(kind, m) for name, (kind, m) in models.items()}
+        flops = {name: count_flops(fn) for name, fn in fns.items()}
+        lat = measure_latency(fns, warmup=2, repeats=repeats, device=device)
+    rows = []
+    for name in models:
+        fr, lr = flops[name] / flops["base (frozen)"], lat[name].median_s / lat["base (frozen)"].median_s
+        gap = lr / fr - 1
+        rows.append({"model": spec["name"], "variant": name, "FLOPs ratio": round(fr, 4), "latency ratio": round(lr, 4),
+                     "latency / FLOPs - 1": f"{gap:+.1%}", "spread": f"{lat[name].spread:.1%}",
+                     "goal (within 3%)": ("met" if abs(gap) <= TOLERANCE else "NOT met") if name.startswith("DAS") else ""})
+    if spec.get("decode"):
+        rows += decode(spec, base, tok, task, device, dtype, repeats, quick)
+    return rows
+
+
+def decode(spec, base, tok, task, device, dtype, repeats, quick: bool = False) -> list[dict]:
+    """Per-token decode with a KV cache: (generate prompt + 33 tokens) - (generate prompt + 1 token), / 32."""
+    batch_size, seq = spec["batch"]
+    ids = torch.randint(100, 20000, (batch_size, seq), device=device)
+    mask = torch.ones_like(ids)
+    models = {"base (frozen)": das(base, task, spec, 0, device, dtype)}
+    n = models["base (frozen)"].num_candidates
+    for k in ((n // 3,) if quick else range(1, n // 3 + 1, max(1, n // 3 // 4))):
+        models[f"DAS k={k}"] = das(base, task, spec, k, device, dtype)
+
+    def gen(m, new, off):
+        def run():
+            ctx = m.adapters_disabled() if off else torch.no_grad()
+            with ctx, torch.no_grad():
+                m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                           pad_token_id=tok.pad_token_id or 0)
+        return run
+
+    fns = {}
+    for name, m in models.items():
+        off = name.startswith("base")
+        fns[f"{name}|33"], fns[f"{name}|1"] = gen(m, 33, off), gen(m, 1, off)
+    lat = measure_latency(fns, warmup=1, repeats=repeats, device=device)
+    per_token = {name: (lat[f"{name}|33"].median_s - lat[f"{name}|1"].median_s) / 32 for name in models}
+    rows = []
+    for name, m in models.items():  # FLOPs of one decode step: the model's layers on one token
+        if name.startswith("base"):
+            continue
+        k = m.num_candidates - len(m.base.get_submodule(m.layers_path))
+        fr = (n - k) / n  # the blocks dominate a decode step's FLOPs besides the LM head (same in both)
+        lr = per_token[name] / per_token["base (frozen)"]
+        rows.append({"model": spec["name"].replace("prefill", "decode per token"), "variant": name,
+                     "FLOPs ratio": round(fr, 4), "latency ratio": round(lr, 4), "latency / FLOPs - 1": f"{lr / fr - 1:+.1%}",
+                     "spread": f"{lat[f'{name}|33'].spread:.1%}", "goal (within 3%)": "(blocks only)"})
+    return rows
+
+
+# ---- 2. training --------------------------------------------------------------------------------------
+def saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd saves for the backward pass while `fn` runs (activation memory)."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return total, out
+
+
+def training(spec: dict, device: str, dtype: torch.dtype, repeats: int) -> list[dict]:
+    base, tok, task = build(spec, dtype)
+    batch_size, seq = spec["batch"]
+    batch = {k: (v.to(device).to(dtype) if v.is_floating_point() else v.to(device)) for k, v in task.example_batch(batch_size, seq).items()}
+    n = das(base, task, spec, 0, device, dtype).num_candidates
+    variants = {"LoRA r=8": lora(base, task, device, merged=False)}
+    for k in sorted({0, 1, max(1, n // 3)}):
+        variants[f"DAS k={k}"] = das(base, task, spec, k, device, dtype)
+    for m in variants.values():  # training: the dtype of the frozen weights stays, adapters/LoRA train in fp32
+        m.train()
+    steps, mem = {}, {}
+    for name, m in variants.items():
+        m.train()
+        params = [p for p in m.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4)
+
+        def step(m=m, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            task.loss(m, batch).backward()
+            opt.step()
+
+        step()  # optimiser state exists from here on
+        saved, _ = saved_bytes(lambda m=m: task.loss(m, batch))
+        state = sum(p.numel() * p.element_size() * 3 for p in params)  # weights + Adam's two moments
+        mem[name] = (saved, state)
+        steps[name] = step
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    lat = measure_latency(steps, warmup=1, repeats=repeats, device=device, grad=True)
+    rows = []
+    for name in variants:
+        ratio = lat[name].median_s / lat["LoRA r=8"].median_s
+        k = int(name.split("=")[1]) if name.startswith("DAS") else None
+        bound = (n - k) / n + 0.05 if k is not None else None
+        rows.append({"model": spec["name"], "variant": name, "step time ratio to LoRA": round(ratio, 4),
+                     "goal": "" if k is None else f"<= {bound:.3f}: {'met' if ratio <= bound else 'NOT met'}",
+                     "saved for backward MB": round(mem[name][0] / 2**20, 1), "trainable + Adam MB": round(mem[name][1] / 2**20, 2),
+                     "spread": f"{lat[name].spread:.1%}"})
+    return rows
+
+
+# ---- 3. search ---------------------------------------------------------------------------------------
+def search_overhead(device: str, quick: bool, rounds: int) -> list[dict]:
+    from archskip.data.movie_reviews import load_rotten_tomatoes
+    from archskip.search import run_search
+    from archskip.train import Trainer
+
+    base, tok, _ = load_pretrained(ModelConfig(name_or_path=MINILM))
+    data = load_rotten_tomatoes()[::3][: (80 if quick else 1200)]
+    steps = 4 if quick else 60
+    cfg = TrainConfig(epochs=1, max_steps=steps, batch_size=8 if quick else 16, lr=2e-3, log_every=1000,
+                      device="cuda" if device == "cuda" else "cpu")
+
+    def fresh():
+        torch.manual_seed(0)
+        model = SkipModel(copy.deepcopy(base), AdapterConfig(hidden=64, skip_hidden=128))
+        task = build_task(TaskConfig(max_length=64, pooling="mean"), tok, data)
+        task.attach_head(model)
+        return model, task
+
+    def plain():
+        model, task = fresh()
+        model.apply_plan(SkipPlan.none(6), drop_unused=False)
+        Trainer(model, task, cfg, progress=False).fit(data)
+
+    t = 2 if quick else 10
+    def search():
+        model, task = fresh()
+        run_search(model, task, data, SearchConfig(k=2, update_every=t, warmup_epochs=0.0, reward_batch_size=cfg.batch_size),
+                   cfg, progress=False)
+
+    times = {"adapter training": [], f"DAS search (M = 3, T = {t})": []}
+    plain()
+    for _ in range(rounds):
+        for name, fn in zip(times, (plain, search)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    ratio = med[f"DAS search (M = 3, T = {t})"] / med["adapter training"]
+    return [{"run": k, "median s": round(v, 2), "ratio": round(v / med["adapter training"], 3),
+             "goal (<= 1.35x)": "" if k == "adapter training" else ("met" if ratio <= 1.35 else "NOT met")} for k, v in med.items()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--sections", nargs="+", default=["inference", "training", "search"])
+    ap.add_argument("--out", default="speed")
+    args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    repeats = args.repeats or (2 if args.quick else 9)
+    report = Report(args.out, f"Speed ({args.device}, {args.dtype})", [0], args.quick)
+    specs = zoo(args.quick, args.device)
+    if "inference" in args.sections:
+        rows = [r for spec in specs for r in inference(spec, args.device, dtype, repeats, args.quick)]
+        report.table("1. Inference: pruned DAS-k and PEFT LoRA against the frozen base model", rows,
+                     ["model", "variant", "FLOPs ratio", "latency ratio", "latency / FLOPs - 1", "spread", "goal (within 3%)"],
+                     note="Batches: MiniLM 32 x 64 tokens; SmolLM2 8 x 128 tokens (decode: per new token with a KV cache, "
+                          "8 sequences); ViLT 8 x (40 tokens + 384 x 384 image); METER 384 px + 50 tokens. The DAS rows "
+                          "include their adapters (FLOPs and time). Decode FLOPs ratio = (N - k)/N of the blocks.")
+    if "training" in args.sections:
+        rows = [r for spec in specs[:3] for r in training(spec, args.device, dtype, repeats)]
+        report.table("2. Training: one optimiser step, DAS-k against PEFT LoRA", rows,
+                     ["model", "variant", "step time ratio to LoRA", "goal", "saved for backward MB", "trainable + Adam MB", "spread"],
+                     note="Same batch as the inference table; frozen backbone; the head trains in both.")
+    if "search" in args.sections:
+        report.table("3. Search overhead over adapter training (same steps)", search_overhead(args.device, args.quick, 1 if args.quick else 3),
+                     ["run", "median s", "ratio", "goal (<= 1.35x)"],
+                     note="all-MiniLM-L6-v2, batch 16, 60 steps, k = 2, reward batch = training batch, no warm-up (every "
+                          "run updates the policy); median of alternating rounds.")
+    print(f"wrote {report.write()}")
+
+
+if __name__ == "__main__":
+    main()
