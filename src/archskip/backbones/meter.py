@@ -100,6 +100,8 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class METERModel(nn.Module):
+    base_model_prefix = ""  # what PEFT and transformers' helpers look for on a model (METER is not a PreTrainedModel)
+
     def __init__(self, config: METERConfig):
         super().__init__()
         self.config = config
