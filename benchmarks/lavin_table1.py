@@ -47,7 +47,8 @@ def load(task: str, quick: bool, seed: int = 0, n_train: int = 1200, n_test: int
 
 
 class Bench:
-    def __init__(self, task: str, quick: bool, seed: int, n_train: int = 1200, n_test: int = 120, max_length: int = 256):
+    def __init__(self, task: str, quick: bool, seed: int, n_train: int = 1200, n_test: int = 120, max_length: int = 256,
+                 steps: int = 40, lr: float = 1e-3):
         from transformers import AutoTokenizer, LlamaForCausalLM
 
         path = smollm2()
@@ -57,9 +58,9 @@ class Bench:
         self.task_cfg = TaskConfig(name=task, max_length=128 if quick else max_length, max_new_tokens=10)
         self.adapter = AdapterConfig.lavin()
         bs = 2 if quick else 4
-        self.train_cfg = TrainConfig(epochs=1, max_steps=1 if quick else 40, batch_size=bs, lr=1e-3, warmup_ratio=0.1,
+        self.train_cfg = TrainConfig(epochs=1, max_steps=1 if quick else steps, batch_size=bs, lr=lr, warmup_ratio=0.1,
                                      schedule="cosine", betas=(0.9, 0.95), weight_decay=0.02, log_every=1000)
-        self.search_cfg = TrainConfig(epochs=2, max_steps=2 if quick else 60, batch_size=bs, lr=1e-3, warmup_ratio=0.1,
+        self.search_cfg = TrainConfig(epochs=2, max_steps=2 if quick else steps, batch_size=bs, lr=lr, warmup_ratio=0.1,
                                       schedule="cosine", betas=(0.9, 0.95), log_every=1000)
         # the search sees 2 epochs of a subset in its step budget (the first half epoch a warm-up), as
         # LaVIN's 2-epoch search would; the search holds 10% of it out for rewards
@@ -68,7 +69,7 @@ class Bench:
         self.seed, self.quick, self.name = seed, quick, task
         self.memo = Memo("lavin_table1", quick)
         self.budget = (f"{task}|seed={seed}|train={len(self.train)}|test={len(self.test)}|len={self.task_cfg.max_length}"
-                       f"|steps={self.train_cfg.max_steps}|search={self.search_cfg.max_steps}")
+                       f"|steps={self.train_cfg.max_steps}|search={self.search_cfg.max_steps}|lr={lr}")
 
     def fresh(self) -> tuple[SkipModel, object]:
         torch.manual_seed(self.seed)
@@ -111,7 +112,7 @@ class Bench:
 
 
 def run_task(name: str, args, report: Report) -> None:
-    bench = Bench(name, args.quick, args.seed, args.n_train, args.n_test, args.max_length)
+    bench = Bench(name, args.quick, args.seed, args.n_train, args.n_test, args.max_length, args.steps, args.lr)
     ks = [0, 2] if args.quick else sorted({0, *args.ks})  # k = 0 is the reference of the time ratio
     rows, timed = [], {}
     for k in ks:
@@ -150,6 +151,8 @@ def main() -> None:
     ap.add_argument("--ks", type=int, nargs="+", default=[0, 2, 4, 6], help="numbers of skipped blocks")
     ap.add_argument("--n-train", type=int, default=1200, help="training questions (subsampled, seeded)")
     ap.add_argument("--n-test", type=int, default=120, help="test questions")
+    ap.add_argument("--steps", type=int, default=40, help="optimiser steps per trained model and per search")
+    ap.add_argument("--lr", type=float, default=1e-3, help="adapter learning rate (batch 4)")
     ap.add_argument("--max-length", type=int, default=256, help="prompt tokens (longer BoolQ passages are truncated)")
     args = ap.parse_args()
     report = Report("lavin_table1", "Table 1 on a real LLaMA: SmolLM2-135M, k = 0/2/4/6, real BoolQ and CommonsenseQA",
