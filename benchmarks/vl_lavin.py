@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import Report
+from common import Memo, Report
 from PIL import Image
 
 from archskip import AdapterConfig, ModelConfig, SearchConfig, SkipPlan, TrainConfig
@@ -60,7 +60,7 @@ def digit_questions(n: int, seed: int, image_dir: Path) -> list[dict]:
 
 
 class Bench:
-    def __init__(self, quick: bool, seed: int):
+    def __init__(self, quick: bool, seed: int, steps: int = 80, lr: float = 2e-3):
         from transformers import AutoTokenizer, Dinov2Model, LlamaForCausalLM
 
         self.llm = LlamaForCausalLM.from_pretrained(smollm2()).eval()
@@ -70,11 +70,13 @@ class Bench:
         self.train, self.test = items[: len(items) * 5 // 6], items[len(items) * 5 // 6:]
         self.task = GenerativeQA(self.tok, "csqa", max_length=96, max_new_tokens=8, image=SquareImageSpec(56, "imagenet"))
         bs = 2 if quick else 8
-        self.train_cfg = TrainConfig(epochs=1, max_steps=1 if quick else 80, batch_size=bs, lr=2e-3, warmup_ratio=0.1,
+        self.train_cfg = TrainConfig(epochs=1, max_steps=1 if quick else steps, batch_size=bs, lr=lr, warmup_ratio=0.1,
                                      schedule="cosine", betas=(0.9, 0.95), log_every=1000)
-        self.search_cfg = TrainConfig(epochs=2, max_steps=2 if quick else 80, batch_size=bs, lr=2e-3, warmup_ratio=0.1,
+        self.search_cfg = TrainConfig(epochs=2, max_steps=2 if quick else steps, batch_size=bs, lr=lr, warmup_ratio=0.1,
                                       schedule="cosine", betas=(0.9, 0.95), log_every=1000)
         self.seed, self.quick = seed, quick
+        self.memo = Memo("vl_lavin", quick)
+        self.budget = f"seed={seed}|items={len(items)}|steps={self.train_cfg.max_steps}|lr={lr}"
 
     def fresh(self):
         torch.manual_seed(self.seed)
@@ -82,6 +84,11 @@ class Bench:
         return assemble(lavin, self.task, AdapterConfig.lavin(multimodal=True), ModelConfig(name_or_path="smollm2+dinov2"))
 
     def plan(self, method: str, k: int) -> SkipPlan:
+        """A method's plan (remembered across killed runs)."""
+        skip = self.memo.get(f"{self.budget}|plan|{method}|k={k}", lambda: list(self._plan(method, k).skip))
+        return SkipPlan(tuple(skip), 30)
+
+    def _plan(self, method: str, k: int) -> SkipPlan:
         if k == 0:
             return SkipPlan.none(30)
         model = self.fresh()
@@ -92,32 +99,45 @@ class Bench:
                            updates_per_epoch=per_epoch if self.quick else max(1, per_epoch // 2))
         return run_search(model, self.task, self.train, cfg, self.search_cfg, seed=self.seed, progress=False).plan
 
-    def trained(self, plan: SkipPlan):
+    def accuracy(self, plan: SkipPlan) -> float:
+        """Test accuracy after training under `plan` (remembered across killed runs)."""
+        return self.memo.get(f"{self.budget}|acc|skip={','.join(map(str, plan.skip))}", lambda: self._accuracy(plan))
+
+    def _accuracy(self, plan: SkipPlan) -> float:
         model = self.fresh()
         model.apply_plan(plan)
         Trainer(model, self.task, self.train_cfg, seed=self.seed, progress=False).fit(self.train)
         model.prune()
-        return model, self.task.evaluate_dataset(model.eval(), self.test, batch_size=8)
+        return self.task.evaluate_dataset(model.eval(), self.test, batch_size=8)["accuracy"]
+
+    def pruned(self, plan: SkipPlan):
+        """An untrained model pruned to `plan`: the same shapes and work as the trained one, for timing."""
+        model = self.fresh()
+        model.apply_plan(plan)
+        return model.prune().eval()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=80, help="optimiser steps per trained model and per search")
+    ap.add_argument("--lr", type=float, default=2e-3, help="adapter and projector learning rate (batch 8)")
     args = ap.parse_args()
     report = Report("vl_lavin", "Vision-language DAS on real weights: DINOv2-small + SmolLM2-135M, digit questions",
                     [args.seed], args.quick)
-    bench = Bench(args.quick, args.seed)
+    bench = Bench(args.quick, args.seed, args.steps, args.lr)
     rows, timed = [], {}
     for k, methods in ((0, ["none"]), (4, ["das", "block-influence"])):
         for method in methods:
             plan = bench.plan(method, k)
-            model, m = bench.trained(plan)
+            acc = bench.accuracy(plan)
+            if k not in timed:
+                timed[k] = bench.pruned(plan)
             rows.append({"model": "LaVIN-style, no skip" if k == 0 else f"DAS{k} ({method})", "k": k,
-                         "plan": ",".join(map(str, plan.skip)) or "—", "trainable params": model.parameter_counts()[0],
-                         "accuracy %": round(100 * m["accuracy"], 1)})
+                         "plan": ",".join(map(str, plan.skip)) or "—", "trainable params": timed[k].parameter_counts()[0],
+                         "accuracy %": round(100 * acc, 1)})
             print(rows[-1], flush=True)
-            timed.setdefault(k, model)
     prompts = bench.task.collate_prompts(bench.test[:8])
     speed = compare_generation({f"k={k}": m for k, m in timed.items()}, bench.task, prompts, new_tokens=8,
                                repeats=2 if args.quick else 5)
