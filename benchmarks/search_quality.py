@@ -163,12 +163,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny budgets (CI smoke run)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--tasks", nargs="+", default=["polarity", "boolq"], choices=["polarity", "boolq"])
+    ap.add_argument("--out", default="search_quality", help="results file name (benchmarks/results/<out>.md)")
     args = ap.parse_args()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     tasks = args.tasks[:1] if args.quick else args.tasks
-    report = Report("search_quality", "Search quality against the ground truth (all-MiniLM-L6-v2, k = 2 of 6)", seeds, args.quick)
+    report = Report(args.out, "Search quality against the ground truth (all-MiniLM-L6-v2, k = 2 of 6)", seeds, args.quick)
     for t in tasks:
         run_task(t, seeds, args.quick, report)
+        report.write()  # after every task: a killed run keeps what it finished
     print(f"wrote {report.write()}")
 
 
