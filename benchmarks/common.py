@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -46,8 +47,14 @@ class Memo:
 
     def get(self, key: str, compute):
         if key not in self.values:
-            self.values[key] = compute()
-            atomic_write_text(self.path, json.dumps(self.values, indent=1, sort_keys=True))
+            value = compute()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path.with_suffix(".lock"), "w") as lock:  # processes running other seeds share the file
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if self.path.exists():
+                    self.values.update(json.loads(self.path.read_text(encoding="utf-8")))
+                self.values[key] = value
+                atomic_write_text(self.path, json.dumps(self.values, indent=1, sort_keys=True))
         return self.values[key]
 
 

