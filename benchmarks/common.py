@@ -84,3 +84,26 @@ class Report:
         body = [f"## {h}\n\n{t}\n" for h, t in self.sections]
         name = f"{self.name}{'-quick' if self.quick else ''}.md"
         return atomic_write_text(RESULTS / name, "\n".join(head + body))
+
+
+def minilm_runs(base, tok, data: list[dict], cfg):
+    """(fresh, plain) for the MiniLM search-cost timings: a new adapter model + task, and plain adapter training."""
+    import copy
+
+    from archskip import AdapterConfig, SkipModel, SkipPlan, TaskConfig
+    from archskip.tasks import build_task
+    from archskip.train import Trainer
+
+    def fresh():
+        torch.manual_seed(0)
+        model = SkipModel(copy.deepcopy(base), AdapterConfig(hidden=64, skip_hidden=128))
+        task = build_task(TaskConfig(max_length=64, pooling="mean"), tok, data)
+        task.attach_head(model)
+        return model, task
+
+    def plain():
+        model, task = fresh()
+        model.apply_plan(SkipPlan.none(6), drop_unused=False)
+        Trainer(model, task, cfg, progress=False).fit(data)
+
+    return fresh, plain

@@ -12,20 +12,17 @@ Runs alternate (a, b, c...) for several rounds; medians and the ratio to (a) are
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 
-import torch
-from common import Report
+from common import Report, minilm_runs
 
-from archskip import AdapterConfig, ModelConfig, SearchConfig, SkipModel, SkipPlan, TaskConfig, TrainConfig
+from archskip import ModelConfig, SearchConfig, TrainConfig
 from archskip.backbones.load import load_pretrained
 from archskip.data.movie_reviews import load_rotten_tomatoes
 from archskip.data.text import split_examples
 from archskip.pipeline import _RandomConfigs
 from archskip.search import run_search
-from archskip.tasks import build_task
 from archskip.train import Trainer
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -44,17 +41,7 @@ def main() -> None:
     n_examples = steps * cfg.batch_size * 10 // 9 + cfg.batch_size  # the search holds out 10% for rewards
     data = train[:n_examples]
 
-    def fresh():
-        torch.manual_seed(0)
-        model = SkipModel(copy.deepcopy(base), AdapterConfig(hidden=64, skip_hidden=128))
-        task = build_task(TaskConfig(max_length=64, pooling="mean"), tok, data)
-        task.attach_head(model)
-        return model, task
-
-    def plain():
-        model, task = fresh()
-        model.apply_plan(SkipPlan.none(6), drop_unused=False)
-        Trainer(model, task, cfg, progress=False).fit(data)
+    fresh, plain = minilm_runs(base, tok, data, cfg)
 
     def random_configs():
         model, task = fresh()

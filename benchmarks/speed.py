@@ -24,7 +24,7 @@ import copy
 import time
 
 import torch
-from common import Report
+from common import Report, minilm_runs
 
 from archskip import AdapterConfig, ModelConfig, SearchConfig, SkipModel, SkipPlan, TaskConfig, TrainConfig
 from archskip.backbones.load import load_pretrained
@@ -242,7 +242,6 @@ def training(spec: dict, device: str, dtype: torch.dtype, repeats: int) -> list[
 def search_overhead(device: str, quick: bool, rounds: int) -> list[dict]:
     from archskip.data.movie_reviews import load_rotten_tomatoes
     from archskip.search import run_search
-    from archskip.train import Trainer
 
     base, tok, _ = load_pretrained(ModelConfig(name_or_path=MINILM))
     data = load_rotten_tomatoes()[::3][: (80 if quick else 1200)]
@@ -250,17 +249,7 @@ def search_overhead(device: str, quick: bool, rounds: int) -> list[dict]:
     cfg = TrainConfig(epochs=1, max_steps=steps, batch_size=8 if quick else 16, lr=2e-3, log_every=1000,
                       device="cuda" if device == "cuda" else "cpu")
 
-    def fresh():
-        torch.manual_seed(0)
-        model = SkipModel(copy.deepcopy(base), AdapterConfig(hidden=64, skip_hidden=128))
-        task = build_task(TaskConfig(max_length=64, pooling="mean"), tok, data)
-        task.attach_head(model)
-        return model, task
-
-    def plain():
-        model, task = fresh()
-        model.apply_plan(SkipPlan.none(6), drop_unused=False)
-        Trainer(model, task, cfg, progress=False).fit(data)
+    fresh, plain = minilm_runs(base, tok, data, cfg)
 
     t = 2 if quick else 10
     def search():

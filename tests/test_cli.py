@@ -1,6 +1,5 @@
 """The command line, end to end on a tiny local model: search -> train -> eval -> profile, and errors."""
 
-import csv
 import json
 
 import pytest
@@ -8,14 +7,11 @@ import yaml
 from conftest import classification_examples
 
 from archskip.cli import main
+from archskip.data import text as text_data
 
 
-def write_csv(path, examples):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["text", "label"])
-        w.writeheader()
-        w.writerows(examples)
-    return str(path)
+def write_csv(path, rows):
+    return str(text_data.write_csv(path, rows))  # the CLI takes the path as a string
 
 
 @pytest.fixture

@@ -14,17 +14,14 @@ from conftest import classification_examples
 from safetensors.torch import load_file
 
 from archskip.cli import main
+from archskip.data import text as text_data
 
 STEPS_PER_EPOCH = 40  # 320 training examples / batch 8
 EPOCHS = 3
 
 
 def write_csv(path, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["text", "label"])
-        w.writeheader()
-        w.writerows(rows)
-    return str(path)
+    return str(text_data.write_csv(path, rows))  # the CLI takes the path as a string
 
 
 @pytest.fixture(scope="module")
