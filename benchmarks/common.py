@@ -38,15 +38,21 @@ class Memo:
     """Finished measurements of a long benchmark, kept in a JSON file so a killed run resumes where it stopped.
 
     Keys name everything the value depends on (task, seed, plan, budget); the file is rewritten atomically
-    after each new value. Quick runs never share a file with full runs.
+    after each new value. Quick runs never share a file with full runs. The class counts values reused
+    from earlier runs against values computed now, for the results file's wall-time line.
     """
+
+    reused = computed = 0
 
     def __init__(self, name: str, quick: bool):
         self.path = RESULTS / ".memo" / f"{name}{'-quick' if quick else ''}.json"
         self.values = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
 
     def get(self, key: str, compute):
-        if key not in self.values:
+        if key in self.values:
+            Memo.reused += 1
+        else:
+            Memo.computed += 1
             value = compute()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path.with_suffix(".lock"), "w") as lock:  # processes running other seeds share the file
@@ -73,12 +79,19 @@ class Report:
     def table(self, heading: str, rows: list[dict], columns: list[str], note: str = "") -> None:
         self.add(heading, markdown_table(rows, columns) + (f"\n\n{note}" if note else ""))
 
+    @staticmethod
+    def _reuse() -> str:
+        if not Memo.reused:
+            return ""
+        return (f" (this invocation; {Memo.reused} of {Memo.reused + Memo.computed} measurements were reused from earlier "
+                f"runs of the same code and budget through the resume memo, so they are not in this time)")
+
     def write(self) -> Path:
         wall = time.perf_counter() - self.t0
         head = [
             f"# {self.title}", "",
             f"- command: `{' '.join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}`",
-            f"- seeds: {self.seeds}", f"- wall time: {wall / 60:.1f} min", f"- machine: {machine()}",
+            f"- seeds: {self.seeds}", f"- wall time: {wall / 60:.1f} min{self._reuse()}", f"- machine: {machine()}",
             f"- mode: {'quick (smoke test, numbers meaningless)' if self.quick else 'full'}", "",
         ]
         body = [f"## {h}\n\n{t}\n" for h, t in self.sections]

@@ -160,3 +160,35 @@ def test_missing_scienceqa_image_is_a_clear_error(sqa, tmp_path):
     img.unlink()
     with pytest.raises(DataError, match=f"{img.parent.name}"):
         load_scienceqa(root, "train")
+
+
+def test_option_choice_matches_unbatched_scoring(llm_dirs):
+    """choose_options (batched, padded) picks the same letters as scoring each "prompt + answer" alone."""
+    from transformers import AutoTokenizer
+
+    from archskip.skipping import SkipModel
+
+    tok = AutoTokenizer.from_pretrained(llm_dirs / "llama")
+    torch.manual_seed(0)
+    model = SkipModel(LlamaForCausalLM.from_pretrained(llm_dirs / "llama"), AdapterConfig.lavin(hidden=4)).eval()
+    with torch.no_grad():
+        for p in model.trainable_named_parameters().values():
+            p.add_(torch.randn_like(p) * 0.5)
+    task = GenerativeQA(tok, "csqa", max_length=256)
+    examples = [{"prompt": f"Question: what color is {'the big ' * i}square?\nOptions: A. red\nB. green\n", "answer": "A"}
+                for i in range(5)]  # different lengths: the batch is padded
+
+    def reference(e):
+        scores = []
+        for letter in "ABCDE":
+            prompt = tok(e["prompt"])["input_ids"]
+            ids = prompt + tok("Answer: The answer is " + letter, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+            scores.append(sum(float(logp[t - 1, ids[t]]) for t in range(len(prompt), len(ids))))
+        return "ABCDE"[scores.index(max(scores))]
+
+    expected = [reference(e) for e in examples]
+    assert task.choose_options(model, examples, "ABCDE", batch_size=2) == expected
+    metrics = task.evaluate_dataset(model, [{**e, "target": "Answer: The answer is A. red."} for e in examples], batch_size=3)
+    assert metrics["choice_accuracy"] == pytest.approx(sum(x == "A" for x in expected) / len(examples))

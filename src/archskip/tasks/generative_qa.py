@@ -4,6 +4,9 @@ Examples are {prompt, target, answer[, image, qid, subject, context, grade]} (se
 `data.language_qa`). Training: the loss of `target` + EOS after `prompt` (prompt tokens ignored).
 Evaluation: greedy generation from the prompt, the answer parsed from the text ("The answer is X",
 GSM8K's number), exact-match accuracy; ScienceQA also per subject / context / grade (Table 1 columns).
+Tasks with a fixed option set (BoolQ A/B, CSQA A-E, SIQA A-C) also report `choice_accuracy`: the option
+letter L whose "Answer: The answer is L" is most likely after the prompt (lm-eval-harness style). It
+cannot fail to parse, so it separates a weak model's plans where greedy generation ties near chance.
 The reference samples with temperature 0.1 / top-p 0.75; greedy makes scores reproducible.
 """
 
@@ -28,6 +31,8 @@ from .qa_metrics import (
 )
 
 QA_TASKS = ("scienceqa", "boolq", "csqa", "siqa", "gsm8k")
+OPTION_LETTERS = {"boolq": "AB", "csqa": "ABCDE", "siqa": "ABC"}
+ANSWER_PREFIX = "Answer: The answer is "  # how every target of `data.language_qa` starts
 
 
 class GenerativeQA(Task):
@@ -128,10 +133,49 @@ class GenerativeQA(Task):
             model.train(was_training)
         return out
 
+    @torch.no_grad()
+    def choose_options(self, model: SkipModel, examples, letters: str, batch_size: int = 8, device=None) -> list[str]:
+        """Per example, the letter L of `letters` maximising log p("Answer: The answer is L" | prompt).
+
+        All letters of a chunk of examples go through the model as one right-padded batch; the shared
+        continuation tokens score alike, so the comparison comes down to the letter's tokens."""
+        device = device or next(model.parameters()).device
+        tok, out = self.tokenizer, []
+        conts = [tok(ANSWER_PREFIX + letter, add_special_tokens=False)["input_ids"] for letter in letters]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        was_training = model.training
+        model.eval()
+        try:
+            for start in range(0, len(examples), batch_size):
+                chunk = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
+                rows = []  # (ids, start of the continuation)
+                for e in chunk:
+                    prompt = tok(e["prompt"], add_special_tokens=True)["input_ids"]
+                    for cont in conts:
+                        head = prompt[-(self.max_length - len(cont)) :]
+                        rows.append((head + cont, len(head)))
+                width = max(len(ids) for ids, _ in rows)
+                ids = torch.full((len(rows), width), pad)
+                mask = torch.zeros(len(rows), width, dtype=torch.long)
+                for b, (r, _) in enumerate(rows):
+                    ids[b, : len(r)], mask[b, : len(r)] = torch.tensor(r), 1
+                logp = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().log_softmax(-1)
+                scores = [float(logp[b, s - 1 : len(r) - 1].gather(-1, torch.tensor(r[s:], device=device)[:, None]).sum())
+                          for b, (r, s) in enumerate(rows)]  # (B * L,)
+                for i in range(len(chunk)):
+                    row = scores[i * len(letters) : (i + 1) * len(letters)]
+                    out.append(letters[max(range(len(letters)), key=row.__getitem__)])
+        finally:
+            model.train(was_training)
+        return out
+
     def evaluate_dataset(self, model: SkipModel, examples, batch_size: int = 8, device=None, num_workers: int = 0) -> dict:
         preds = self.predict_dataset(model, examples, batch_size, device)
         correct = exact_match_accuracy([p["prediction"] for p in preds], [p["answer"] for p in preds])
         metrics = {"n": len(preds), "accuracy": correct / 100}
+        if self.name in OPTION_LETTERS and self.image is None:
+            chosen = self.choose_options(model, examples, OPTION_LETTERS[self.name], batch_size, device)
+            metrics["choice_accuracy"] = exact_match_accuracy(chosen, [p["answer"] for p in preds]) / 100
         if self.name == "scienceqa":
             items = [examples[i] for i in range(len(examples))]
             table = scienceqa_accuracy({p["qid"]: p["prediction"] for p in preds}, items)
