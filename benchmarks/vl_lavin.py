@@ -69,7 +69,8 @@ class Bench:
         self.tok = AutoTokenizer.from_pretrained(smollm2())
         items = digit_questions(24 if quick else 900, seed, default_cache() / "digits-56px")
         self.train, self.test = items[: len(items) * 5 // 6], items[len(items) * 5 // 6:]
-        self.task = GenerativeQA(self.tok, "csqa", max_length=96, max_new_tokens=8, image=SquareImageSpec(56, "imagenet"))
+        self.task = GenerativeQA(self.tok, "csqa", max_length=96, max_new_tokens=8, image=SquareImageSpec(56, "imagenet"),
+                                 option_letters=LETTERS, answer_prefix="The answer is ")
         bs = 2 if quick else 8
         self.train_cfg = TrainConfig(epochs=1, max_steps=1 if quick else steps, batch_size=bs, lr=lr, warmup_ratio=0.1,
                                      schedule="cosine", betas=(0.9, 0.95), log_every=1000)
@@ -100,16 +101,17 @@ class Bench:
                            updates_per_epoch=per_epoch if self.quick else max(1, per_epoch // 2))
         return run_search(model, self.task, self.train, cfg, self.search_cfg, seed=self.seed, progress=False).plan
 
-    def accuracy(self, plan: SkipPlan) -> float:
-        """Test accuracy after training under `plan` (remembered across killed runs)."""
-        return self.memo.get(f"{self.budget}|acc|skip={','.join(map(str, plan.skip))}", lambda: self._accuracy(plan))
+    def metrics(self, plan: SkipPlan) -> dict:
+        """Test metrics after training under `plan` (remembered across killed runs)."""
+        return self.memo.get(f"{self.budget}|metrics|skip={','.join(map(str, plan.skip))}", lambda: self._metrics(plan))
 
-    def _accuracy(self, plan: SkipPlan) -> float:
+    def _metrics(self, plan: SkipPlan) -> dict:
         model = self.fresh()
         model.apply_plan(plan)
         Trainer(model, self.task, self.train_cfg, seed=self.seed, progress=False).fit(self.train)
         model.prune()
-        return self.task.evaluate_dataset(model.eval(), self.test, batch_size=8)["accuracy"]
+        m = self.task.evaluate_dataset(model.eval(), self.test, batch_size=8)
+        return {k: m[k] for k in ("accuracy", "choice_accuracy", "loss")}
 
     def pruned(self, plan: SkipPlan):
         """An untrained model pruned to `plan`: the same shapes and work as the trained one, for timing."""
@@ -132,12 +134,13 @@ def main() -> None:
     for k, methods in ((0, ["none"]), (4, ["das", "block-influence"])):
         for method in methods:
             plan = bench.plan(method, k)
-            acc = bench.accuracy(plan)
+            m = bench.metrics(plan)
             if k not in timed:
                 timed[k] = bench.pruned(plan)
             rows.append({"model": "LaVIN-style, no skip" if k == 0 else f"DAS{k} ({method})", "k": k,
                          "plan": ",".join(map(str, plan.skip)) or "—", "trainable params": timed[k].parameter_counts()[0],
-                         "accuracy %": round(100 * acc, 1)})
+                         "accuracy %": round(100 * m["accuracy"], 1), "choice acc %": round(100 * m["choice_accuracy"], 1),
+                         "test loss": round(m["loss"], 4)})
             print(rows[-1], flush=True)
     prompts = bench.task.collate_prompts(bench.test[:8])
     speed = compare_generation({f"k={k}": m for k, m in timed.items()}, bench.task, prompts, new_tokens=8,
@@ -146,11 +149,13 @@ def main() -> None:
         r["s / question"] = round(speed[f"k={r['k']}"].median_s, 4)
         r["ratio to k=0"] = round(speed[f"k={r['k']}"].median_s / speed["k=0"].median_s, 3)
     report.table("Digit questions (10 options; chance 10%)", rows,
-                 ["model", "plan", "trainable params", "s / question", "ratio to k=0", "accuracy %"],
+                 ["model", "plan", "trainable params", "s / question", "ratio to k=0", "accuracy %", "choice acc %", "test loss"],
                  note=f"{len(bench.train)} training / {len(bench.test)} test questions; {bench.train_cfg.max_steps} steps of "
                       f"batch {bench.train_cfg.batch_size} per model; DAS search {bench.search_cfg.max_steps} steps. Images: "
                       "56 px, 3 image tokens (the CLS of blocks 4, 8, 12 of DINOv2-small). Time: 8 new tokens for 8 prompts, "
-                      "median of interleaved rounds, per question.")
+                      "median of interleaved rounds, per question. Accuracy: greedy generation, letter parsed; choice acc: "
+                      "the letter L maximising p(\"The answer is L\" | image, prompt); test loss: mean cross-entropy of the "
+                      "target tokens.")
     print(f"wrote {report.write()}")
 
 

@@ -192,3 +192,37 @@ def test_option_choice_matches_unbatched_scoring(llm_dirs):
     assert task.choose_options(model, examples, "ABCDE", batch_size=2) == expected
     metrics = task.evaluate_dataset(model, [{**e, "target": "Answer: The answer is A. red."} for e in examples], batch_size=3)
     assert metrics["choice_accuracy"] == pytest.approx(sum(x == "A" for x in expected) / len(examples))
+
+
+def test_option_choice_with_images_matches_the_models_own_loss(sqa, llm_dirs):
+    """On LaVIN (image tokens in front, rows with and without images mixed), choose_options agrees with
+    scoring each "prompt + answer" through the model's own label alignment (loss x tokens)."""
+    from archskip.backbones.load import load_pretrained
+    from archskip.tasks import assemble
+    from archskip.tasks.causal_lm import IGNORE
+
+    cfg = ModelConfig(name_or_path=str(llm_dirs / "llama"), vision=str(llm_dirs / "clip"), image_tokens=2, projector_hidden=8)
+    base, tok, extras = load_pretrained(cfg)
+    task = GenerativeQA(tok, "scienceqa", 256, 6, SquareImageSpec(28, "clip"), option_letters="ABC", answer_prefix="The answer is ")
+    torch.manual_seed(0)
+    model = assemble(base, task, AdapterConfig.lavin(hidden=4, multimodal=True), cfg, extras).eval()
+    with torch.no_grad():
+        for p in model.trainable_named_parameters().values():
+            p.add_(torch.randn_like(p) * 0.5)
+    items = load_scienceqa(sqa, "train") + load_scienceqa(sqa, "test")
+    assert {bool(e.get("image")) for e in items[:3]} == {True, False}  # the first chunk mixes both
+
+    def reference(e):
+        scores = []
+        for letter in "ABC":
+            prompt = tok(e["prompt"])["input_ids"]
+            cont = tok("The answer is " + letter, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt + cont])
+            labels = torch.tensor([[IGNORE] * len(prompt) + cont])
+            with torch.no_grad():
+                loss = model(input_ids=ids, labels=labels, **task._images([e])).loss
+            scores.append(-float(loss) * len(cont))
+        return "ABC"[scores.index(max(scores))]
+
+    assert task.choose_options(model, items, "ABC", batch_size=3) == [reference(e) for e in items]
+    assert task.info()["option_letters"] == "ABC" and task.info()["answer_prefix"] == "The answer is "

@@ -9,7 +9,7 @@ from ..skipping import SkipModel
 from .base import Task, evaluate, to_device
 from .causal_lm import CausalLM
 from .classification import SequenceClassification
-from .generative_qa import QA_TASKS, GenerativeQA
+from .generative_qa import ANSWER_PREFIX, QA_TASKS, GenerativeQA
 from .nlvr2 import NLVR2
 from .retrieval import Retrieval
 from .vqa import VQA
@@ -76,5 +76,6 @@ def task_from_info(info: dict, tokenizer) -> Task:
         return Retrieval(tokenizer, info["max_length"], info["negatives"], image, info.get("text_batch", 64))
     if name in QA_TASKS:
         spec = SquareImageSpec(**info["image"]) if info.get("image") else None
-        return GenerativeQA(tokenizer, name, info["max_length"], info["max_new_tokens"], spec)
+        return GenerativeQA(tokenizer, name, info["max_length"], info["max_new_tokens"], spec,
+                            info.get("option_letters"), info.get("answer_prefix", ANSWER_PREFIX))
     raise ConfigError(f"artifact names an unknown task {name!r}")

@@ -4,9 +4,10 @@ Examples are {prompt, target, answer[, image, qid, subject, context, grade]} (se
 `data.language_qa`). Training: the loss of `target` + EOS after `prompt` (prompt tokens ignored).
 Evaluation: greedy generation from the prompt, the answer parsed from the text ("The answer is X",
 GSM8K's number), exact-match accuracy; ScienceQA also per subject / context / grade (Table 1 columns).
-Tasks with a fixed option set (BoolQ A/B, CSQA A-E, SIQA A-C) also report `choice_accuracy`: the option
-letter L whose "Answer: The answer is L" is most likely after the prompt (lm-eval-harness style). It
-cannot fail to parse, so it separates a weak model's plans where greedy generation ties near chance.
+Tasks with a fixed option set (BoolQ A/B, CSQA A-E, SIQA A-C, or `option_letters` given) also report
+`choice_accuracy`: the option letter L whose "<answer_prefix>L" is most likely after the prompt
+(lm-eval-harness style). It cannot fail to parse, so it separates a weak model's plans where greedy
+generation ties near chance.
 The reference samples with temperature 0.1 / top-p 0.75; greedy makes scores reproducible.
 """
 
@@ -37,10 +38,14 @@ ANSWER_PREFIX = "Answer: The answer is "  # how every target of `data.language_q
 
 class GenerativeQA(Task):
     def __init__(self, tokenizer, name: str, max_length: int = 512, max_new_tokens: int = 64,
-                 image: SquareImageSpec | None = None):
+                 image: SquareImageSpec | None = None, option_letters: str | None = None,
+                 answer_prefix: str = ANSWER_PREFIX):
         if name not in QA_TASKS:
             raise ValueError(f"unknown generative task {name!r}; expected one of {QA_TASKS}")
         self.name, self.tokenizer, self.max_length, self.max_new_tokens, self.image = name, tokenizer, max_length, max_new_tokens, image
+        # the letters every question offers (None: no choice_accuracy) and the target text before the letter
+        self.option_letters = option_letters or OPTION_LETTERS.get(name)
+        self.answer_prefix = answer_prefix
 
     # ---- batches ------------------------------------------------------------------------------------
     def _images(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -135,19 +140,23 @@ class GenerativeQA(Task):
 
     @torch.no_grad()
     def choose_options(self, model: SkipModel, examples, letters: str, batch_size: int = 8, device=None) -> list[str]:
-        """Per example, the letter L of `letters` maximising log p("Answer: The answer is L" | prompt).
+        """Per example, the letter L of `letters` maximising log p(answer_prefix + L | prompt[, image]).
 
         All letters of a chunk of examples go through the model as one right-padded batch; the shared
-        continuation tokens score alike, so the comparison comes down to the letter's tokens."""
+        continuation tokens score alike, so the comparison comes down to the letter's tokens. LaVIN puts
+        image tokens in front of the text, shifting every position by the same amount in a batch whose
+        rows all have (or all lack) an image: chunks that mix both are scored one question at a time."""
         device = device or next(model.parameters()).device
         tok, out = self.tokenizer, []
-        conts = [tok(ANSWER_PREFIX + letter, add_special_tokens=False)["input_ids"] for letter in letters]
+        conts = [tok(self.answer_prefix + letter, add_special_tokens=False)["input_ids"] for letter in letters]
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         was_training = model.training
         model.eval()
         try:
-            for start in range(0, len(examples), batch_size):
-                chunk = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
+            chunks = [[examples[i] for i in range(s, min(s + batch_size, len(examples)))] for s in range(0, len(examples), batch_size)]
+            if self.image is not None:
+                chunks = [part for c in chunks for part in ([c] if len({bool(e.get("image")) for e in c}) == 1 else [[e] for e in c])]
+            for chunk in chunks:
                 rows = []  # (ids, start of the continuation)
                 for e in chunk:
                     prompt = tok(e["prompt"], add_special_tokens=True)["input_ids"]
@@ -159,8 +168,11 @@ class GenerativeQA(Task):
                 mask = torch.zeros(len(rows), width, dtype=torch.long)
                 for b, (r, _) in enumerate(rows):
                     ids[b, : len(r)], mask[b, : len(r)] = torch.tensor(r), 1
-                logp = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().log_softmax(-1)
-                scores = [float(logp[b, s - 1 : len(r) - 1].gather(-1, torch.tensor(r[s:], device=device)[:, None]).sum())
+                inputs = {"input_ids": ids, "attention_mask": mask,
+                          **{k: v.repeat_interleave(len(letters), 0) for k, v in self._images(chunk).items()}}
+                logp = model(**to_device(inputs, device)).logits.float().log_softmax(-1)  # (B * L, width + shift, V)
+                shift = logp.shape[1] - width  # the image tokens and their prefix, 0 for a plain decoder
+                scores = [float(logp[b, shift + s - 1 : shift + len(r) - 1].gather(-1, torch.tensor(r[s:], device=device)[:, None]).sum())
                           for b, (r, s) in enumerate(rows)]  # (B * L,)
                 for i in range(len(chunk)):
                     row = scores[i * len(letters) : (i + 1) * len(letters)]
@@ -173,8 +185,8 @@ class GenerativeQA(Task):
         preds = self.predict_dataset(model, examples, batch_size, device)
         correct = exact_match_accuracy([p["prediction"] for p in preds], [p["answer"] for p in preds])
         metrics = {"n": len(preds), "accuracy": correct / 100}
-        if self.name in OPTION_LETTERS and self.image is None:
-            chosen = self.choose_options(model, examples, OPTION_LETTERS[self.name], batch_size, device)
+        if self.option_letters:
+            chosen = self.choose_options(model, examples, self.option_letters, batch_size, device)
             metrics["choice_accuracy"] = exact_match_accuracy(chosen, [p["answer"] for p in preds]) / 100
         if self.name == "scienceqa":
             items = [examples[i] for i in range(len(examples))]
@@ -193,5 +205,6 @@ class GenerativeQA(Task):
 
     def info(self) -> dict:
         return {"name": self.name, "max_length": self.max_length, "max_new_tokens": self.max_new_tokens,
-                "image": asdict(self.image) if self.image else None}
+                "image": asdict(self.image) if self.image else None, "option_letters": self.option_letters,
+                "answer_prefix": self.answer_prefix}
 
