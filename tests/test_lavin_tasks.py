@@ -190,6 +190,20 @@ def test_option_choice_matches_unbatched_scoring(llm_dirs):
 
     expected = [reference(e) for e in examples]
     assert task.choose_options(model, examples, "ABCDE", batch_size=2) == expected
+    # options that differ in more than their last token take one row each; the scores still agree
+    words = ["red", "green blue", "blue red green"]
+
+    def reference_words(e):
+        scores = []
+        for w in words:
+            prompt = tok(e["prompt"])["input_ids"]
+            ids = prompt + tok("Answer: The answer is " + w, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+            scores.append(sum(float(logp[t - 1, ids[t]]) for t in range(len(prompt), len(ids))))
+        return words[scores.index(max(scores))]
+
+    assert task.choose_options(model, examples, words, batch_size=3) == [reference_words(e) for e in examples]
     metrics = task.evaluate_dataset(model, [{**e, "target": "Answer: The answer is A. red."} for e in examples], batch_size=3)
     assert metrics["choice_accuracy"] == pytest.approx(sum(x == "A" for x in expected) / len(examples))
 

@@ -139,16 +139,19 @@ class GenerativeQA(Task):
         return out
 
     @torch.no_grad()
-    def choose_options(self, model: SkipModel, examples, letters: str, batch_size: int = 8, device=None) -> list[str]:
-        """Per example, the letter L of `letters` maximising log p(answer_prefix + L | prompt[, image]).
+    def choose_options(self, model: SkipModel, examples, letters, batch_size: int = 8, device=None) -> list[str]:
+        """Per example, the option L of `letters` (a string of letters or a list of strings) maximising
+        log p(answer_prefix + L | prompt[, image]).
 
-        All letters of a chunk of examples go through the model as one right-padded batch; the shared
-        continuation tokens score alike, so the comparison comes down to the letter's tokens. LaVIN puts
-        image tokens in front of the text, shifting every position by the same amount in a batch whose
-        rows all have (or all lack) an image: chunks that mix both are scored one question at a time."""
+        A sequence never needs its last token as input, so the inputs of "...is A" and "...is B" are the
+        same when the options differ in one final token (letters, usually): each distinct input runs once
+        and every option reads its token off the same row. LaVIN puts image tokens in front of the text,
+        shifting every position by the same amount in a batch whose rows all have (or all lack) an image:
+        chunks that mix both are scored one question at a time."""
         device = device or next(model.parameters()).device
         tok, out = self.tokenizer, []
         conts = [tok(self.answer_prefix + letter, add_special_tokens=False)["input_ids"] for letter in letters]
+        room = self.max_length - max(map(len, conts))
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         was_training = model.training
         model.eval()
@@ -157,26 +160,31 @@ class GenerativeQA(Task):
             if self.image is not None:
                 chunks = [part for c in chunks for part in ([c] if len({bool(e.get("image")) for e in c}) == 1 else [[e] for e in c])]
             for chunk in chunks:
-                rows = []  # (ids, start of the continuation)
-                for e in chunk:
-                    prompt = tok(e["prompt"], add_special_tokens=True)["input_ids"]
+                inputs, owner, wanted = [], [], []  # distinct input rows, their example, per (example, option): (row, start, seq)
+                for i, e in enumerate(chunk):
+                    head = tok(e["prompt"], add_special_tokens=True)["input_ids"][-room:]
+                    rows_of: dict[tuple, int] = {}
                     for cont in conts:
-                        head = prompt[-(self.max_length - len(cont)) :]
-                        rows.append((head + cont, len(head)))
-                width = max(len(ids) for ids, _ in rows)
-                ids = torch.full((len(rows), width), pad)
-                mask = torch.zeros(len(rows), width, dtype=torch.long)
-                for b, (r, _) in enumerate(rows):
+                        seq = head + cont
+                        key = tuple(seq[:-1])
+                        if key not in rows_of:
+                            rows_of[key] = len(inputs)
+                            inputs.append(seq[:-1])
+                            owner.append(i)
+                        wanted.append((rows_of[key], len(head), seq))
+                width = max(map(len, inputs))
+                ids = torch.full((len(inputs), width), pad)
+                mask = torch.zeros(len(inputs), width, dtype=torch.long)
+                for b, r in enumerate(inputs):
                     ids[b, : len(r)], mask[b, : len(r)] = torch.tensor(r), 1
-                inputs = {"input_ids": ids, "attention_mask": mask,
-                          **{k: v.repeat_interleave(len(letters), 0) for k, v in self._images(chunk).items()}}
-                logp = model(**to_device(inputs, device)).logits.float().log_softmax(-1)  # (B * L, width + shift, V)
-                shift = logp.shape[1] - width  # the image tokens and their prefix, 0 for a plain decoder
-                scores = [float(logp[b, shift + s - 1 : shift + len(r) - 1].gather(-1, torch.tensor(r[s:], device=device)[:, None]).sum())
-                          for b, (r, s) in enumerate(rows)]  # (B * L,)
+                images = {k: v[owner] for k, v in self._images(chunk).items()}
+                logp = model(**to_device({"input_ids": ids, "attention_mask": mask, **images}, device)).logits.float().log_softmax(-1)
+                shift = logp.shape[1] - width  # the image tokens and their prefix, 0 for a plain decoder: (rows, width + shift, V)
+                scores = [float(logp[b, shift + s - 1 : shift + len(seq) - 1].gather(-1, torch.tensor(seq[s:], device=device)[:, None]).sum())
+                          for b, s, seq in wanted]  # (examples * options,)
                 for i in range(len(chunk)):
-                    row = scores[i * len(letters) : (i + 1) * len(letters)]
-                    out.append(letters[max(range(len(letters)), key=row.__getitem__)])
+                    row = scores[i * len(conts) : (i + 1) * len(conts)]
+                    out.append(letters[max(range(len(conts)), key=row.__getitem__)])
         finally:
             model.train(was_training)
         return out
