@@ -49,6 +49,8 @@ class Memo:
         self.values = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
 
     def get(self, key: str, compute):
+        if key not in self.values and self.path.exists():  # another process (e.g. running other k) may have it by now
+            self.values.update(json.loads(self.path.read_text(encoding="utf-8")))
         if key in self.values:
             Memo.reused += 1
         else:
