@@ -176,7 +176,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, help="prompt tokens (longer BoolQ passages are cut from the front)")
     ap.add_argument("--out", default="lavin_table1", help="results file name (benchmarks/results/<out>.md)")
     args = ap.parse_args()
-    report = Report(args.out, "Table 1 on a real LLaMA: SmolLM2-135M, k = 0/2/4/6, real BoolQ and CommonsenseQA",
+    ks = "/".join(map(str, sorted({0, *args.ks})))
+    report = Report(args.out, f"Table 1 on a real LLaMA: SmolLM2-135M, k = {ks}, real BoolQ and CommonsenseQA",
                     [args.seed], args.quick)
     for t in (["csqa"] if args.quick else args.tasks):
         budget = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in BUDGETS[t].items()}
