@@ -244,6 +244,18 @@ def main(argv: list[str] | None = None) -> None:
     except USER_ERRORS as e:
         print(f"archskip: error: {e}", file=sys.stderr)
         sys.exit(2)
+    end_process_group()
+
+
+def end_process_group() -> None:
+    """After a successful multi-process command: wait for every rank, then tear the process group down
+    while the interpreter is alive. Left to interpreter exit, gloo's worker threads can abort a rank
+    ("terminate called without an active exception", exit code -6) after all its work is done."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
