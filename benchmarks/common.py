@@ -101,6 +101,22 @@ class Report:
         return atomic_write_text(RESULTS / name, "\n".join(head + body))
 
 
+def train_and_test(model, task, cfg, train: list[dict], test: list[dict], seed: int) -> dict:
+    """Train `model` (plan applied) with `cfg`, prune it, test it: the answer-task metrics a results row shows."""
+    from archskip.train import Trainer
+
+    Trainer(model, task, cfg, seed=seed, progress=False).fit(train)
+    model.prune()
+    m = task.evaluate_dataset(model.eval(), test, batch_size=8)
+    return {k: m[k] for k in ("accuracy", "choice_accuracy", "loss")}
+
+
+def metric_cells(m: dict) -> dict:
+    """`train_and_test`'s metrics as table cells."""
+    return {"accuracy %": round(100 * m["accuracy"], 1), "choice acc %": round(100 * m["choice_accuracy"], 1),
+            "test loss": round(m["loss"], 4)}
+
+
 def minilm_runs(base, tok, data: list[dict], cfg):
     """(fresh, plain) for the MiniLM search-cost timings: a new adapter model + task, and plain adapter training."""
     import copy

@@ -19,7 +19,7 @@ import random
 from collections import Counter
 
 import torch
-from common import Memo, Report
+from common import Memo, Report, metric_cells, train_and_test
 
 from archskip import AdapterConfig, SearchConfig, SkipModel, SkipPlan, TaskConfig, TrainConfig
 from archskip.data.language_qa import load_boolq, load_csqa
@@ -29,7 +29,6 @@ from archskip.scorers import block_influence, last_k
 from archskip.search import run_search
 from archskip.tasks import build_task
 from archskip.tasks.generative_qa import OPTION_LETTERS
-from archskip.train import Trainer
 
 N_LAYERS = 30
 
@@ -102,10 +101,7 @@ class Bench:
     def _metrics(self, plan: SkipPlan) -> dict:
         model, task = self.fresh()
         model.apply_plan(plan)
-        Trainer(model, task, self.train_cfg, seed=self.seed, progress=False).fit(self.train)
-        model.prune()
-        m = task.evaluate_dataset(model.eval(), self.test, batch_size=8)
-        return {k: m[k] for k in ("accuracy", "choice_accuracy", "loss")}
+        return train_and_test(model, task, self.train_cfg, self.train, self.test, self.seed)
 
     def pruned(self, plan: SkipPlan) -> tuple[SkipModel, object]:
         """An untrained model pruned to `plan`: its cost is that of the trained one (same shapes, same work)."""
@@ -126,8 +122,7 @@ def run_task(name: str, args, report: Report) -> None:
                 timed[k], task = bench.pruned(plan)
             label = "LaVIN-style, no skip" if k == 0 else f"DAS{k} ({method})"
             rows.append({"model": label, "k": k, "plan": ",".join(map(str, plan.skip)) or "—",
-                         "trainable params": timed[k].parameter_counts()[0], "accuracy %": round(100 * m["accuracy"], 1),
-                         "choice acc %": round(100 * m["choice_accuracy"], 1), "test loss": round(m["loss"], 4)})
+                         "trainable params": timed[k].parameter_counts()[0], **metric_cells(m)})
             print(rows[-1], flush=True)
     prompts = task.collate_prompts(bench.test[:8])
     new_tokens = 2 if args.quick else 16

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import Memo, Report
+from common import Memo, Report, metric_cells, train_and_test
 from PIL import Image
 
 from archskip import AdapterConfig, ModelConfig, SearchConfig, SkipPlan, TrainConfig
@@ -31,7 +31,6 @@ from archskip.scorers import block_influence
 from archskip.search import run_search
 from archskip.tasks import assemble
 from archskip.tasks.generative_qa import GenerativeQA
-from archskip.train import Trainer
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -108,10 +107,7 @@ class Bench:
     def _metrics(self, plan: SkipPlan) -> dict:
         model = self.fresh()
         model.apply_plan(plan)
-        Trainer(model, self.task, self.train_cfg, seed=self.seed, progress=False).fit(self.train)
-        model.prune()
-        m = self.task.evaluate_dataset(model.eval(), self.test, batch_size=8)
-        return {k: m[k] for k in ("accuracy", "choice_accuracy", "loss")}
+        return train_and_test(model, self.task, self.train_cfg, self.train, self.test, self.seed)
 
     def pruned(self, plan: SkipPlan):
         """An untrained model pruned to `plan`: the same shapes and work as the trained one, for timing."""
@@ -139,8 +135,7 @@ def main() -> None:
                 timed[k] = bench.pruned(plan)
             rows.append({"model": "LaVIN-style, no skip" if k == 0 else f"DAS{k} ({method})", "k": k,
                          "plan": ",".join(map(str, plan.skip)) or "—", "trainable params": timed[k].parameter_counts()[0],
-                         "accuracy %": round(100 * m["accuracy"], 1), "choice acc %": round(100 * m["choice_accuracy"], 1),
-                         "test loss": round(m["loss"], 4)})
+                         **metric_cells(m)})
             print(rows[-1], flush=True)
     prompts = bench.task.collate_prompts(bench.test[:8])
     speed = compare_generation({f"k={k}": m for k, m in timed.items()}, bench.task, prompts, new_tokens=8,

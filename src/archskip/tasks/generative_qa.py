@@ -65,34 +65,37 @@ class GenerativeQA(Task):
             has.append(int(bool(path)))
         return {"pixel_values": torch.stack(pixels), "has_image": torch.tensor(has)}
 
-    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        """Right-padded prompt + target (+ EOS); labels only on the target."""
-        tok, rows = self.tokenizer, []
-        for e in examples:
-            prompt = tok(e["prompt"], add_special_tokens=True)["input_ids"]
-            target = tok(e["target"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            ids = (prompt + target)[-self.max_length :]  # keep the target when truncating
-            rows.append((ids, min(len(target), len(ids))))
-        width = max(len(ids) for ids, _ in rows)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        batch = {"input_ids": torch.full((len(rows), width), pad), "attention_mask": torch.zeros(len(rows), width, dtype=torch.long),
-                 "labels": torch.full((len(rows), width), IGNORE)}
-        for b, (ids, n_target) in enumerate(rows):
-            batch["input_ids"][b, : len(ids)] = torch.tensor(ids)
-            batch["attention_mask"][b, : len(ids)] = 1
-            batch["labels"][b, len(ids) - n_target : len(ids)] = torch.tensor(ids[len(ids) - n_target :])
-        return {**batch, **self._images(examples)}
-
-    def collate_prompts(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        """Left-padded prompts for batched generation."""
-        tok = self.tokenizer
-        rows = [tok(e["prompt"], add_special_tokens=True)["input_ids"][-self.max_length :] for e in examples]
+    def _pad(self, rows: list[list[int]], left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token rows -> (input_ids, attention_mask), (B, T), padded on the right (or the left)."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         width = max(map(len, rows))
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         ids = torch.full((len(rows), width), pad)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
         for b, r in enumerate(rows):
-            ids[b, width - len(r) :], mask[b, width - len(r) :] = torch.tensor(r), 1
+            sl = slice(width - len(r), width) if left else slice(0, len(r))
+            ids[b, sl], mask[b, sl] = torch.tensor(r), 1
+        return ids, mask
+
+    def _prompt_ids(self, example: dict) -> list[int]:
+        return self.tokenizer(example["prompt"], add_special_tokens=True)["input_ids"]
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """Right-padded prompt + target (+ EOS); labels only on the target."""
+        tok, rows, n_targets = self.tokenizer, [], []
+        for e in examples:
+            target = tok(e["target"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            ids = (self._prompt_ids(e) + target)[-self.max_length :]  # keep the target when truncating
+            rows.append(ids)
+            n_targets.append(min(len(target), len(ids)))
+        ids, mask = self._pad(rows)
+        labels = torch.full_like(ids, IGNORE)
+        for b, (r, n) in enumerate(zip(rows, n_targets)):
+            labels[b, len(r) - n : len(r)] = torch.tensor(r[len(r) - n :])
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, **self._images(examples)}
+
+    def collate_prompts(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """Left-padded prompts for batched generation."""
+        ids, mask = self._pad([self._prompt_ids(e)[-self.max_length :] for e in examples], left=True)
         return {"input_ids": ids, "attention_mask": mask, **self._images(examples)}
 
     @staticmethod
@@ -149,20 +152,16 @@ class GenerativeQA(Task):
         shifting every position by the same amount in a batch whose rows all have (or all lack) an image:
         chunks that mix both are scored one question at a time."""
         device = device or next(model.parameters()).device
-        tok, out = self.tokenizer, []
-        conts = [tok(self.answer_prefix + letter, add_special_tokens=False)["input_ids"] for letter in letters]
+        out = []
+        conts = [self.tokenizer(self.answer_prefix + letter, add_special_tokens=False)["input_ids"] for letter in letters]
         room = self.max_length - max(map(len, conts))
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         was_training = model.training
         model.eval()
         try:
-            chunks = [[examples[i] for i in range(s, min(s + batch_size, len(examples)))] for s in range(0, len(examples), batch_size)]
-            if self.image is not None:
-                chunks = [part for c in chunks for part in ([c] if len({bool(e.get("image")) for e in c}) == 1 else [[e] for e in c])]
-            for chunk in chunks:
+            for chunk in self._same_shift_chunks(examples, batch_size):
                 inputs, owner, wanted = [], [], []  # distinct input rows, their example, per (example, option): (row, start, seq)
                 for i, e in enumerate(chunk):
-                    head = tok(e["prompt"], add_special_tokens=True)["input_ids"][-room:]
+                    head = self._prompt_ids(e)[-room:]
                     rows_of: dict[tuple, int] = {}
                     for cont in conts:
                         seq = head + cont
@@ -172,11 +171,8 @@ class GenerativeQA(Task):
                             inputs.append(seq[:-1])
                             owner.append(i)
                         wanted.append((rows_of[key], len(head), seq))
-                width = max(map(len, inputs))
-                ids = torch.full((len(inputs), width), pad)
-                mask = torch.zeros(len(inputs), width, dtype=torch.long)
-                for b, r in enumerate(inputs):
-                    ids[b, : len(r)], mask[b, : len(r)] = torch.tensor(r), 1
+                ids, mask = self._pad(inputs)
+                width = ids.shape[1]
                 images = {k: v[owner] for k, v in self._images(chunk).items()}
                 logp = model(**to_device({"input_ids": ids, "attention_mask": mask, **images}, device)).logits.float().log_softmax(-1)
                 shift = logp.shape[1] - width  # the image tokens and their prefix, 0 for a plain decoder: (rows, width + shift, V)
@@ -188,6 +184,14 @@ class GenerativeQA(Task):
         finally:
             model.train(was_training)
         return out
+
+    def _same_shift_chunks(self, examples, batch_size: int) -> list[list[dict]]:
+        """Batches of `examples` in order; with images, a batch mixing image and no-image questions is split
+        into single questions (LaVIN shifts text positions differently for the two)."""
+        chunks = [[examples[i] for i in range(s, min(s + batch_size, len(examples)))] for s in range(0, len(examples), batch_size)]
+        if self.image is None:
+            return chunks
+        return [part for c in chunks for part in ([c] if len({bool(e.get("image")) for e in c}) == 1 else [[e] for e in c])]
 
     def evaluate_dataset(self, model: SkipModel, examples, batch_size: int = 8, device=None, num_workers: int = 0) -> dict:
         preds = self.predict_dataset(model, examples, batch_size, device)
