@@ -85,8 +85,7 @@ class Bench:
             return SkipPlan.none(N_LAYERS)
         if method == "last-k":
             return last_k(N_LAYERS, k).plan
-        skip = self.memo.get(f"{self.budget}|plan|{method}|k={k}", lambda: self.search(method, k)["skip"])
-        return SkipPlan(tuple(skip), N_LAYERS)
+        return SkipPlan(tuple(self.search(method, k)["skip"]), N_LAYERS)
 
     def search(self, method: str, k: int) -> dict:
         """A scored method's plan and final scores (for DAS: the gates), remembered across killed runs."""
@@ -105,14 +104,11 @@ class Bench:
         return {"skip": list(r.plan.skip), "scores": [float(x) for x in r.scores]}
 
     def gate_margin(self, method: str, k: int) -> float | None:
-        """How decided a DAS search was: the smallest final gate (logit) in its plan minus the largest outside it.
-
-        Negative if a rerun of the search disagrees with the remembered plan."""
+        """How decided a DAS search was: the k-th largest final gate (logit; the plan's weakest) minus the (k+1)-th."""
         if not method.startswith("das") or k == 0:
             return None
-        gates, skip = self.search(method, k)["scores"], set(self.plan(method, k).skip)
-        inside = min(g for i, g in enumerate(gates) if i in skip)
-        return round(inside - max(g for i, g in enumerate(gates) if i not in skip), 4)
+        gates = sorted(self.search(method, k)["scores"], reverse=True)
+        return round(gates[k - 1] - gates[k], 4)
 
     def metrics(self, plan: SkipPlan) -> dict:
         """Test metrics after training under `plan` with the shared budget (remembered across killed runs)."""
