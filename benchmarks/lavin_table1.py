@@ -24,12 +24,10 @@ from common import Memo, Report, metric_cells, train_and_test
 
 from archskip import AdapterConfig, SearchConfig, SkipModel, SkipPlan, TaskConfig, TrainConfig
 from archskip.data.language_qa import load_boolq, load_csqa
-from archskip.packaged import smollm2
+from archskip.models.packaged import smollm2
 from archskip.profile import compare_generation
-from archskip.scorers import block_influence, last_k
-from archskip.search import run_search
-from archskip.tasks import build_task
-from archskip.tasks.generative_qa import OPTION_LETTERS
+from archskip.search import block_influence, last_k, run_search
+from archskip.tasks import TASKS, build_task
 
 N_LAYERS = 30
 METHODS = ["das", "das-exact", "block-influence", "last-k"]  # the plans compared for every k > 0
@@ -167,7 +165,7 @@ def run_task(name: str, args, report: Report) -> None:
                       f"choice acc: the option letter L maximising p(\"Answer: The answer is L\" | prompt); test loss: "
                       f"mean cross-entropy of the target answer tokens. Always answering the training set's most frequent "
                       f"letter ({majority}) scores {100 * floor:.1f}% on this test set; chance is "
-                      f"{100 / len(OPTION_LETTERS[name]):.0f}%; a 95% interval on {len(bench.test)} questions is up to "
+                      f"{100 / len(TASKS[name].option_letters_default):.0f}%; a 95% interval on {len(bench.test)} questions is up to "
                       f"±{half:.1f} points.")
 
 

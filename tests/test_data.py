@@ -22,7 +22,7 @@ def test_errors_name_the_file_and_row(tmp_path):
     with pytest.raises(DataError, match=r"j.jsonl, line 2: not valid JSON"):
         read_examples(tmp_path / "j.jsonl")
     (tmp_path / "a.jsonl").write_text("[1, 2]\n")
-    with pytest.raises(DataError, match="line 1: expected a JSON object, got list"):
+    with pytest.raises(DataError, match="item 0: expected a JSON object, got int"):  # a JSON array of non-objects
         read_examples(tmp_path / "a.jsonl")
     (tmp_path / "e.csv").write_text("text,label\n")
     with pytest.raises(DataError, match="has no rows"):

@@ -9,8 +9,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2
 
 from archskip import AdapterConfig, ModelConfig, SkipModel, SkipPlan
 from archskip.adapters import RouterAdapter
-from archskip.backbones.lavin import LaVIN
-from archskip.backbones.load import load_pretrained
+from archskip.models.lavin import LaVIN
+from archskip.models.load import load_pretrained
 
 
 def tiny_lavin(vision: str = "clip", image_tokens: int = 2) -> LaVIN:
@@ -40,7 +40,7 @@ def batch(n=2, seed=0):
 
 
 def test_table1_parameter_counts_on_the_meta_device():
-    """LLaMA-7B + CLIP ViT-L/14: LaVIN-7B 3.78M, DAS2 4.17M, DAS4 4.57M, DAS6 4.96M (das-reference §1.4)."""
+    """LLaMA-7B + CLIP ViT-L/14: LaVIN-7B 3.78M, DAS2 4.17M, DAS4 4.57M, DAS6 4.96M (docs/lavin.md)."""
     base, _, _ = load_pretrained(ModelConfig(name_or_path="random:llama-7b", vision="random:clip-vit-l14"), device="meta")
     model = SkipModel(base, AdapterConfig.lavin(multimodal=True), trainable=base.trainable_names())
     assert model.num_candidates == 32 and len(base.feature_blocks) == 6 and base.feature_blocks[-1] == 23

@@ -10,12 +10,12 @@ from PIL import Image, ImageDraw
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from archskip import AdapterConfig, ModelConfig, SkipPlan
-from archskip.backbones.lavin import LaVIN
 from archskip.cli import main
 from archskip.data.images import SquareImageSpec
 from archskip.data.scienceqa import load_scienceqa
 from archskip.data.text import DataError
-from archskip.tasks.generative_qa import GenerativeQA
+from archskip.models.lavin import LaVIN
+from archskip.tasks import CSQA, ScienceQA
 
 COLORS = ["red", "green", "blue"]
 SUBJECTS = ["natural science", "social science", "language science"]
@@ -100,12 +100,12 @@ def test_scienceqa_search_train_eval_on_lavin(sqa, llm_dirs, tmp_path, capsys):
 
 def test_lavin_artifact_reloads_with_identical_generations(sqa, llm_dirs, tmp_path):
     from archskip.artifact import load_artifact, save_artifact
-    from archskip.backbones.load import load_pretrained
+    from archskip.models.load import load_pretrained
     from archskip.tasks import assemble
 
     cfg = ModelConfig(name_or_path=str(llm_dirs / "llama"), vision=str(llm_dirs / "clip"), image_tokens=2, projector_hidden=8)
     base, tok, extras = load_pretrained(cfg)
-    task = GenerativeQA(tok, "scienceqa", 256, 6, SquareImageSpec(28, "clip"))
+    task = ScienceQA(tok, 256, 6, SquareImageSpec(28, "clip"))
     model = assemble(base, task, AdapterConfig.lavin(hidden=4, multimodal=True), cfg, extras)
     model.apply_plan(SkipPlan((1, 3), 6))
     with torch.no_grad():
@@ -138,7 +138,7 @@ def test_boolq_on_a_text_only_llama(llm_dirs, tmp_path, capsys):
 def test_generation_answers_are_parsed_and_scored(sqa, llm_dirs):
     """A model whose generation is forced to 'The answer is X.' scores exactly the hand-computed accuracy."""
     tok = tiny_bpe_tokenizer(["The answer is A. B. C."])
-    task = GenerativeQA(tok, "scienceqa")
+    task = ScienceQA(tok)
     items = load_scienceqa(sqa, "test")
     texts = iter(["The answer is A.", "the answer is (B).", "no idea"])
     task.generate = lambda model, batch, **kw: [next(texts) for _ in batch["input_ids"]]
@@ -174,7 +174,7 @@ def test_option_choice_matches_unbatched_scoring(llm_dirs):
     with torch.no_grad():
         for p in model.trainable_named_parameters().values():
             p.add_(torch.randn_like(p) * 0.5)
-    task = GenerativeQA(tok, "csqa", max_length=256)
+    task = CSQA(tok, max_length=256)
     examples = [{"prompt": f"Question: what color is {'the big ' * i}square?\nOptions: A. red\nB. green\n", "answer": "A"}
                 for i in range(5)]  # different lengths: the batch is padded
 
@@ -211,13 +211,13 @@ def test_option_choice_matches_unbatched_scoring(llm_dirs):
 def test_option_choice_with_images_matches_the_models_own_loss(sqa, llm_dirs):
     """On LaVIN (image tokens in front, rows with and without images mixed), choose_options agrees with
     scoring each "prompt + answer" through the model's own label alignment (loss x tokens)."""
-    from archskip.backbones.load import load_pretrained
+    from archskip.models.load import load_pretrained
     from archskip.tasks import assemble
     from archskip.tasks.causal_lm import IGNORE
 
     cfg = ModelConfig(name_or_path=str(llm_dirs / "llama"), vision=str(llm_dirs / "clip"), image_tokens=2, projector_hidden=8)
     base, tok, extras = load_pretrained(cfg)
-    task = GenerativeQA(tok, "scienceqa", 256, 6, SquareImageSpec(28, "clip"), option_letters="ABC", answer_prefix="The answer is ")
+    task = ScienceQA(tok, 256, 6, SquareImageSpec(28, "clip"), option_letters="ABC", answer_prefix="The answer is ")
     torch.manual_seed(0)
     model = assemble(base, task, AdapterConfig.lavin(hidden=4, multimodal=True), cfg, extras).eval()
     with torch.no_grad():

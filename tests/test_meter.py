@@ -9,10 +9,10 @@ from test_vilt import arrows  # noqa: F401  (the tiny arrow fixture)
 from transformers import CLIPVisionConfig, RobertaConfig
 
 from archskip import AdapterConfig, SearchConfig, SkipModel, SkipPlan, TaskConfig, TrainConfig
-from archskip.backbones.meter import FusionLayer, METERConfig, METERModel, save_meter
 from archskip.cli import main
 from archskip.data.images import SquareImageSpec
 from archskip.data.vilt_arrow import NLVR2Dataset, VQADataset
+from archskip.models.meter import FusionLayer, METERConfig, METERModel, save_meter
 from archskip.profile import block_costs
 from archskip.search import run_search
 from archskip.tasks import assemble, build_task
@@ -122,7 +122,7 @@ def meter_dir(tmp_path_factory):
 
 def test_saved_directory_loads_by_path(meter_dir):
     from archskip import ModelConfig
-    from archskip.backbones.load import load_pretrained
+    from archskip.models.load import load_pretrained
 
     m, tok, _ = load_pretrained(ModelConfig(name_or_path=str(meter_dir)))
     x = inputs()

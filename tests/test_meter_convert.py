@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from archskip.backbones.meter import METERConfig, METERModel
-from archskip.backbones.meter_convert import (
+from archskip.models.convert.meter import (
     DROPPED_KEYS,
     POSITION_KEY,
     CheckpointError,
@@ -23,8 +22,9 @@ from archskip.backbones.meter_convert import (
     original_meter_config,
     resize_position_table,
 )
+from archskip.models.meter import METERConfig, METERModel
 
-KEYS_FILE = Path("/work/shared/reference/meter_pretrain_keys.txt")
+KEYS_FILE = Path(__file__).parent / "data" / "meter_pretrain_keys.txt"  # the original checkpoint's keys and shapes
 LINE = re.compile(r"^(\S+) \[([\d, ]*)\] (\w+)$")
 HEAD_PREFIXES = ("itm_score.", "mlm_score.")
 TARGET_POSITIONS = "vision.embeddings.position_embedding.weight"

@@ -1,13 +1,13 @@
-"""The real models that PyPI packages ship, converted by `archskip.packaged` (skipped where not installed)."""
+"""The real models that PyPI packages ship, converted by `archskip.models.packaged` (skipped where not installed)."""
 
 import importlib.util
 
 import pytest
 import torch
 
-from archskip.packaged import dinov2_small, smollm2
+from archskip.models.packaged import dinov2_small, smollm2
 
-need = lambda *mods: pytest.mark.skipif(  # noqa: E731
+need = lambda *mods: pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in mods), reason=f"needs {mods} (pip install --no-deps ...)")
 
 

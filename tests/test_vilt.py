@@ -4,13 +4,14 @@ import json
 
 import pytest
 import torch
-from conftest import VOCAB_SIZE, tiny_tokenizer
+from conftest import VOCAB_SIZE, load_tool, tiny_tokenizer
 from PIL import Image, ImageDraw
 from transformers import ViltConfig, ViltModel
 
 from archskip import AdapterConfig, SkipPlan, TaskConfig
 from archskip.cli import main
-from archskip.data import vilt_writers as vw
+
+vw = load_tool("prepare_arrows")
 from archskip.data.images import ImageSpec, RandAugment, decode_image, pad_images, vilt_size
 from archskip.data.text import DataError
 from archskip.data.vilt_arrow import NLVR2Dataset, RetrievalDataset, VQADataset, read_arrow
@@ -128,7 +129,7 @@ def test_readers_round_trip_the_writers(arrows):
 def test_eval_view_drops_augmentation_only(arrows):
     from torch.utils.data import Subset
 
-    from archskip.data.vilt_arrow import eval_view
+    from archskip.data.loader import eval_view
 
     ds = VQADataset(arrows, "vqav2_train", SPEC.transform(randaugment=True), num_answers=3)
     view = eval_view(Subset(ds, [1, 2]))

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from transformers import ViltConfig, ViltModel
 
-from archskip.backbones.vilt_convert import (
+from archskip.models.convert.vilt import (
     DROPPED_KEYS,
     ORIGINAL_TEXT_LAYER_NORM_EPS,
     ORIGINAL_VIT_LAYER_NORM_EPS,
@@ -24,7 +24,7 @@ from archskip.backbones.vilt_convert import (
     vilt_key_map,
 )
 
-KEYS_FILE = Path("/work/shared/reference/vilt_pretrain_keys.txt")
+KEYS_FILE = Path(__file__).parent / "data" / "vilt_pretrain_keys.txt"  # the original checkpoint's keys and shapes
 LINE = re.compile(r"^(\S+) \[([\d, ]*)\] (\w+)$")
 
 

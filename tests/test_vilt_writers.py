@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from conftest import load_tool
 from PIL import Image, ImageDraw
 
-from archskip.data import vilt_writers as vw
+vw = load_tool("prepare_arrows")
 from archskip.data.text import DataError
 
 VOCAB = ["yes", "no", "2", "dog", "cat", "don't"]
@@ -295,4 +296,4 @@ def test_cli_vocab_then_vqa_matches_the_function(vqa, capsys):
     with pytest.raises(SystemExit) as exit_info:
         vw.main(["nlvr2", "--json", str(root / "nope.json"), "--images", str(root), "--out", str(root / "n.arrow")])
     assert exit_info.value.code == 2
-    assert "vilt_writers: error: file" in capsys.readouterr().err
+    assert "prepare_arrows: error: data file" in capsys.readouterr().err

@@ -6,10 +6,10 @@ replace them by light adapters and remove them: cheap to train, faster at infere
 
 __version__ = "0.1.0"
 
-from .config import AdapterConfig, DataConfig, ModelConfig, RunConfig, SearchConfig, TaskConfig, TrainConfig  # noqa: E402
-from .plan import SearchResult, SkipPlan  # noqa: E402
-from .policy import SkipPolicy  # noqa: E402
-from .skipping import SkipModel  # noqa: E402
+from .config import AdapterConfig, DataConfig, ModelConfig, RunConfig, SearchConfig, TaskConfig, TrainConfig
+from .plan import SearchResult, SkipPlan
+from .search.policy import SkipPolicy
+from .skipping import SkipModel
 
 __all__ = [
     "AdapterConfig", "DataConfig", "ModelConfig", "RunConfig", "SearchConfig", "SearchResult", "SkipModel",

@@ -1,7 +1,7 @@
 """Adapter modules: the small trainable networks DAS adds to a frozen backbone.
 
 One building block, `Bottleneck`: norm -> down -> ReLU -> dropout -> up, times a fixed scale. It is
-used three ways (das-reference §1):
+used three ways (docs/method.md):
 
 - parallel (ViLT/METER kept blocks): its output is *added beside* a frozen sub-layer, reading the
   un-normalised residual stream (it has its own norm);

@@ -20,9 +20,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
-from .backbones.load import load_pretrained
 from .config import AdapterConfig, ModelConfig
+from .errors import ArtifactError
 from .io import atomic_write, atomic_write_text
+from .models import load_pretrained
 from .plan import SkipPlan
 from .skipping import SkipModel, config_fingerprint
 from .tasks import Task, assemble, task_from_info
@@ -32,8 +33,6 @@ WEIGHTS = "adapter_model.safetensors"
 META = "archskip.json"
 
 
-class ArtifactError(ValueError):
-    """An artifact is missing, corrupt, too new, or made for another base model."""
 
 
 def save_artifact(

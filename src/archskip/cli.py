@@ -6,14 +6,13 @@ Every subcommand takes `--config recipe.yaml` (keys = the parameter names below)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from typing import Literal
 
-from .artifact import ArtifactError
-from .backbones import BackboneError
 from .config import (
     AdapterConfig,
-    ConfigError,
     DataConfig,
     ModelConfig,
     RunConfig,
@@ -22,12 +21,8 @@ from .config import (
     TrainConfig,
     load_mapping,
 )
-from .data.text import DataError
-from .io import OutputError
-from .plan import PlanError
-from .train import TrainingError
-
-USER_ERRORS = (ConfigError, DataError, PlanError, ArtifactError, BackboneError, TrainingError, OutputError, FileNotFoundError)
+from .errors import USER_ERRORS
+from .train import is_main_process
 
 
 def search(
@@ -46,7 +41,7 @@ def search(
     Args:
         model: the frozen backbone (hub id or local path).
         data: training data; the search holds out search.reward_fraction of it for rewards.
-        search: method (das, block-influence, random, last-k, exhaustive), k and the policy settings.
+        search: the method (a name in archskip.search.METHODS), k and the policy settings.
         task: head and loss.
         adapter: adapter shapes and initialisations.
         train: optimisation of adapters + head during the search (epochs = search length).
@@ -58,7 +53,7 @@ def search(
 
     cfg = RunConfig(model=model, task=task, data=data, adapter=adapter, search=search, train=train, seed=seed, output_dir=output_dir)
     result = pipeline.search(cfg, resume=resume)
-    if not pipeline.is_main_process():
+    if not is_main_process():
         return
     print(f"plan: skip {list(result.plan.skip)} of {result.plan.num_candidates} ({result.method}, {result.wall_time_s:.1f}s)")
     print(f"wrote {output_dir}/search_result.json and {output_dir}/gates.png")
@@ -92,7 +87,7 @@ def train(
 
     cfg = RunConfig(model=model, task=task, data=data, adapter=adapter, train=train, seed=seed, output_dir=output_dir)
     metrics = pipeline.train(cfg, plan, resume=resume)
-    if not pipeline.is_main_process():
+    if not is_main_process():
         return
     print(json.dumps(metrics, indent=2))
     print(f"wrote {output_dir}/artifact")
@@ -177,18 +172,18 @@ def profile(
         seed: not used (as data).
         output_dir: not used (as data).
     """
-    from . import pipeline
+    from . import pipeline, variants
     from .io import atomic_write_text
     from .report import markdown_table
 
     if params:
-        rows = pipeline.parameter_table(RunConfig(model=model, task=task, adapter=adapter), ks)
+        rows = variants.parameter_table(RunConfig(model=model, task=task, adapter=adapter), ks)
     elif artifact:
         rows = pipeline.profile_artifact(artifact, batch_size=batch_size, seq_len=seq_len, repeats=repeats, warmup=warmup,
                                          base=base, device=device)
     else:
         cfg = RunConfig(model=model, task=task, adapter=adapter)
-        rows = pipeline.profile_model(cfg, ks, batch_size=batch_size, seq_len=seq_len, repeats=repeats, warmup=warmup,
+        rows = variants.profile_model(cfg, ks, batch_size=batch_size, seq_len=seq_len, repeats=repeats, warmup=warmup,
                                       device=device, generate_tokens=generate_tokens, plans=plans)
     columns = list(dict.fromkeys(k for r in rows for k in r))  # every key, first-seen order
     table = markdown_table(rows, columns)
@@ -232,6 +227,25 @@ def config_files(argv: list[str]) -> list[str]:
             if (a == "--config" and i + 1 < len(argv)) or a.startswith("--config=")]
 
 
+@contextlib.contextmanager
+def registry_choices():
+    """Show the registered tasks and search methods as the choices of --task.name and --search.method
+    (the parser reads choices from a field's type): the fields are typed `str` and validated against the
+    registries; while the command line is parsed they are typed as a Literal of the names registered now."""
+    from .search import METHODS
+    from .tasks import TASKS
+
+    fields = ((TaskConfig, "name", TASKS), (SearchConfig, "method", METHODS))
+    saved = [cls.__annotations__[name] for cls, name, _ in fields]
+    for cls, name, registry in fields:
+        cls.__annotations__[name] = Literal[tuple(registry)]
+    try:
+        yield
+    finally:
+        for (cls, name, _), annotation in zip(fields, saved):
+            cls.__annotations__[name] = annotation
+
+
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import auto_cli, set_parsing_settings
 
@@ -240,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for path in config_files(argv):  # a broken recipe: name the file, not just a line number
             load_mapping(path)
-        auto_cli(COMMANDS, args=argv, as_positional=False)
+        with registry_choices():
+            auto_cli(COMMANDS, args=argv, as_positional=False)
     except USER_ERRORS as e:
         print(f"archskip: error: {e}", file=sys.stderr)
         sys.exit(2)

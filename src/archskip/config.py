@@ -7,18 +7,13 @@ are errors that name the key, the bad value and what was expected.
 from __future__ import annotations
 
 import dataclasses
-import json
-import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or out of range."""
+from .config_io import dump, from_dict, load_mapping  # noqa: F401  (dump, load_mapping: imported from here too)
+from .errors import ConfigError  # noqa: F401  (raised here; imported from here too)
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -28,6 +23,15 @@ def _check(cond: bool, msg: str) -> None:
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
     _check(value in choices, f"{name}={value!r} is not valid; expected one of {', '.join(map(repr, choices))}")
+
+
+def _check_registered(name: str, value: Any, package: str, registry: str) -> None:
+    """`value` must be a key of the registry `archskip.<package>.<registry>` (imported when first needed:
+    the registries import this module)."""
+    import importlib
+
+    names = getattr(importlib.import_module(f"archskip.{package}"), registry)
+    _check_choice(name, value, tuple(names))
 
 
 def _validate_literals(obj: Any) -> None:
@@ -40,7 +44,7 @@ def _validate_literals(obj: Any) -> None:
 
 @dataclass
 class AdapterConfig:
-    """Adapters on the frozen backbone. Defaults: the paper's ViLT setting (das-reference §1.2)."""
+    """Adapters on the frozen backbone. Defaults: the paper's ViLT setting (docs/vilt.md)."""
 
     style: Literal["parallel", "sequential"] = "parallel"
     """Kept blocks: 'parallel' adds adapters beside attention and MLP (ViLT/METER); 'sequential'
@@ -81,7 +85,7 @@ class AdapterConfig:
 
     @classmethod
     def lavin(cls, hidden: int = 8, multimodal: bool = False) -> AdapterConfig:
-        """LaVIN-DAS's decoder setting (das-reference §1.4): a sequential adapter before attention
+        """LaVIN-DAS's decoder setting (docs/lavin.md): a sequential adapter before attention
         (hidden 8), a skipped layer becomes x + adapter(RMSNorm(x)) of 4x the width, zero-initialised.
         Text-only ("pl"): ReLU bottlenecks without dropout; multimodal ("mm"): router adapters, dropout 0.1."""
         return cls(
@@ -96,9 +100,9 @@ class ModelConfig:
     """The frozen backbone."""
 
     name_or_path: str = ""
-    """Hugging Face hub id or local directory (anything `from_pretrained` accepts), an original ViLT
-    checkpoint (*.ckpt), or random:<preset> (full-size architecture, random weights: vilt-b32, bert-base,
-    minilm-l6, llama-7b, smollm2-135m)."""
+    """Hugging Face hub id or local directory (anything `from_pretrained` accepts), an original ViLT or METER
+    checkpoint (*.ckpt), or random:<preset>: a full-size architecture with random weights, one of
+    `archskip.models.PRESETS` (an unknown name lists them)."""
     kind: Literal["auto", "encoder", "decoder", "vilt", "meter"] = "auto"
     """'encoder' loads AutoModel, 'decoder' AutoModelForCausalLM, 'vilt' ViltModel, 'meter' archskip's METER;
     'auto' decides from the config (an original *.ckpt is METER if its file name says so, else ViLT)."""
@@ -128,11 +132,10 @@ class ModelConfig:
 class TaskConfig:
     """What is learned on top of the backbone."""
 
-    name: Literal["classification", "causal_lm", "vqa", "nlvr2", "retrieval", "scienceqa", "boolq", "csqa", "siqa",
-                  "gsm8k"] = "classification"
-    """'classification': a head on an encoder's pooled text; 'causal_lm': answer loss of a decoder;
-    'vqa', 'nlvr2', 'retrieval': the paper's ViLT/METER tasks (arrow data); 'scienceqa', 'boolq', 'csqa',
-    'siqa', 'gsm8k': LaVIN-DAS's generation tasks (answers parsed from the generated text)."""
+    name: str = "classification"
+    """A task registered in `archskip.tasks.TASKS`: 'classification' (a head on an encoder's pooled text),
+    'causal_lm' (answer loss of a decoder), the paper's ViLT/METER tasks on arrow data ('vqa', 'nlvr2',
+    'retrieval') and LaVIN-DAS's generation tasks ('scienceqa', 'boolq', 'csqa', 'siqa', 'gsm8k')."""
     num_labels: int | None = None
     """Number of classes (VQA: answers, default 3,129); inferred from the training data for classification."""
     max_length: int = 128
@@ -159,6 +162,7 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         _validate_literals(self)
+        _check_registered("task.name", self.name, "tasks", "TASKS")
         _check(self.max_length > 0, f"task.max_length={self.max_length!r} must be positive")
         _check(self.num_labels is None or self.num_labels >= 2, f"task.num_labels={self.num_labels!r} must be >= 2")
         for name in ("image_size", "max_image_side", "image_patch"):
@@ -166,14 +170,6 @@ class TaskConfig:
         _check(self.max_image_side >= self.image_size,
                f"task.max_image_side={self.max_image_side} must be >= task.image_size={self.image_size}")
         _check(self.negatives >= 0, f"task.negatives={self.negatives!r} must be >= 0")
-
-    @property
-    def is_vision_language(self) -> bool:
-        return self.name in ("vqa", "nlvr2", "retrieval")
-
-    @property
-    def is_generative_qa(self) -> bool:
-        return self.name in ("scienceqa", "boolq", "csqa", "siqa", "gsm8k")
 
 
 @dataclass
@@ -216,10 +212,11 @@ class DataConfig:
 
 @dataclass
 class SearchConfig:
-    """How the skip plan is found. Defaults: the paper's DAS bandit (das-reference §2.2)."""
+    """How the skip plan is found. Defaults: the paper's DAS bandit (docs/method.md)."""
 
-    method: Literal["das", "block-influence", "random", "last-k", "exhaustive"] = "das"
-    """'das' = the RL search; the others are cheap baselines on the same interface."""
+    method: str = "das"
+    """A method registered in `archskip.search.METHODS`: 'das' (the RL search) or a cheap baseline on the same
+    interface ('block-influence', 'random', 'last-k', 'exhaustive')."""
     k: int = 1
     """Number of candidate blocks to skip."""
     mode: Literal["faithful", "exact"] = "faithful"
@@ -247,6 +244,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         _validate_literals(self)
+        _check_registered("search.method", self.method, "search", "METHODS")
         _check(isinstance(self.k, int) and self.k >= 0, f"search.k={self.k!r} must be a non-negative integer")
         _check(self.samples >= 1, f"search.samples={self.samples!r} must be >= 1")
         _check(self.update_every >= 1, f"search.update_every={self.update_every!r} must be >= 1")
@@ -345,73 +343,3 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def load_mapping(path: str | Path) -> dict:
-    """Read a YAML or JSON file that must hold a mapping."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML/JSON: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
-    return data
-
-
-def from_dict(cls: type, d: Any, where: str = ""):
-    """Build dataclass `cls` from a nested dict; unknown keys and wrong types are ConfigErrors."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where or cls.__name__} must be a mapping, got {type(d).__name__}: {d!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(f'{where}{k}' for k in unknown)}; expected one of {sorted(names)}")
-    kwargs = {}
-    for key, value in d.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value, f"{where}{key}.")
-        else:
-            kwargs[key] = _coerce(value, hint, f"{where}{key}")
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"{where or cls.__name__}: {e}") from None
-
-
-def _coerce(value: Any, hint: Any, name: str) -> Any:
-    """Light type check for scalars read from YAML (ints accepted where floats are expected)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, name)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{name}={value!r} has the wrong type; expected {hint}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        hint_text = " (YAML reads a number like 5e-05 as text: write 5.0e-05)" if isinstance(value, str) else ""
-        raise ConfigError(f"{name}={value!r} has the wrong type; expected a number{hint_text}")
-    if hint in (int, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
-        raise ConfigError(f"{name}={value!r} has the wrong type; expected {hint.__name__}")
-    if origin is list and not isinstance(value, list):
-        raise ConfigError(f"{name}={value!r} has the wrong type; expected a list")
-    return value
-
-
-def dump(obj: Any) -> str:
-    """A dataclass (or dict) as pretty JSON."""
-    return json.dumps(asdict(obj) if dataclasses.is_dataclass(obj) else obj, indent=2, sort_keys=False)

@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from .artifact import save_artifact
-from .backbones.load import load_pretrained
 from .config import AdapterConfig, ModelConfig, SearchConfig, TaskConfig, TrainConfig
 from .data.loader import make_loader
 from .data.movie_reviews import load_rotten_tomatoes
 from .data.text import split_examples, write_csv
 from .io import atomic_write_text, ensure_dir
+from .models import load_pretrained
 from .plan import SkipPlan
 from .profile import compare_models
 from .report import markdown_table, plot_gates, write_report
@@ -80,6 +80,7 @@ def run_demo(output_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool
     search_train = TrainConfig(epochs=budget.search_epochs, batch_size=32, lr=2e-3, log_every=5)
     result = run_search(model, task, train[: budget.search_examples], search_cfg, search_train, seed=seed,
                         out_dir=out / "search", progress=progress)
+    result.save(out / "search" / RESULT_FILE)
     plot_gates(result, out / "gates.png")
     print(f"      plan: skip blocks {list(result.plan.skip)}; gates {[round(g, 3) for g in result.scores]}")
 

@@ -8,9 +8,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-
-class OutputError(OSError):
-    """An output file or directory cannot be written."""
+from .errors import OutputError
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:

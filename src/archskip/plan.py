@@ -1,7 +1,7 @@
 """SkipPlan: which of a backbone's N candidate blocks are skipped, and the evidence for it.
 
 A plan is always explicit: there is no default plan (the reference silently skipped [0,1,2,3]
-when the flag was forgotten, das-reference B11).
+when the flag was forgotten: B11 in docs/method.md).
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import PlanError
 from .io import atomic_write_text
 
 RESULT_FORMAT = 1
 
 
-class PlanError(ValueError):
-    """A skip plan does not fit the model it is applied to."""
 
 
 @dataclass(frozen=True)

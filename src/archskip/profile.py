@@ -13,16 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .nn_utils import eval_mode, parameter_counts  # noqa: F401  (parameter_counts: also imported from here)
 from .skipping import SkipModel
-
-
-def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) over unique parameters."""
-    params = {id(p): p for p in model.parameters()}.values()
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 @torch.no_grad()
@@ -138,18 +132,16 @@ def block_costs(model: SkipModel, task, batch: dict) -> list[float]:
     if model.pruned:
         raise ValueError("measure block costs on the unpruned model")
     before = [layer.index for layer in model.candidates if layer.skipped]
-    was_training = model.training
-    model.eval()
     try:
-        model.set_skip([])
-        full = count_flops(lambda: task.loss(model, batch))
-        costs = []
-        for i in range(model.num_candidates):
-            model.set_skip([i])
-            costs.append(float(max(0, full - count_flops(lambda: task.loss(model, batch)))))
+        with eval_mode(model):
+            model.set_skip([])
+            full = count_flops(lambda: task.loss(model, batch))
+            costs = []
+            for i in range(model.num_candidates):
+                model.set_skip([i])
+                costs.append(float(max(0, full - count_flops(lambda: task.loss(model, batch)))))
     finally:
         model.set_skip(before)
-        model.train(was_training)
     return costs
 
 

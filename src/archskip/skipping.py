@@ -27,116 +27,11 @@ import torch
 from torch import nn
 
 from .adapters import Bottleneck, ReplacementAdapter, RouterAdapter, SequentialAdapter, make_norm
-from .backbones import (
-    BackboneError,
-    BlockSpec,
-    ParallelSite,
-    ResidualArgSite,
-    find_layers,
-    get_submodule,
-    hf_decoder,
-    spec_for,
-)
+from .backbones import BackboneError, BlockSpec, ParallelSite, find_layers, get_submodule, spec_for
 from .config import AdapterConfig
+from .nn_utils import parameter_counts
 from .plan import PlanError, SkipPlan
-
-
-def _run(adapter: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Adapters stay float32 when the backbone is bf16/fp16: compute in theirs, return in x's dtype."""
-    w = adapter.up.weight
-    return adapter(x.to(w.dtype)).to(x.dtype) if x.dtype != w.dtype else adapter(x)
-
-
-class Site(nn.Module):
-    """One adapter attached to a frozen block by forward hooks (bound methods: safe under deepcopy)."""
-
-    def __init__(self, adapter: nn.Module):
-        super().__init__()
-        self.adapter = adapter
-        self.active = True  # False: the hooks pass everything through (the frozen base model)
-        self._hooked: list[nn.Module] = []
-
-    def attach(self, block: nn.Module) -> None:
-        raise NotImplementedError
-
-    def detach(self) -> None:
-        for m in self._hooked:
-            for hooks in (m._forward_hooks, m._forward_pre_hooks):
-                for key in [k for k, h in hooks.items() if getattr(h, "__self__", None) is self]:
-                    hooks.pop(key)
-                    m._forward_hooks_with_kwargs.pop(key, None)
-                    m._forward_pre_hooks_with_kwargs.pop(key, None)
-        self._hooked = []
-
-
-class ParallelAdapterSite(Site):
-    """x -> adapter(x) at the input of `tap`, added to the output of `branch`."""
-
-    def __init__(self, adapter: nn.Module, spec: ParallelSite):
-        super().__init__(adapter)
-        self.spec = spec
-        self._pending: torch.Tensor | None = None
-
-    def attach(self, block: nn.Module) -> None:
-        tap, branch = get_submodule(block, self.spec.tap), get_submodule(block, self.spec.branch)
-        tap.register_forward_pre_hook(self._on_tap, with_kwargs=True)
-        branch.register_forward_hook(self._on_branch)
-        self._hooked = [tap, branch]
-
-    def _on_tap(self, module, args, kwargs):
-        if not self.active:
-            return
-        x = args[0] if args else next(iter(kwargs.values()))
-        self._pending = _run(self.adapter, x)
-
-    def _on_branch(self, module, args, output):
-        if not self.active:
-            return
-        delta, self._pending = self._pending, None
-        if delta is None:
-            raise RuntimeError(f"adapter site {self.spec.name!r}: {self.spec.branch!r} ran before {self.spec.tap!r}")
-        if isinstance(output, tuple):
-            return (output[0] + delta, *output[1:])
-        return output + delta
-
-
-class ResidualAdapterSite(Site):
-    """`module(h, input_tensor)` that adds input_tensor: give it input_tensor + adapter(input_tensor)."""
-
-    def __init__(self, adapter: nn.Module, spec: ResidualArgSite):
-        super().__init__(adapter)
-        self.spec = spec
-
-    def attach(self, block: nn.Module) -> None:
-        m = get_submodule(block, self.spec.module)
-        m.register_forward_pre_hook(self._on_call, with_kwargs=True)
-        self._hooked = [m]
-
-    def _on_call(self, module, args, kwargs):
-        if not self.active:
-            return
-        if len(args) >= 2:
-            x = args[1]
-            return (args[0], x + _run(self.adapter, x), *args[2:]), kwargs
-        x = kwargs["input_tensor"]
-        return args, {**kwargs, "input_tensor": x + _run(self.adapter, x)}
-
-
-class SequentialAdapterSite(Site):
-    """LaVIN: the output z of the attention's input norm becomes z + f(z)."""
-
-    def __init__(self, adapter: nn.Module, norm_name: str):
-        super().__init__(adapter)
-        self.norm_name = norm_name
-
-    def attach(self, block: nn.Module) -> None:
-        m = get_submodule(block, self.norm_name)
-        m.register_forward_hook(self._on_norm)
-        self._hooked = [m]
-
-    def _on_norm(self, module, args, output):
-        if self.active:
-            return _run(self.adapter, output)
+from .sites import ParallelAdapterSite, ResidualAdapterSite, SequentialAdapterSite, Site, run_adapter
 
 
 class SkippableLayer(nn.Module):
@@ -198,16 +93,16 @@ class SkippableLayer(nn.Module):
         else:
             hidden = kwargs.pop("hidden_states")
         for layer in self.before:
-            hidden = _run(layer.replacement, hidden)
+            hidden = run_adapter(layer.replacement, hidden)
         extra = ()  # a tuple-returning block's other outputs (e.g. attention weights)
         if self.skipped:
-            out = _run(self.replacement, hidden)
+            out = run_adapter(self.replacement, hidden)
         else:
             out = self.block(hidden, *args, **kwargs)
             if self.spec.returns_tuple:
                 out, extra = out[0], tuple(out[1:])
         for layer in self.after:
-            out = _run(layer.replacement, out)
+            out = run_adapter(layer.replacement, out)
         return (out, *extra) if self.spec.returns_tuple else out
 
     # ---- structure -------------------------------------------------------------------------
@@ -327,8 +222,8 @@ class SkipModel(nn.Module):
         slot = 0
         for layer in self.candidates:
             layer.skipped = layer.index in s
-            if self.is_decoder and not layer.skipped:
-                hf_decoder.set_cache_slot(layer.block, slot)
+            if not layer.skipped:
+                self.spec.set_cache_slot(layer.block, slot)
                 slot += 1
 
     def apply_plan(self, plan: SkipPlan, drop_unused: bool = True) -> None:
@@ -368,7 +263,7 @@ class SkipModel(nn.Module):
         setattr(self.base.get_submodule(parent_path) if parent_path else self.base, attr, mlist_new)
         del mlist
         if hasattr(self.base, "config"):
-            hf_decoder.shrink_config(self.base.config, keep)
+            self.spec.shrink_config(self.base.config, keep)
         self.pruned = True
         return self
 
@@ -426,8 +321,7 @@ class SkipModel(nn.Module):
 
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total) parameters that exist now (a pruned model has fewer)."""
-        params = {id(p): p for p in self.parameters()}.values()
-        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+        return parameter_counts(self)
 
 
 def _hidden_size(base: nn.Module, block: nn.Module) -> int:

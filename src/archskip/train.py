@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,9 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data.loader import batches_per_rank, make_loader
+from .errors import TrainingError
 from .io import atomic_write
+from .models.base import checkpointing_module
 from .runlog import RunLogger
 from .skipping import SkipModel
 from .tasks.base import Task, to_device
@@ -30,8 +33,6 @@ from .tasks.base import Task, to_device
 CHECKPOINT = "checkpoint.pt"
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss became NaN); the last checkpoint is kept."""
 
 
 class StepHooks(Protocol):
@@ -63,6 +64,12 @@ class FitResult:
     @property
     def final_eval(self) -> dict:
         return self.eval_history[-1] if self.eval_history else {}
+
+
+def is_main_process() -> bool:
+    """True in a single process, and in the first of the processes `accelerate launch` / torchrun start
+    (both set RANK). Read from the environment, so stages can ask before any Trainer exists."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -142,7 +149,7 @@ class Trainer:
 
     @property
     def is_main(self) -> bool:
-        return self.accelerator.is_main_process
+        return is_main_process()
 
     def fit(self, train: list[dict], evaluation: list[dict] | None = None, resume: bool = False) -> FitResult:
         """Train; with N processes each takes every N-th batch (DDP averages the gradients)."""
@@ -310,7 +317,7 @@ class Trainer:
 
 def enable_gradient_checkpointing(model: SkipModel) -> None:
     """Recompute block activations in the backward pass (HF models; non-reentrant: inputs may be frozen)."""
-    base = getattr(model.base, "llm", model.base)
+    base = checkpointing_module(model.base)
     if not hasattr(base, "gradient_checkpointing_enable"):
         raise TrainingError(f"{type(base).__name__} does not support gradient checkpointing")
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

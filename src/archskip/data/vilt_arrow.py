@@ -1,4 +1,4 @@
-"""Readers for the ViLT/METER pyarrow files (das-reference §7): VQAv2, NLVR2, Flickr30k.
+"""Readers for the ViLT/METER pyarrow files (docs/vilt.md): VQAv2, NLVR2, Flickr30k.
 
 One arrow row holds one image (or NLVR2 image pair) and a list of texts; a dataset item is one
 (image, text) pair. Images stay in the memory-mapped table and are decoded per item; the small
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import torch
-from torch.utils.data import Dataset, Subset
 
 from .images import ImageTransform, decode_image
+from .loader import AugmentedDataset
 from .text import DataError
 
 SCHEMAS = {
@@ -47,7 +47,7 @@ def split_names(names: str | list[str]) -> list[str]:
     return [n.strip().removesuffix(".arrow") for n in items if n.strip()]
 
 
-class ArrowDataset(Dataset):
+class ArrowDataset(AugmentedDataset):
     """Items over one or more arrow files of the same kind; subclasses define `_index` and `__getitem__`."""
 
     kind = ""
@@ -77,13 +77,6 @@ class ArrowDataset(Dataset):
         view = copy.copy(self)
         view.transform = self.transform.without_augmentation()
         return view
-
-
-def eval_view(examples):
-    """`examples` without training augmentation, if it has any (a dataset or a Subset of one)."""
-    if isinstance(examples, Subset) and hasattr(examples.dataset, "eval_view"):
-        return Subset(examples.dataset.eval_view(), examples.indices)
-    return examples.eval_view() if hasattr(examples, "eval_view") else examples
 
 
 class VQADataset(ArrowDataset):

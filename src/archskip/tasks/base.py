@@ -1,11 +1,21 @@
-"""The task interface: what search, train and eval need to know about a downstream task."""
+"""The task interface: what search, train and eval need to know about a downstream task.
+
+A task class knows how it is built (from a `TaskConfig`, or from the `info()` an artifact stored),
+where its data comes from (`load_splits`), and declares its optional capabilities as class
+attributes (`writes_predictions`, `generates`) instead of leaving callers to probe for methods.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 
+from ..config import RunConfig, TaskConfig
+from ..data.splits import Splits, text_splits
+from ..data.text import read_examples
+from ..nn_utils import eval_mode
 from ..skipping import SkipModel
 
 
@@ -13,7 +23,34 @@ class Task(ABC):
     """A head (optional), a collate function, a loss and metrics, for one kind of downstream task."""
 
     name: str = ""
+    writes_predictions: bool = False
+    """`predict_dataset` gives per-example predictions worth a file (VQA's EvalAI JSON, generated answers)."""
+    generates: bool = False
+    """`generate(model, prompt_batch, **kwargs)` produces text; `profile --generate_tokens` times it."""
 
+    # ---- construction and data --------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: TaskConfig, tokenizer, train=None, *, images: bool = False) -> Task:
+        """The task of `cfg`; `train` (the training examples) lets a task learn e.g. its label set;
+        `images` says the backbone reads images (LaVIN). Needed to run a task from the command line."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a TaskConfig (define from_config)")
+
+    @classmethod
+    def from_info(cls, info: dict, tokenizer) -> Task:
+        """Rebuild the task from what `info()` returned (an artifact stores it). Needed to load artifacts."""
+        raise NotImplementedError(f"{cls.__name__} cannot be rebuilt from an artifact (define from_info)")
+
+    @classmethod
+    def load_splits(cls, cfg: RunConfig) -> Splits:
+        """The run's data. Default: CSV/JSONL text files with validation/test held out when not given."""
+        return text_splits(cfg.data, cfg.seed)
+
+    def load_eval_data(self, data: str, *, text_column: str = "text", label_column: str = "label",
+                       text_pair_column: str | None = None) -> dict[str, Sequence]:
+        """Named splits for `archskip eval --data`: by default one CSV/JSONL file."""
+        return {"data": read_examples(data, text_column, label_column, text_pair_column)}
+
+    # ---- model ------------------------------------------------------------------------------------
     def prepare_backbone(self, base) -> None:
         """Change the frozen backbone before it is wrapped, if the task needs to (e.g. NLVR2's third
         token type). Default: nothing."""
@@ -34,6 +71,7 @@ class Task(ABC):
     def score(self, model: SkipModel, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """Sums over the batch to be aggregated by `evaluate`: must include 'n' (examples) and 'loss_sum'."""
 
+    # ---- metrics ----------------------------------------------------------------------------------
     def finalize(self, sums: dict[str, float]) -> dict[str, float]:
         """Turn summed scores into metrics (default: every key except n divided by n)."""
         n = max(sums.get("n", 0.0), 1.0)
@@ -46,6 +84,10 @@ class Task(ABC):
         from ..data.loader import make_loader
 
         return evaluate(model, self, make_loader(examples, self.collate, batch_size, num_workers=num_workers), device)
+
+    def predict_dataset(self, model: SkipModel, examples, batch_size: int = 32, device=None) -> list[dict]:
+        """Per-example predictions (tasks with `writes_predictions`)."""
+        raise NotImplementedError(f"the {self.name} task does not write predictions")
 
     def example_batch(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
         """A synthetic batch of the given shape, for FLOP counting and latency."""
@@ -63,14 +105,10 @@ def to_device(batch: dict, device) -> dict:
 @torch.no_grad()
 def evaluate(model: SkipModel, task: Task, loader, device=None) -> dict[str, float]:
     """Metrics of `task` over `loader`, in eval mode, under no_grad."""
-    was_training = model.training
-    model.eval()
     device = device or next(model.parameters()).device
     sums: dict[str, float] = {}
-    try:
+    with eval_mode(model):
         for batch in loader:
             for k, v in task.score(model, to_device(batch, device)).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-    finally:
-        model.train(was_training)
     return task.finalize(sums)

@@ -8,17 +8,29 @@ from __future__ import annotations
 
 import torch
 
+from ..config import TaskConfig
+from ..nn_utils import pad_rows
 from ..skipping import SkipModel
 from .base import Task
+from .registry import register_task
 
 IGNORE = -100
 
 
+@register_task
 class CausalLM(Task):
     name = "causal_lm"
 
     def __init__(self, tokenizer, max_length: int = 256):
         self.tokenizer, self.max_length = tokenizer, max_length
+
+    @classmethod
+    def from_config(cls, cfg: TaskConfig, tokenizer, train=None, *, images: bool = False) -> CausalLM:
+        return cls(tokenizer, cfg.max_length)
+
+    @classmethod
+    def from_info(cls, info: dict, tokenizer) -> CausalLM:
+        return cls(tokenizer, info["max_length"])
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
@@ -31,15 +43,8 @@ class CausalLM(Task):
             ids = (prompt + answer)[-self.max_length :]  # keep the answer when truncating
             n_answer = min(len(answer), len(ids))
             rows.append((ids, n_answer))
-        width = max(len(ids) for ids, _ in rows)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        for b, (ids, n_answer) in enumerate(rows):  # right padding
-            input_ids[b, : len(ids)] = torch.tensor(ids)
-            attention[b, : len(ids)] = 1
-            labels[b, len(ids) - n_answer : len(ids)] = torch.tensor(ids[len(ids) - n_answer :])
+        input_ids, attention = pad_rows([ids for ids, _ in rows], pad_id(tok))  # right padding
+        labels = answer_labels(input_ids, [len(ids) for ids, _ in rows], [n for _, n in rows])
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
     def _token_losses(self, model: SkipModel, batch: dict):
@@ -71,3 +76,15 @@ class CausalLM(Task):
 
     def info(self) -> dict:
         return {"name": self.name, "max_length": self.max_length}
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def answer_labels(input_ids: torch.Tensor, lengths: list[int], answer_lengths: list[int]) -> torch.Tensor:
+    """(B, T) labels of right-padded rows: each row's last `answer_length` real tokens, IGNORE elsewhere."""
+    labels = torch.full_like(input_ids, IGNORE)
+    for b, (n, a) in enumerate(zip(lengths, answer_lengths)):
+        labels[b, n - a : n] = input_ids[b, n - a : n]
+    return labels

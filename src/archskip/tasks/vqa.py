@@ -2,7 +2,7 @@
 
 Targets: an answer given by 1/2/3/>=4 of the 10 annotators scores 0.3/0.6/0.9/1.0 (the arrow files
 carry these scores). Loss = BCE-with-logits(mean over all B x A entries) x A, as the reference (so
-r = exp(-loss) is small in the search: the faithful reward, das-reference §2.2). Metric: the VQA
+r = exp(-loss) is small in the search: the faithful reward, docs/method.md). Metric: the VQA
 score, i.e. the target score of the predicted answer. Test splits have no answers: `predict` gives
 the [{question_id, answer}] list that the EvalAI server takes.
 """
@@ -13,12 +13,27 @@ from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Subset
 
+from ..config import TaskConfig
 from ..data.images import ImageSpec
 from ..data.loader import make_loader
+from ..data.vilt_arrow import VQADataset
+from ..nn_utils import eval_mode
 from ..skipping import SkipModel
-from .base import Task, to_device
-from .vl import encode_texts, example_images, image_batch, mlp_head, pooled_size, vilt_inputs
+from .base import to_device
+from .registry import register_task
+from .vl import (
+    VisionLanguageTask,
+    encode_texts,
+    example_images,
+    image_batch,
+    image_spec,
+    image_spec_from_info,
+    mlp_head,
+    pooled_size,
+    vilt_inputs,
+)
 
 
 def vqa_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -26,13 +41,28 @@ def vqa_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return targets.gather(1, logits.argmax(-1, keepdim=True)).squeeze(1)
 
 
-class VQA(Task):
+@register_task
+class VQA(VisionLanguageTask):
     name = "vqa"
+    writes_predictions = True  # the EvalAI submission JSON
 
     def __init__(self, tokenizer, num_answers: int = 3129, max_length: int = 40, answers: list[str] | None = None,
                  image: ImageSpec = ImageSpec()):
         self.tokenizer, self.num_answers, self.max_length = tokenizer, num_answers, max_length
         self.answers, self.image = answers, image
+
+    @classmethod
+    def from_config(cls, cfg: TaskConfig, tokenizer, train=None, *, images: bool = False) -> VQA:
+        return cls(tokenizer, cfg.num_labels or 3129, cfg.max_length, answer_vocabulary(train), image_spec(cfg))
+
+    @classmethod
+    def from_info(cls, info: dict, tokenizer) -> VQA:
+        return cls(tokenizer, info["num_answers"], info["max_length"], info.get("answers"),
+                   image_spec_from_info(info.get("image")))
+
+    @classmethod
+    def make_dataset(cls, root, names, transform, *, train, num_answers=3129, negatives=0):
+        return VQADataset(root, names, transform, num_answers=num_answers, require_answers=train)
 
     def attach_head(self, model: SkipModel, extras: dict | None = None) -> None:
         d = model.config.hidden_size  # hidden width 2D: ViLT 768 -> 1536, METER [text ; image] 1536 -> 1536
@@ -72,12 +102,8 @@ class VQA(Task):
 
     def predict_dataset(self, model: SkipModel, examples, batch_size: int = 32, device=None) -> list[dict]:
         device = device or next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             return [p for b in make_loader(examples, self.collate, batch_size) for p in self.predict(model, to_device(b, device))]
-        finally:
-            model.train(was_training)
 
     def example_batch(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
         ids = torch.randint(1000, self.tokenizer.vocab_size, (batch_size, seq_len))
@@ -87,3 +113,10 @@ class VQA(Task):
     def info(self) -> dict:
         return {"name": self.name, "num_answers": self.num_answers, "max_length": self.max_length,
                 "answers": self.answers, "image": asdict(self.image)}
+
+
+def answer_vocabulary(train) -> list[str] | None:
+    """Label id -> answer string of a VQA training set (a VQADataset or a Subset of one), else None."""
+    if isinstance(train, Subset):
+        train = train.dataset
+    return train.answer_vocabulary() if isinstance(train, VQADataset) else None

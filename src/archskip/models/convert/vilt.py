@@ -7,7 +7,7 @@ same tensors under other names and with the fused `qkv` projection split into qu
 Safety: the file is read with `torch.load(..., weights_only=True)` only. A checkpoint that needs arbitrary Python
 objects to unpickle is refused, since unpickling them can run any code the file's author chose.
 
-Reference: /work/shared/reference/checkpoint-mapping.md ("ViLT") and vilt_pretrain_keys.txt (the 167 original keys).
+The original checkpoint has 167 keys; docs/vilt.md lists how they map.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from torch import Tensor
 from transformers import ViltConfig, ViltModel
 
-from .checkpoint import CheckpointError, read_checkpoint, state_dict_of
+from .checkpoint import CheckpointError, check_keys, load_strict, read_checkpoint, state_dict_of
 
 __all__ = [
     "DROPPED_KEYS",
@@ -196,21 +196,9 @@ def expected_original_shapes(config: ViltConfig | None = None) -> dict[str, tupl
 
 
 def _check_keys(keys: set[str], config: ViltConfig, require_heads: bool) -> None:
-    """Raise CheckpointError naming every unknown key and every missing required key."""
-    backbone, heads = set(_backbone_shapes(config)), set(_head_shapes(config))
-    required = backbone | heads if require_heads else backbone
-    unknown = sorted(keys - backbone - heads - DROPPED_KEYS)
-    missing = sorted(required - keys)
-    problems = []
-    if unknown:
-        problems.append(f"{len(unknown)} unknown key(s): {', '.join(unknown)}")
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {', '.join(missing)}")
-    if problems:
-        raise CheckpointError(
-            "not an original ViLT pretraining checkpoint for this config "
-            f"({config.num_hidden_layers} layers, hidden {config.hidden_size}): " + "; ".join(problems)
-        )
+    check_keys(keys, set(_backbone_shapes(config)), set(_head_shapes(config)), DROPPED_KEYS, require_heads=require_heads,
+               what="an original ViLT pretraining checkpoint for this config "
+                    f"({config.num_hidden_layers} layers, hidden {config.hidden_size})")
 
 
 def _check_shapes(original: Mapping[str, Tensor], config: ViltConfig) -> None:
@@ -250,17 +238,6 @@ def convert_vilt_state_dict(
     return backbone, heads
 
 
-def _load_strict(model: ViltModel, state: dict[str, Tensor]) -> None:
-    """load_state_dict(strict=True), after naming any missing or unexpected key in a CheckpointError."""
-    want = set(model.state_dict())
-    missing, unexpected = sorted(want - set(state)), sorted(set(state) - want)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"converted state does not fit ViltModel: missing {missing or 'none'}; unexpected {unexpected or 'none'}"
-        )
-    model.load_state_dict(state, strict=True)
-
-
 def load_original_vilt(
     path: str | os.PathLike[str],
     config: ViltConfig | None = None,
@@ -276,7 +253,7 @@ def load_original_vilt(
     original = state_dict_of(read_checkpoint(path, "vilt_state_dict.pt"), path)
     backbone, heads = convert_vilt_state_dict(original, config)
     model = ViltModel(config)
-    _load_strict(model, backbone)
+    load_strict(model, backbone)
     if text_layer_norm_eps is not None:
         model.embeddings.text_embeddings.LayerNorm.eps = text_layer_norm_eps
     return model.eval(), heads

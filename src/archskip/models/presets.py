@@ -3,11 +3,11 @@ latency measurements (and parameter counts on the meta device) without downloadi
 
 from __future__ import annotations
 
-from .spec import BackboneError
+from ..backbones.spec import BackboneError
 
 
 def _vilt_b32():
-    from .vilt_convert import original_vilt_config
+    from .convert.vilt import original_vilt_config
 
     # ViLT-B/32 as the paper fine-tunes it: 384-px position grid, 32-px patches, 40 text positions
     return original_vilt_config()
@@ -56,7 +56,7 @@ def _dinov2_small():
 
 
 def _meter():
-    from .meter_convert import original_meter_config
+    from .convert.meter_layout import original_meter_config
 
     # METER-CLIP16-RoBERTa as the paper fine-tunes it (288-px position grid; other sizes are interpolated)
     return original_meter_config(288)

@@ -3,9 +3,9 @@
 p = sigmoid(g). A configuration is k indices drawn without replacement with weights p
 (`torch.multinomial(p, k)`); a high gate means "more skippable". Two update rules:
 
-- faithful (the paper, das-reference §2.2): M *distinct* configurations, r_m = exp(-L_m),
+- faithful (the paper; docs/method.md): M *distinct* configurations, r_m = exp(-L_m),
   b = mean(r), and for every i in configuration m: g_i += lr * (r_m - b) * p_i * (1 - p_i).
-  `p(1 - p)` is the derivative of the sigmoid, not of the sampler's log-probability (B7): a
+  `p(1 - p)` is the derivative of the sigmoid, not of the sampler's log-probability (B7 in docs/method.md): a
   heuristic bandit, kept because it is what the paper ran.
 - exact: REINFORCE on the sampler that is actually used. Sequential sampling without replacement
   (Plackett-Luce) gives an ordered draw s with
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .plan import SkipPlan, check_k
+from ..plan import SkipPlan, check_k
 
 Config = tuple[int, ...]  # one configuration: the candidate indices it skips (ordered as drawn in exact mode)
 

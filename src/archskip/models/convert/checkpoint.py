@@ -10,11 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .spec import BackboneError
-
-
-class CheckpointError(BackboneError):
-    """The checkpoint is unreadable, unsafe to read, or does not have the expected original layout."""
+from ...errors import CheckpointError
 
 
 def torch_detail(err: Exception) -> str:
@@ -59,3 +55,31 @@ def state_dict_of(obj: Any, path: str | os.PathLike[str]) -> dict[str, Tensor]:
             f"these entries are not tensors: {', '.join(not_tensors[:20])}"
         )
     return dict(sd)
+
+
+def check_keys(keys: set[str], backbone: set[str], heads: set[str], dropped: set[str], *, require_heads: bool,
+               what: str) -> None:
+    """Raise CheckpointError naming every unknown key and every missing required key; `what` describes the
+    expected checkpoint (e.g. "an original ViLT pretraining checkpoint for this config (12 layers, hidden 768)")."""
+    required = backbone | heads if require_heads else backbone
+    unknown = sorted(keys - backbone - heads - dropped)
+    missing = sorted(required - keys)
+    problems = []
+    if unknown:
+        problems.append(f"{len(unknown)} unknown key(s): {', '.join(unknown)}")
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {', '.join(missing)}")
+    if problems:
+        raise CheckpointError(f"not {what}: " + "; ".join(problems))
+
+
+def load_strict(model: torch.nn.Module, state: dict[str, Tensor], *, set_later: frozenset[str] = frozenset()) -> None:
+    """Load every key of `model` except `set_later`, naming any missing or unexpected key in a CheckpointError first."""
+    want = set(model.state_dict()) - set_later
+    missing, unexpected = sorted(want - set(state)), sorted(set(state) - want)
+    if missing or unexpected:
+        raise CheckpointError(f"converted state does not fit {type(model).__name__}: missing {missing or 'none'}; "
+                              f"unexpected {unexpected or 'none'}")
+    result = model.load_state_dict(state, strict=not set_later)
+    if set_later and (result.unexpected_keys or not set(result.missing_keys) <= set_later):
+        raise CheckpointError(f"loading into {type(model).__name__} left {result}")

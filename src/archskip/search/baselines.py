@@ -1,4 +1,4 @@
-"""Cheap redundancy estimators on the same interface as the DAS search: each returns a SearchResult.
+"""Cheap search methods beside DAS, on the same interface: each returns a SearchResult.
 
 - block influence (ShortGPT): BI_i = 1 - cos(input_i, output_i) per token on the frozen model
   (adapters off); low influence = skippable;
@@ -17,10 +17,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .data.loader import make_loader
-from .plan import SearchResult, SkipPlan, check_k
-from .skipping import SkipModel
-from .tasks.base import Task, to_device
+from ..data.loader import make_loader
+from ..data.text import split_examples
+from ..nn_utils import eval_mode
+from ..plan import SearchResult, SkipPlan, check_k
+from ..skipping import SkipModel
+from ..tasks.base import Task, to_device
+from ..train import Trainer
+from .registry import SearchRun, register_method
+from .supernet import RandomConfigs
 
 MAX_EXHAUSTIVE_PLANS = 5000
 
@@ -69,10 +74,8 @@ def block_influence(
         layer.register_forward_pre_hook(pre, with_kwargs=True),
         layer.register_forward_hook(post, with_kwargs=True),
     )]
-    was_training = model.training
-    model.eval()
     try:
-        with model.adapters_disabled():
+        with eval_mode(model), model.adapters_disabled():
             for batch in _batches(task, examples, batch_size, max_batches):
                 batch = to_device(batch, device)
                 captured.clear()
@@ -86,7 +89,6 @@ def block_influence(
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     influence = (sums / max(count, 1.0)).tolist()
     return _result([-x for x in influence], k, "block-influence", 0, model, wall_time_s=time.perf_counter() - t0,
                    history=[{"block_influence": influence}])
@@ -103,19 +105,45 @@ def exhaustive(
     t0 = time.perf_counter()
     device = next(model.parameters()).device
     batches = [to_device(b, device) for b in _batches(task, examples, batch_size, max_batches)]
-    was_training = model.training
-    model.eval()
     losses: dict[tuple[int, ...], float] = {}
     try:
-        for combo in itertools.combinations(range(n), k):
-            model.set_skip(combo)
-            losses[combo] = sum(float(task.loss(model, b)) for b in batches) / len(batches)
+        with eval_mode(model):
+            for combo in itertools.combinations(range(n), k):
+                model.set_skip(combo)
+                losses[combo] = sum(float(task.loss(model, b)) for b in batches) / len(batches)
     finally:
         model.set_skip([])
-        model.train(was_training)
     best = min(losses, key=lambda c: (losses[c], c))
     scores = [-min((v for c, v in losses.items() if i in c), default=math.inf) for i in range(n)]
     result = _result(scores, k, "exhaustive", 0, model, wall_time_s=time.perf_counter() - t0,
                      history=[{"plan": list(c), "loss": v} for c, v in sorted(losses.items(), key=lambda kv: kv[1])])
     result.plan = SkipPlan(best, n)
     return result
+
+
+# ---- registered methods ----------------------------------------------------------------------------
+
+
+@register_method("last-k")
+def last_k_method(run: SearchRun) -> SearchResult:
+    return last_k(run.model.num_candidates, run.search.k)
+
+
+@register_method("random")
+def random_method(run: SearchRun) -> SearchResult:
+    return random_plan(run.model.num_candidates, run.search.k, run.seed)
+
+
+@register_method("block-influence")
+def block_influence_method(run: SearchRun) -> SearchResult:
+    return block_influence(run.model, run.task, run.train, run.search.k, batch_size=run.train_cfg.batch_size)
+
+
+@register_method("exhaustive")
+def exhaustive_method(run: SearchRun) -> SearchResult:
+    """Train a supernet under random configurations, then score every k-subset on held-out training data."""
+    held, rest = split_examples(run.train, (run.search.reward_fraction,), run.seed)
+    trainer = Trainer(run.model, run.task, run.train_cfg, seed=run.seed, out_dir=run.out_dir, logger=run.logger,
+                      hooks=RandomConfigs(run.model, run.search.k, run.seed), progress=run.progress, desc="supernet")
+    trainer.fit(rest, resume=run.resume)
+    return exhaustive(run.model, run.task, held, run.search.k, batch_size=run.train_cfg.batch_size, max_batches=None)

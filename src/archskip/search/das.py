@@ -1,8 +1,8 @@
-"""The DAS search: adapter training interleaved with policy updates (das-reference §2.2).
+"""The DAS search: adapter training interleaved with policy updates (docs/method.md).
 
 Every training micro-batch runs under a configuration sampled from the policy; every T
 micro-batches after the warm-up, M configurations are scored on a *reward batch* in eval mode
-under no_grad, and the gates move. Unlike the reference (B5, B6), reward batches come from a slice
+under no_grad, and the gates move. Unlike the authors' code (B5, B6), reward batches come from a slice
 held out of the training data, and a new one is drawn at every update.
 """
 
@@ -14,19 +14,18 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, SearchConfig, TrainConfig
-from .data.loader import batches_per_rank, make_loader
-from .data.text import split_examples
-from .data.vilt_arrow import eval_view
-from .plan import SearchResult
+from ..config import ConfigError, SearchConfig, TrainConfig
+from ..data.loader import batches_per_rank, eval_view, make_loader
+from ..data.text import split_examples
+from ..nn_utils import eval_mode
+from ..plan import SearchResult
+from ..profile import block_costs as measure_block_costs
+from ..runlog import RunLogger
+from ..skipping import SkipModel
+from ..tasks.base import Task, to_device
+from ..train import Trainer
 from .policy import SkipPolicy
-from .profile import block_costs as measure_block_costs
-from .runlog import RunLogger
-from .skipping import SkipModel
-from .tasks.base import Task, to_device
-from .train import Trainer
-
-RESULT_FILE = "search_result.json"
+from .registry import SearchRun, register_method
 
 
 class DASHooks:
@@ -130,18 +129,13 @@ class DASHooks:
 
     def evaluate_configs(self, configs, batch) -> list[float]:
         """Loss of each configuration on one batch, eval mode (dropout off), no_grad; duplicates scored once."""
-        was_training = self.model.training
-        self.model.eval()
         cache: dict[tuple, float] = {}
-        try:
-            with self.trainer.accelerator.autocast():
-                for c in configs:
-                    key = tuple(sorted(c))
-                    if key not in cache:
-                        self.model.set_skip(key)
-                        cache[key] = float(self.task.loss(self.model, batch))
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), self.trainer.accelerator.autocast():
+            for c in configs:
+                key = tuple(sorted(c))
+                if key not in cache:
+                    self.model.set_skip(key)
+                    cache[key] = float(self.task.loss(self.model, batch))
         losses = [cache[tuple(sorted(c))] for c in configs]
         if self.trainer.world > 1:  # each process scored its own reward batch: average, so all update alike
             t = torch.tensor(losses, dtype=torch.float64, device=self.trainer.device)
@@ -163,7 +157,7 @@ def run_search(
     progress: bool = True,
     block_costs: list[float] | None = None,
 ) -> SearchResult:
-    """Run the DAS search and return (and, with out_dir, save) its result."""
+    """Run the DAS search and return its result (out_dir: where its checkpoints and logs go)."""
     if cfg.k < 1:
         raise ConfigError(f"search.k={cfg.k}: a search needs k >= 1 blocks to skip")
     policy = SkipPolicy(model.num_candidates, cfg.k, lr=cfg.gate_lr, mode=cfg.mode, reward=cfg.reward_kind, seed=seed)
@@ -203,6 +197,10 @@ def run_search(
         wall_time_s=time.perf_counter() - t0,
     )
     result.config["world_size"] = trainer.world
-    if out_dir and trainer.is_main:
-        result.save(Path(out_dir) / RESULT_FILE)
     return result
+
+
+@register_method("das")
+def das_method(run: SearchRun) -> SearchResult:
+    return run_search(run.model, run.task, run.train, run.search, run.train_cfg, seed=run.seed, out_dir=run.out_dir,
+                      logger=run.logger, resume=run.resume, progress=run.progress)

@@ -1,4 +1,4 @@
-"""LaVIN: a LLaMA-layout causal LM that reads images through a frozen vision encoder (das-reference §1.4).
+"""LaVIN: a LLaMA-layout causal LM that reads images through a frozen vision encoder (docs/lavin.md).
 
 What the multimodal LaVIN adds around the language model:
 - a frozen vision encoder (CLIP ViT-L/14 in the paper; any transformers vision model with a list of
@@ -26,8 +26,10 @@ from torch import nn
 
 from ..adapters import RouterAdapter
 from ..config import AdapterConfig
+from ..nn_utils import pad_rows
 from ..plan import SkipPlan
 from ..skipping import SkipModel
+from .base import BackboneModel
 
 
 class Projector(nn.Module):
@@ -51,7 +53,9 @@ def vision_adapter_config(hidden: int = 8) -> AdapterConfig:
                          skip_norm="layernorm", init="zero", skip_init="zero", dropout=0.1)
 
 
-class LaVIN(nn.Module):
+class LaVIN(BackboneModel):
+    generate_returns_prompt = False  # it generates from input embeddings: new tokens only
+
     def __init__(self, llm: nn.Module, vision: nn.Module | None, tokenizer, *, image_tokens: int = 6,
                  projector_hidden: int = 128, vision_adapter: AdapterConfig | None = None):
         super().__init__()
@@ -70,13 +74,16 @@ class LaVIN(nn.Module):
             vdim = self.vision.config.hidden_size
             self.projector = Projector(vdim, projector_hidden, dim)
         # (without a tokenizer, e.g. to count parameters on the meta device, the prefixes stay empty)
-        ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] if tokenizer is not None else []  # noqa: E731
+        ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] if tokenizer is not None else []
         self.register_buffer("prefix_image", torch.tensor(ids("Image: "), dtype=torch.long), persistent=False)
         self.register_buffer("prefix_no_image", torch.tensor(ids("Image: N/A"), dtype=torch.long), persistent=False)
 
     def trainable_names(self) -> list[str]:
         """What LaVIN trains besides the LLM's adapters: vision adapters, projector, modality embedding."""
         return [n for n, p in self.named_parameters() if p.requires_grad and not n.startswith("llm.")]
+
+    def checkpointing_module(self) -> nn.Module:
+        return self.llm
 
     # ---- routing ------------------------------------------------------------------------------------
     def _llm_routers(self) -> list[RouterAdapter]:
@@ -135,16 +142,9 @@ class LaVIN(nn.Module):
                 n_new = rows[-1].shape[0] - e.shape[0]
                 lab = labels[b][keep]
                 row_labels.append(torch.cat([lab[:1], lab.new_full((n_new,), -100), lab[1:]]))
-        width = max(r.shape[0] for r in rows)
-        embeds = rows[0].new_zeros(len(rows), width, rows[0].shape[-1])
-        mask = attention_mask.new_zeros(len(rows), width)
-        out_labels = labels.new_full((len(rows), width), -100) if labels is not None else None
-        for b, r in enumerate(rows):
-            sl = slice(width - len(r), width) if left_pad else slice(0, len(r))
-            embeds[b, sl], mask[b, sl] = r, 1
-            if out_labels is not None:
-                out_labels[b, sl] = row_labels[b]
-        return embeds, mask, out_labels
+        embeds, mask = pad_rows(rows, 0.0, left=left_pad, like=rows[0])  # (B, T, D), (B, T)
+        out_labels = pad_rows(row_labels, -100, left=left_pad, like=labels)[0] if labels is not None else None
+        return embeds, mask.to(attention_mask.dtype), out_labels
 
     def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, has_image=None, **kwargs):
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
