@@ -38,14 +38,14 @@ class Memo:
     """Finished measurements of a long benchmark, kept in a JSON file so a killed run resumes where it stopped.
 
     Keys name everything the value depends on (task, seed, plan, budget); the file is rewritten atomically
-    after each new value. Quick runs never share a file with full runs. The class counts values reused
+    after each new value, and committed (benchmarks/results/memo/) so a later session continues the run. Quick runs never share a file with full runs. The class counts values reused
     from earlier runs against values computed now, for the results file's wall-time line.
     """
 
     reused = computed = 0
 
     def __init__(self, name: str, quick: bool):
-        self.path = RESULTS / ".memo" / f"{name}{'-quick' if quick else ''}.json"
+        self.path = RESULTS / "memo" / f"{name}{'-quick' if quick else ''}.json"
         self.values = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
 
     def get(self, key: str, compute):

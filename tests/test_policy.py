@@ -84,9 +84,9 @@ def test_exact_update_is_the_reinforce_gradient():
     pol.update(draws, losses)
 
     r = [-x for x in losses]
-    mean = sum(r) / len(r)
-    std = math.sqrt(sum((x - mean) ** 2 for x in r) / len(r))
-    adv = [(x - mean) / std for x in r]
+    loo = [x - (sum(r) - x) / (len(r) - 1) for x in r]  # leave-one-out baseline
+    rms = math.sqrt(sum(a * a for a in loo) / len(loo))  # the first update's scale: its own advantages
+    adv = [a / rms for a in loo]
 
     def objective(g):
         return sum(a * _reference_log_prob(g, d) for a, d in zip(adv, draws)) / len(draws)
@@ -99,6 +99,60 @@ def test_exact_update_is_the_reinforce_gradient():
         dn[i] -= eps
         grad.append((objective(up) - objective(dn)) / (2 * eps))
     assert pol.gates.tolist() == pytest.approx([g + 0.5 * d for g, d in zip(g0, grad)], abs=1e-7)
+
+
+def test_exact_scale_comes_from_earlier_updates_only():
+    pol = SkipPolicy(4, 2, lr=0.1, mode="exact", reward="neg_loss")
+    first = pol.update([(0, 1), (2, 3), (0, 2)], [0.1, 0.5, 0.3])
+    scale_after_first = pol.reward_scale
+    assert first.scale == pytest.approx(scale_after_first)  # no history yet: its own spread
+    second = pol.update([(0, 1), (2, 3), (1, 3)], [0.1, 5.0, 9.0])  # a much larger spread...
+    assert second.scale == pytest.approx(scale_after_first)  # ...does not scale its own step
+    assert pol.reward_scale > scale_after_first  # but enters the scale of the next one
+    state = pol.state_dict()
+    again = SkipPolicy(4, 2, lr=0.1, mode="exact", reward="neg_loss")
+    again.load_state_dict(state)
+    assert again.reward_scale == pol.reward_scale  # resumes with the same scale
+
+
+def test_exact_estimator_is_unbiased():
+    """Averaged over many updates from the same gates, the step is lr / scale times the true gradient of the
+    expected reward, computed by enumerating every ordered draw (an independent reference in plain Python)."""
+    n, k, lr, m = 4, 2, 1.0, 3
+    g0 = [0.3, -0.4, 0.8, 0.0]
+    reward = {c: -(0.2 * c[0] + 0.5 * c[1] + 0.1 * c[0] * c[1]) for c in itertools.combinations(range(n), k)}
+
+    def expected_reward(g):
+        return sum(math.exp(_reference_log_prob(g, d)) * reward[tuple(sorted(d))] for d in itertools.permutations(range(n), k))
+
+    eps = 1e-6
+    true_grad = [(expected_reward([x + eps * (i == j) for j, x in enumerate(g0)])
+                  - expected_reward([x - eps * (i == j) for j, x in enumerate(g0)])) / (2 * eps) for i in range(n)]
+    pol = SkipPolicy(n, k, lr=lr, mode="exact", reward="neg_loss", seed=1)
+    total = [0.0] * n
+    trials = 6000
+    for _ in range(trials):
+        pol.gates = torch.tensor(g0, dtype=torch.float64)
+        pol.reward_scale = 1.0  # a scale from "earlier updates", fixed: the step is then lr x the estimate
+        draws = pol.sample_candidates(m)
+        pol.update(draws, [-reward[tuple(sorted(d))] for d in draws])
+        total = [t + (g - g_0) for t, g, g_0 in zip(total, pol.gates.tolist(), g0)]
+    mean_step = [t / trials for t in total]
+    assert mean_step == pytest.approx([lr * g for g in true_grad], abs=0.01)
+    assert max(abs(g) for g in true_grad) > 0.05  # the check is not vacuous
+
+
+def test_exact_candidates_are_iid_draws_that_may_repeat():
+    """Exact mode keeps repeated draws (unbiasedness needs i.i.d. draws); the faithful mode draws distinct ones."""
+    pol = SkipPolicy(5, 2, mode="exact", seed=0)
+    pol.gates = torch.tensor([6.0, 6.0, -6.0, -6.0, -6.0], dtype=torch.float64)  # nearly always (0, 1)
+    draws = pol.sample_candidates(3)
+    assert len(draws) == 3 and len({tuple(sorted(d)) for d in draws}) == 1
+    upd = pol.update(draws, [0.5, 0.5, 0.5])
+    assert len(upd.configs) == 3 and upd.delta == [0.0] * 5  # all equal rewards: no information, no step
+    faithful = SkipPolicy(5, 2, mode="faithful", seed=0)
+    faithful.gates = pol.gates.clone()
+    assert len(set(faithful.sample_candidates(3))) == 3
 
 
 def test_exact_mode_learns_a_planted_bandit():

@@ -62,14 +62,18 @@ def test_quick_demo_end_to_end(tmp_path):
     from archskip.tasks import evaluate
 
     rows = run_demo(tmp_path, quick=True, progress=False)
-    assert [r["model"].split(" ")[0] for r in rows] == ["base", "adapters,", "DAS-2", "drop"]
-    base_row, no_skip, das, last2 = rows
+    assert [r["model"].split(" ")[0] for r in rows] == ["base", "adapters,", "DAS-2", "drop", "block"]
+    base_row, no_skip, das, last2, influence = rows
     assert base_row["flops_ratio"] == 1.0 and no_skip["flops_ratio"] > 1.0
-    assert das["flops_ratio"] < 0.8 and last2["flops_ratio"] < 0.8
+    assert das["flops_ratio"] < 0.8 and last2["flops_ratio"] < 0.8 and influence["flops_ratio"] < 0.8
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows[1:])
-    for name in ("report.md", "gates.png", "results.json", "search/search_result.json", "data/test.csv"):
+    for name in ("report.md", "gates.png", "accuracy_latency.png", "results.json", "search/search_result.json",
+                 "search/policy.csv", "data/test.csv"):
         assert (tmp_path / name).is_file(), name
-    assert "| DAS-2" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "| DAS-2" in report and "| block influence" in report
+    assert "## How the plan was chosen" in report and "measured 15 plans" in report  # the default search's verification
+    assert "pp at" in report  # each row's distance to no skip
 
     # the shipped artifact reproduces the DAS row's accuracy
     model, task = load_artifact(tmp_path / "artifact")

@@ -68,7 +68,8 @@ def setup(seed: int, n: int = 256):
     return model, FeatureMatch(tok), examples
 
 
-SEARCH = SearchConfig(k=2, samples=3, update_every=1, warmup_epochs=1.0)
+SEARCH = SearchConfig(k=2, samples=3, update_every=1, warmup_epochs=1.0, mode="faithful")
+VERIFIED = SearchConfig(k=2, samples=3, update_every=1, warmup_epochs=1.0, reward_fraction=0.25)  # the default mode
 TRAIN = TrainConfig(epochs=3, batch_size=32, lr=3e-3, log_every=1000)
 
 
@@ -79,6 +80,30 @@ def test_planted_redundancy_is_found_in_at_least_9_of_10_seeds():
         result = run_search(model, task, examples, SEARCH, TRAIN, seed=seed, progress=False)
         hits.append(result.plan.skip == PLANTED)
     assert sum(hits) >= 9, f"planted blocks {PLANTED} found in {sum(hits)}/10 seeds: {hits}"
+
+
+def test_the_default_verified_search_finds_the_planted_blocks():
+    assert SearchConfig().mode == "verified"
+    for seed in range(5):
+        model, task, examples = setup(seed)
+        result = run_search(model, task, examples, VERIFIED, TRAIN, seed=seed, progress=False)
+        assert result.plan.skip == PLANTED, (seed, result.config["verification"]["measured"][:3])
+        table = result.config["verification"]["measured"]
+        assert len(table) == 15 and {tuple(m["plan"]) for m in table} == set(itertools.combinations(range(6), 2))
+        assert table[0]["plan"] == list(PLANTED) and table[0]["metrics"]["loss"] == min(m["metrics"]["loss"] for m in table)
+
+
+def test_verification_with_a_small_budget_searches_locally():
+    from dataclasses import replace
+
+    model, task, examples = setup(1)
+    result = run_search(model, task, examples, replace(VERIFIED, shortlist=6), TRAIN, seed=1, progress=False)
+    v = result.config["verification"]
+    assert len(v["measured"]) == 6  # the budget, not all 15 plans
+    sources = {s for m in v["measured"] for s in m["sources"]}
+    assert {"gates top-k", "last-k", "block influence"} <= sources and any(s.startswith("one swap") for s in sources)
+    assert list(result.plan.skip) == v["measured"][0]["plan"]  # the lowest measured loss wins
+    assert result.plan.skip == PLANTED
 
 
 def test_exact_mode_finds_the_planted_blocks_too():

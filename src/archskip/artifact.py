@@ -59,6 +59,7 @@ def save_artifact(
             **asdict(model_config or ModelConfig(name_or_path=model.name_or_path)),
             "layers": model.layers_path,
             "trainable": sorted(model.extra_trainable),  # full names: each is a pattern matching itself
+            "unfrozen_blocks": model.unfrozen_blocks,  # kept blocks fine-tuned in full (their weights are stored)
             "fingerprint": model.fingerprint,
             "num_candidates": model.num_candidates,
         },
@@ -117,6 +118,11 @@ def load_artifact(
     task = task_from_info(meta["task"], tokenizer)
     model = assemble(base, task, AdapterConfig(**meta["adapter"]), model_cfg, extras, name_or_path=bm["name_or_path"])
     model.apply_plan(SkipPlan.from_dict(meta["plan"]))
+    if bm.get("unfrozen_blocks"):
+        model.unfreeze_kept(len(bm["unfrozen_blocks"]))
+        if model.unfrozen_blocks != bm["unfrozen_blocks"]:
+            raise ArtifactError(f"artifact {str(path)!r}: its fine-tuned blocks {bm['unfrozen_blocks']} are not the last kept "
+                                f"blocks of its plan ({model.unfrozen_blocks})")
     try:
         state = load_file(str(Path(path) / WEIGHTS))
     except (FileNotFoundError, SafetensorError, OSError) as e:
@@ -128,3 +134,33 @@ def load_artifact(
     if prune:
         model.prune()
     return model.eval(), task
+
+
+SEARCH_ADAPTERS = "search_adapters.safetensors"
+
+
+def save_search_adapters(model: SkipModel, out_dir: str | Path) -> Path:
+    """The adapters and head a search trained (its supernet), for `train.warm_start`."""
+    state = {k: v.contiguous() for k, v in model.trainable_state_dict().items()}
+    return atomic_write(Path(out_dir) / SEARCH_ADAPTERS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+
+
+def load_search_adapters(model: SkipModel, path: str | Path) -> int:
+    """Copy a search's adapters (a search output directory or its adapters file) into `model`: the tensors of
+    the model's plan and its head; the other adapters of the supernet are not used. Returns how many loaded."""
+    p = Path(path)
+    p = p / SEARCH_ADAPTERS if p.is_dir() else p
+    try:
+        state = load_file(str(p))
+    except (FileNotFoundError, SafetensorError, OSError) as e:
+        raise ArtifactError(f"train.warm_start: cannot read the search's adapters {str(p)!r}: {e}") from None
+    own = {n: p for n, p in model.trainable_named_parameters().items() if ".block." not in n}  # (unfrozen blocks
+    missing = sorted(set(own) - set(state))                                                     # start from the base)
+    if missing:
+        raise ArtifactError(f"train.warm_start: {str(p)!r} lacks {len(missing)} tensor(s) this model trains, e.g. "
+                            f"{missing[:3]}; was it written by a search on this model and task?")
+    try:
+        model.load_trainable_state_dict({k: state[k] for k in own}, strict=False)
+    except (KeyError, ValueError) as e:
+        raise ArtifactError(f"train.warm_start: {e}") from None
+    return len(own)

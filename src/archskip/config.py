@@ -212,27 +212,42 @@ class DataConfig:
 
 @dataclass
 class SearchConfig:
-    """How the skip plan is found. Defaults: the paper's DAS bandit (docs/method.md)."""
+    """How the skip plan is found (docs/method.md). The default measures a shortlist of plans at the end of the
+    search and ships the best measured one; `mode='faithful'` is the paper's bandit, unchanged."""
 
     method: str = "das"
     """A method registered in `archskip.search.METHODS`: 'das' (the RL search) or a cheap baseline on the same
     interface ('block-influence', 'random', 'last-k', 'exhaustive')."""
     k: int = 1
     """Number of candidate blocks to skip."""
-    mode: Literal["faithful", "exact"] = "faithful"
-    """'faithful': the paper's update g += lr (r - b) p (1 - p) over M distinct samples;
-    'exact': REINFORCE with the true log-probability of the without-replacement sampler and
-    normalised rewards."""
+    mode: Literal["verified", "exact", "faithful"] = "verified"
+    """'verified' (default): the bandit with the exact gradient trains the supernet and proposes plans; at the end a
+    shortlist (the bandit's best plans and their one-swap neighbours, last-k, block influence) is measured on
+    held-out training data under the trained supernet and the plan with the lowest loss wins.
+    'exact': the bandit alone, REINFORCE with the true log-probability of the without-replacement sampler and a
+    leave-one-out baseline; the plan is its top-k gates.
+    'faithful': the paper's update g += lr (r - b) p (1 - p) over M distinct samples, top-k gates."""
+    shortlist: int = 16
+    """'verified': at most this many plans are measured (every one of the C(N, k) plans when there are no more)."""
+    verify_examples: int = 1024
+    """'verified': plans are measured on the held-out slice topped up with training examples to this many (a
+    measurement on a few hundred examples cannot separate plans whose accuracies differ by a point)."""
+    verify_refit_steps: int = 30
+    """'verified': before a plan is measured, the task head (one head serves every plan in the supernet) is
+    re-fitted to it for this many training micro-batches, the rest frozen; 0 = measure the supernet as it is.
+    Models without a separate head (decoders' language-model heads are frozen) are measured as they are."""
     samples: int = 3
     """M, configurations evaluated per policy update."""
     update_every: int = 10
     """T, training micro-batches between policy updates."""
     updates_per_epoch: int | None = None
-    """If set, T = (micro-batches per epoch) // this (LaVIN: about 150 policy updates per epoch)."""
+    """If set, exactly this many policy updates per epoch, evenly spaced (replaces T; LaVIN: about 150 per epoch);
+    counted in each process's own micro-batches, so the number is the same on any number of processes."""
     warmup_epochs: float = 1.0
     """No policy update before this many epochs (configurations are still sampled to warm up the adapters)."""
-    gate_lr: float = 1.0
-    """Step size of the gate update (paper: 1.0 ViLT/METER, 0.05 LaVIN)."""
+    gate_lr: float | None = None
+    """Step size of the gate update; unset: 1.0 in faithful mode (the paper's ViLT/METER value; LaVIN used 0.05),
+    0.2 with the exact gradient (whose rewards are scaled to unit spread)."""
     reward: Literal["auto", "exp_neg_loss", "neg_loss"] = "auto"
     """r = exp(-loss) (paper) or -loss; 'auto' = exp_neg_loss in faithful mode, neg_loss in exact mode."""
     reward_fraction: float = 0.1
@@ -251,9 +266,24 @@ class SearchConfig:
         _check(self.updates_per_epoch is None or self.updates_per_epoch >= 1,
                f"search.updates_per_epoch={self.updates_per_epoch!r} must be >= 1")
         _check(self.warmup_epochs >= 0, f"search.warmup_epochs={self.warmup_epochs!r} must be >= 0")
-        _check(self.gate_lr > 0, f"search.gate_lr={self.gate_lr!r} must be > 0")
+        _check(self.gate_lr is None or self.gate_lr > 0, f"search.gate_lr={self.gate_lr!r} must be > 0")
+        _check(self.shortlist >= 1, f"search.shortlist={self.shortlist!r} must be >= 1")
+        _check(self.verify_examples >= 1, f"search.verify_examples={self.verify_examples!r} must be >= 1")
+        _check(self.verify_refit_steps >= 0, f"search.verify_refit_steps={self.verify_refit_steps!r} must be >= 0")
         _check(0.0 < self.reward_fraction < 1.0, f"search.reward_fraction={self.reward_fraction!r} must be in (0, 1)")
         _check(self.cost_weight >= 0, f"search.cost_weight={self.cost_weight!r} must be >= 0")
+
+    @property
+    def gate_step(self) -> float:
+        """The gate learning rate in effect."""
+        if self.gate_lr is not None:
+            return self.gate_lr
+        return 1.0 if self.mode == "faithful" else 0.2
+
+    @property
+    def update_rule(self) -> str:
+        """The policy's update: 'faithful' or 'exact' (the verified mode runs the exact bandit)."""
+        return "faithful" if self.mode == "faithful" else "exact"
 
     @property
     def reward_kind(self) -> str:
@@ -308,6 +338,17 @@ class TrainConfig:
     """DataLoader worker processes."""
     tensorboard: bool = False
     """Also write TensorBoard event files next to the CSV log."""
+    distill_steps: int = 0
+    """Before training, fit each skipped block's replacement adapter to the block it replaces (x -> block(x) on the
+    training data, mean squared error) for this many micro-batches; 0 = off (docs/method.md)."""
+    distill_lr: float = 1e-3
+    """Learning rate of that fit."""
+    unfreeze_kept: int = 0
+    """Also fine-tune the weights of the last this many kept blocks, in full (with the plan's adapters): the
+    'Reassessing Layer Pruning' baseline drops the last k blocks and fine-tunes the last 3 kept ones and the head."""
+    warm_start: str | None = None
+    """Start from the adapters and head a search trained (its output directory, or its search_adapters.safetensors)
+    instead of fresh ones; the plan's adapters are taken, the others ignored."""
 
     def __post_init__(self) -> None:
         _validate_literals(self)
@@ -317,6 +358,9 @@ class TrainConfig:
         _check(self.grad_accum >= 1, f"train.grad_accum={self.grad_accum!r} must be >= 1")
         _check(self.lr > 0, f"train.lr={self.lr!r} must be > 0")
         _check(0.0 <= self.warmup_ratio < 1.0, f"train.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        _check(self.distill_steps >= 0, f"train.distill_steps={self.distill_steps!r} must be >= 0")
+        _check(self.distill_lr > 0, f"train.distill_lr={self.distill_lr!r} must be > 0")
+        _check(self.unfreeze_kept >= 0, f"train.unfreeze_kept={self.unfreeze_kept!r} must be >= 0")
         self.betas = tuple(self.betas)  # YAML gives a list
 
 

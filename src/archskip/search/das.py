@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import ConcatDataset, Subset
 
 from ..config import ConfigError, SearchConfig, TrainConfig
 from ..data.loader import batches_per_rank, eval_view, make_loader
 from ..data.text import split_examples
 from ..nn_utils import eval_mode
-from ..plan import SearchResult
+from ..plan import SearchResult, SkipPlan
 from ..profile import block_costs as measure_block_costs
 from ..runlog import RunLogger
 from ..skipping import SkipModel
@@ -26,6 +27,7 @@ from ..tasks.base import Task, to_device
 from ..train import Trainer
 from .policy import SkipPolicy
 from .registry import SearchRun, register_method
+from .verify import PlanMeter, top_k, verify
 
 
 class DASHooks:
@@ -50,6 +52,7 @@ class DASHooks:
         self.trainer, self.logger = trainer, logger
         self.block_costs = block_costs
         self.update_every = cfg.update_every
+        self.per_epoch: int | None = None  # with updates_per_epoch: this process's micro-batches per epoch
         self.counter = 0
         self.reward_batches_used = 0
         self.history: list[dict] = []
@@ -61,7 +64,13 @@ class DASHooks:
 
     def after_batch(self, micro: int, epoch: float) -> None:
         self.counter += 1
-        if self.counter >= self.update_every and epoch >= self.cfg.warmup_epochs:
+        if epoch < self.cfg.warmup_epochs:
+            return
+        if self.per_epoch:  # exactly updates_per_epoch updates per epoch, evenly spaced, on any number of processes
+            upe = self.cfg.updates_per_epoch
+            if (micro * upe) // self.per_epoch > ((micro - 1) * upe) // self.per_epoch:
+                self.update(micro, epoch)
+        elif self.counter >= self.update_every:
             self.counter = 0
             self.update(micro, epoch)
 
@@ -160,7 +169,8 @@ def run_search(
     """Run the DAS search and return its result (out_dir: where its checkpoints and logs go)."""
     if cfg.k < 1:
         raise ConfigError(f"search.k={cfg.k}: a search needs k >= 1 blocks to skip")
-    policy = SkipPolicy(model.num_candidates, cfg.k, lr=cfg.gate_lr, mode=cfg.mode, reward=cfg.reward_kind, seed=seed)
+    policy = SkipPolicy(model.num_candidates, cfg.k, lr=cfg.gate_step, mode=cfg.update_rule, reward=cfg.reward_kind,
+                        seed=seed)
     reward_examples, rest = split_examples(train, (cfg.reward_fraction,), seed)
     reward_examples = eval_view(reward_examples)  # rewards are measured like evaluation: no augmentation
     if not reward_examples or not rest:
@@ -180,8 +190,8 @@ def run_search(
         probe = task.collate([rest[0]])
         model.to(trainer.device)
         hooks.block_costs = measure_block_costs(model, task, to_device(probe, trainer.device))
-    if cfg.updates_per_epoch:
-        hooks.update_every = max(1, math.ceil(len(rest) / train_cfg.batch_size) // cfg.updates_per_epoch)
+    if cfg.updates_per_epoch:  # counted in this process's micro-batches: the same updates per epoch on any world size
+        hooks.per_epoch = batches_per_rank(len(rest), train_cfg.batch_size, trainer.world)
     trainer.hooks = hooks
     trainer.fit(rest, resume=resume)
     if not hooks.history:
@@ -189,15 +199,43 @@ def run_search(
             "the search made no policy update: train longer than search.warmup_epochs "
             f"({cfg.warmup_epochs}) plus search.update_every ({cfg.update_every}) micro-batches"
         )
+    plan = policy.top_k()
+    config = {"search": cfg.__dict__, "train": train_cfg.__dict__, "block_costs": hooks.block_costs,
+              "world_size": trainer.world, "supernet": True}
+    if cfg.mode == "verified":
+        penalty = hooks.config_cost if cfg.cost_weight else None  # the FLOPs-aware reward's cost, as a loss
+        plan, config["verification"] = verify_plans(model, task, reward_examples, rest, cfg, policy, trainer, penalty)
     model.set_skip([])
-    result = SearchResult(
-        plan=policy.top_k(), method=f"das-{cfg.mode}", scores=policy.gates.tolist(), seed=seed,
-        history=hooks.history, config={"search": cfg.__dict__, "train": train_cfg.__dict__, "block_costs": hooks.block_costs},
-        base_model={"name_or_path": model.name_or_path, "fingerprint": model.fingerprint},
+    return SearchResult(
+        plan=plan, method=f"das-{cfg.mode}", scores=policy.gates.tolist(), seed=seed, history=hooks.history,
+        config=config, base_model={"name_or_path": model.name_or_path, "fingerprint": model.fingerprint},
         wall_time_s=time.perf_counter() - t0,
     )
-    result.config["world_size"] = trainer.world
-    return result
+
+
+def verify_plans(model: SkipModel, task: Task, held_out, train, cfg: SearchConfig, policy: SkipPolicy,
+                 trainer: Trainer, penalty=None) -> tuple[SkipPlan, dict]:
+    """Measure a shortlist of plans on the held-out training data under the trained supernet (search/verify.py)."""
+    from .baselines import block_influence, last_k  # (here: `das` registers before the baselines do)
+
+    n, k, acc = model.num_candidates, cfg.k, trainer.accelerator
+    reduce = (lambda t: acc.reduce(t, reduction="sum")) if trainer.world > 1 else None
+    extra = max(0, cfg.verify_examples - len(held_out))  # the held-out slice, topped up with training examples
+    examples = ConcatDataset([held_out, Subset(train, range(min(extra, len(train))))]) if extra else held_out
+    meter = PlanMeter(model, task, examples, cfg.reward_batch_size or trainer.cfg.batch_size, device=trainer.device,
+                      autocast=acc.autocast, rank=trainer.rank, world=trainer.world, reduce=reduce, refit_examples=train,
+                      refit_steps=cfg.verify_refit_steps, refit_lr=trainer.cfg.lr * trainer.cfg.head_lr_mult,
+                      seed=trainer.seed)
+    proposals = {"last-k": last_k(n, k).plan.skip}
+    if math.comb(n, k) > cfg.shortlist:  # (with every plan measured, proposals add nothing)
+        bi = block_influence(model, task, held_out, k, batch_size=cfg.reward_batch_size or trainer.cfg.batch_size,
+                             reduce=reduce)  # scores summed over processes: every process proposes the same plan
+        proposals["block influence"] = bi.plan.skip
+    gates = policy.gates.tolist()
+    best, table = verify(meter, n, k, gates, proposals, cfg.shortlist, penalty=penalty)
+    return SkipPlan(best, n), {"examples": len(examples), "held_out": len(held_out), "measured": table,
+                               "gates_top_k": list(top_k(gates, k)),
+                               "head_refit_steps": meter.refit_steps}
 
 
 @register_method("das")

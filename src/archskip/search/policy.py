@@ -9,9 +9,14 @@ p = sigmoid(g). A configuration is k indices drawn without replacement with weig
   heuristic bandit, kept because it is what the paper ran.
 - exact: REINFORCE on the sampler that is actually used. Sequential sampling without replacement
   (Plackett-Luce) gives an ordered draw s with
-      log P(s) = sum_j [ log w_{s_j} - log(sum_l w_l - sum_{t<j} w_{s_t}) ],  w = sigmoid(g),
-  and configurations are drawn i.i.d. so the estimator is unbiased; advantages are the
-  rewards standardised over the M draws: g += lr * mean_m(A_m * d log P(s_m) / dg).
+      log P(s) = sum_j [ log w_{s_j} - log(sum_l w_l - sum_{t<j} w_{s_t}) ],  w = sigmoid(g).
+  The M configurations are drawn i.i.d. (a configuration may repeat: that is what makes the average
+  an estimate of the expectation), and each draw's baseline is the mean reward of the *other* M - 1
+  draws (leave-one-out), which does not depend on that draw:
+      g += lr * mean_m( (r_m - mean_{j != m} r_j) / scale * d log P(s_m) / dg ).
+  This is an unbiased estimate of lr / scale * d E[r] / dg. `scale` is the spread of the advantages
+  seen in *earlier* updates (a running RMS), so it does not depend on this update's draws either;
+  only the first update, which has no history, scales by its own advantages.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class PolicyUpdate:
     rewards: list[float]
     baseline: float
     delta: list[float]  # the change of every gate
+    scale: float | None = None  # exact: the reward scale the advantages were divided by
 
 
 class SkipPolicy:
@@ -57,6 +63,8 @@ class SkipPolicy:
         self.num_candidates, self.k, self.lr, self.mode, self.reward = num_candidates, k, lr, mode, reward
         self.gates = torch.zeros(num_candidates, dtype=torch.float64)
         self.generator = torch.Generator().manual_seed(seed)
+        self.reward_scale: float | None = None  # exact: running RMS of the leave-one-out advantages
+        self.scale_momentum = 0.9
 
     # ---- sampling -------------------------------------------------------------------------
     def probs(self) -> torch.Tensor:
@@ -103,17 +111,18 @@ class SkipPolicy:
         if costs is not None:
             r = r - torch.tensor([costs[i] for i in keep], dtype=torch.float64)
         b = float(r.mean()) if len(keep) else float("nan")
+        scale = None
         if len(keep) >= 2:
             if self.mode == "faithful":
                 self._faithful_step(cfgs, r)
             else:
-                self._exact_step(cfgs, r)
+                scale = self._exact_step(cfgs, r)
         if not torch.isfinite(self.gates).all():  # never leave the policy broken
             self.gates = before
             warnings.warn("policy update produced non-finite gates; the update was undone", stacklevel=2)
         return PolicyUpdate(
             configs=[list(c) for c in cfgs], losses=L.tolist(), rewards=r.tolist(), baseline=b,
-            delta=(self.gates - before).tolist(),
+            delta=(self.gates - before).tolist(), scale=scale,
         )
 
     def _faithful_step(self, cfgs: list[Config], r: torch.Tensor) -> None:
@@ -123,16 +132,23 @@ class SkipPolicy:
             for i in cfg:
                 self.gates[i] += self.lr * (rm - b) * p[i] * (1 - p[i])
 
-    def _exact_step(self, cfgs: list[Config], r: torch.Tensor) -> None:
-        std = r.std(unbiased=False)
-        if std <= 1e-12:
-            return  # all rewards equal: no information
-        adv = (r - r.mean()) / std
+    def _exact_step(self, cfgs: list[Config], r: torch.Tensor) -> float | None:
+        m = len(r)
+        adv = r - (r.sum() - r) / (m - 1)  # leave-one-out baseline: independent of the draw it is used for
+        rms = float(adv.pow(2).mean().sqrt())
+        scale = self.reward_scale if self.reward_scale is not None else rms
+        if self.reward_scale is None:
+            self.reward_scale = rms
+        else:
+            self.reward_scale = self.scale_momentum * self.reward_scale + (1 - self.scale_momentum) * rms
+        if scale <= 1e-12:
+            return None  # every reward equal so far: no information
         with torch.enable_grad():  # callers score candidates under no_grad
             g = self.gates.clone().requires_grad_(True)
-            objective = sum(a * log_prob(g, c) for a, c in zip(adv, cfgs)) / len(cfgs)
+            objective = sum(a * log_prob(g, c) for a, c in zip(adv / scale, cfgs)) / m
             (grad,) = torch.autograd.grad(objective, g)
         self.gates += self.lr * grad
+        return scale
 
     # ---- result and state -----------------------------------------------------------------
     def top_k(self) -> SkipPlan:
@@ -141,7 +157,7 @@ class SkipPolicy:
         return SkipPlan(tuple(order[: self.k]), self.num_candidates)
 
     def state_dict(self) -> dict:
-        return {"gates": self.gates.clone(), "generator": self.generator.get_state()}
+        return {"gates": self.gates.clone(), "generator": self.generator.get_state(), "reward_scale": self.reward_scale}
 
     def load_state_dict(self, state: dict) -> None:
         gates = state["gates"]
@@ -149,6 +165,7 @@ class SkipPolicy:
             raise ValueError(f"policy state has {gates.numel()} gates; this policy has {self.num_candidates}")
         self.gates = gates.clone().to(torch.float64)
         self.generator.set_state(state["generator"])
+        self.reward_scale = state.get("reward_scale")
 
 
 def log_prob(gates: torch.Tensor, order: Config) -> torch.Tensor:

@@ -27,6 +27,10 @@ class Task(ABC):
     """`predict_dataset` gives per-example predictions worth a file (VQA's EvalAI JSON, generated answers)."""
     generates: bool = False
     """`generate(model, prompt_batch, **kwargs)` produces text; `profile --generate_tokens` times it."""
+    selection_metric: str = "loss"
+    """The metric (a key of `finalize`'s output) the verified search ranks plans by: 'loss' is minimised, any
+    other metric maximised, ties broken by the loss. The loss is the default: measured on a thousand
+    examples it separates plans better than accuracy, which moves in steps of one example."""
 
     # ---- construction and data --------------------------------------------------------------------
     @classmethod

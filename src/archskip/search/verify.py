@@ -1,0 +1,153 @@
+"""The verified search's last step: measure plans under the trained supernet and keep the best one.
+
+The bandit's gates summarise many small, noisy reward batches. At the end of the search the supernet's
+adapters are trained for every candidate, so a plan can be measured directly: its loss on all of the
+held-out training data, in eval mode. A budget of `search.shortlist` plans is measured:
+
+1. every plan, when there are no more than the budget (C(N, k) <= shortlist);
+2. otherwise the bandit's top-k plan, last-k and the block-influence plan first, then, while budget
+   remains, the unmeasured one-swap neighbours of the best plan measured so far, most promising
+   (highest gate sum) first: a greedy local search that the gates steer and the measurements decide.
+
+Plans are measured by the task's selection metric (by default the loss) on the held-out slice topped up
+with training examples; the best is the result, every measurement is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..data.loader import make_loader
+from ..nn_utils import eval_mode
+from ..skipping import SkipModel
+from ..tasks.base import Task, to_device
+
+Plan = tuple[int, ...]
+
+
+def neighbours(plan: Plan, n: int, gates: Sequence[float]) -> list[Plan]:
+    """Plans that swap one skipped candidate for one kept candidate, highest gate sum first."""
+    kept = [i for i in range(n) if i not in plan]
+    out = {tuple(sorted((set(plan) - {i}) | {j})) for i in plan for j in kept}
+    return sorted(out, key=lambda p: (-sum(gates[i] for i in p), p))
+
+
+def top_k(gates: Sequence[float], k: int) -> Plan:
+    order = sorted(range(len(gates)), key=lambda i: (-gates[i], i))
+    return tuple(sorted(order[:k]))
+
+
+class PlanMeter:
+    """The task's metrics of a plan on fixed measurement batches, in eval mode, summed across processes (so
+    every process decides alike); each plan is measured once.
+
+    The supernet shares one task head across every plan, and a plan that changes the final
+    representation more (e.g. skipping the last blocks) is judged by a head fitted to the others.
+    With `refit_steps`, the head is first re-fitted to the plan (the rest frozen) on `refit_examples`
+    for that many micro-batches, as the final training would, and restored afterwards."""
+
+    def __init__(self, model: SkipModel, task: Task, examples, batch_size: int, *, device, autocast=None,
+                 rank: int = 0, world: int = 1, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 refit_examples=None, refit_steps: int = 0, refit_lr: float = 1e-3, seed: int = 0):
+        self.model, self.task, self.device = model, task, device
+        self.batches = list(make_loader(examples, task.collate, batch_size, rank=rank, world=world))
+        self.autocast, self.reduce = autocast, reduce
+        self.metrics: dict[Plan, dict[str, float]] = {}
+        self.refit_steps = refit_steps if model.head is not None and refit_examples is not None else 0
+        self.refit_examples, self.refit_lr, self.seed, self.batch_size = refit_examples, refit_lr, seed, batch_size
+        self.rank, self.world = rank, world
+
+    def __call__(self, plan: Plan) -> dict[str, float]:
+        if plan not in self.metrics:
+            self.model.set_skip(plan)
+            with self._refitted_head() if self.refit_steps else contextlib.nullcontext():
+                self.metrics[plan] = self._measure()
+        return self.metrics[plan]
+
+    def selection(self, plan: Plan) -> tuple[float, float]:
+        """(the task's selection metric, higher is better; minus the loss): how plans are ranked."""
+        m, name = self(plan), self.task.selection_metric
+        return (-m["loss"] if name == "loss" else m[name]), -m["loss"]
+
+    @contextlib.contextmanager
+    def _refitted_head(self):
+        params = self.model.trainable_named_parameters()
+        head = {n: p.detach().clone() for n, p in params.items() if n.startswith("head.")}
+        for n, p in params.items():
+            p.requires_grad_(n.startswith("head."))
+        optimizer = torch.optim.AdamW([params[n] for n in head], lr=self.refit_lr, weight_decay=0.0)
+        try:
+            step, epoch = 0, 0
+            while step < self.refit_steps:
+                for b in make_loader(self.refit_examples, self.task.collate, self.batch_size, shuffle=True,
+                                     seed=self.seed + 7177, epoch=epoch, rank=self.rank, world=self.world):
+                    with self.autocast() if self.autocast else contextlib.nullcontext():
+                        loss = self.task.loss(self.model, to_device(b, self.device))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    step += 1
+                    if step >= self.refit_steps:
+                        break
+                epoch += 1
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.requires_grad_(True)
+                    if n in head:
+                        p.copy_(head[n])
+
+    @torch.no_grad()
+    def _measure(self) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        with eval_mode(self.model), (self.autocast() if self.autocast else contextlib.nullcontext()):
+            for b in self.batches:
+                for k, v in self.task.score(self.model, to_device(b, self.device)).items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+        if self.reduce is not None:  # every process measured its share: add them up, in a fixed key order
+            keys = sorted(sums)
+            total = self.reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device))
+            sums = dict(zip(keys, total.tolist()))
+        return self.task.finalize(sums)
+
+
+def verify(meter: PlanMeter, n: int, k: int, gates: Sequence[float], proposals: dict[str, Plan],
+           budget: int, penalty: Callable[[Plan], float] | None = None) -> tuple[Plan, list[dict]]:
+    """(the best measured plan, every measurement with where the plan came from).
+
+    Plans are ranked by the task's selection metric (then the loss); `penalty(plan)` is subtracted from the
+    metric (the FLOPs-aware search's cost of the compute a plan keeps)."""
+    sources: dict[Plan, list[str]] = {}
+
+    def key(plan: Plan) -> tuple:
+        metric, neg_loss = meter.selection(plan)
+        return (-(metric - (penalty(plan) if penalty else 0.0)), -neg_loss, plan)  # ascending: best first
+
+    def measure(plan: Plan, source: str) -> None:
+        sources.setdefault(plan, []).append(source)
+        meter(plan)
+
+    if math.comb(n, k) <= budget:
+        for plan in itertools.combinations(range(n), k):
+            measure(plan, "all plans")
+    else:
+        measure(top_k(gates, k), "gates top-k")
+        for name, plan in proposals.items():
+            if len(sources) < budget:
+                measure(tuple(sorted(plan)), name)
+        while len(sources) < budget:
+            best = min(sources, key=key)
+            fresh = [p for p in neighbours(best, n, gates) if p not in sources]
+            if not fresh:
+                break
+            measure(fresh[0], f"one swap from {list(best)}")
+    ranked = sorted(sources, key=key)
+    table = [{"plan": list(p), "metrics": meter(p), "selection": meter.task.selection_metric,
+              "penalty": penalty(p) if penalty else 0.0, "sources": sources[p]} for p in ranked]
+    return ranked[0], table
