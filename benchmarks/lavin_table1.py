@@ -33,6 +33,7 @@ from archskip.data.text import split_examples
 from archskip.models.packaged import smollm2
 from archskip.profile import compare_generation
 from archskip.search import METHODS, SearchRun, last_k, random_plan
+from archskip.search.baselines import REASSESS_UNFROZEN
 from archskip.tasks import GenerativeQA
 from archskip.train import Trainer
 
@@ -45,7 +46,7 @@ METHODS_RUN = {
     "block-influence": ("block-influence", {}),
     "last-k": ("last-k", {}),
     "random": ("random", {}),
-    "reassess": ("last-k", {}),  # trained with the last 3 kept blocks and the head fine-tuned in full
+    "reassess": ("reassess", {}),  # last-k's plan, trained with the last 3 kept blocks (and the head) fine-tuned in full
 }
 SEARCH_VERSION = 2
 
@@ -104,7 +105,7 @@ class Bench:
         if k == 0:
             return {"skip": [], "seconds": 0.0}
         registered, overrides = METHODS_RUN[method]
-        if registered == "last-k":
+        if registered in ("last-k", "reassess"):
             return {"skip": list(last_k(N_LAYERS, k).plan.skip), "seconds": 0.0}
         if registered == "random":
             return {"skip": list(random_plan(N_LAYERS, k, self.seed).plan.skip), "seconds": 0.0}
@@ -134,7 +135,7 @@ class Bench:
             model = SkipModel(copy.deepcopy(self.base), self.adapter, name_or_path="smollm2-135m", trainable=["embed_tokens"])
         model.apply_plan(plan)
         if recipe == "reassess":
-            model.unfreeze_kept(3)
+            model.unfreeze_kept(REASSESS_UNFROZEN)
         Trainer(model, task, self.train_cfg, seed=self.seed, progress=False).fit(self.train)
         trainable = model.parameter_counts()[0]
         model.prune()

@@ -133,3 +133,21 @@ def test_unfreezing_the_last_kept_blocks_trains_them_and_the_artifact_keeps_them
     loaded, _ = load_artifact(tmp_path / "a", base=make_bert(), tokenizer=tiny_tokenizer())
     with torch.no_grad():
         torch.testing.assert_close(task.logits(loaded, batch), task.logits(model.eval(), batch))
+
+
+def test_reassess_method_gives_last_k_and_train_fine_tunes_the_last_three_kept_blocks(tiny_encoder_dir, tmp_path, capsys):
+    """`--search.method reassess` is the 'Reassessing Layer Pruning' baseline end to end through the CLI."""
+    data = str(text_data.write_csv(tmp_path / "train.csv", classification_examples(80, seed=4)))
+    common = ["--model.name_or_path", str(tiny_encoder_dir), "--data.train", data, "--adapter.hidden", "8",
+              "--adapter.skip_hidden", "16", "--train.batch_size", "16"]
+    main(["search", *common, "--search.method", "reassess", "--search.k", "1", "--output_dir", str(tmp_path / "s")])
+    result = json.loads((tmp_path / "s" / "search_result.json").read_text())
+    assert result["method"] == "reassess" and result["plan"]["skip"] == [3]
+    main(["train", *common, "--plan", str(tmp_path / "s" / "search_result.json"), "--train.max_steps", "2",
+          "--output_dir", str(tmp_path / "t")])
+    assert "train.unfreeze_kept=3" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "t" / "artifact" / "archskip.json").read_text())
+    assert meta["base_model"]["unfrozen_blocks"] == [0, 1, 2]  # blocks 0-2 kept (of 4), all three fine-tuned
+    main(["train", *common, "--plan", str(tmp_path / "s" / "search_result.json"), "--train.max_steps", "2",
+          "--train.unfreeze_kept", "1", "--output_dir", str(tmp_path / "u")])
+    assert json.loads((tmp_path / "u" / "artifact" / "archskip.json").read_text())["base_model"]["unfrozen_blocks"] == [2]

@@ -233,9 +233,10 @@ class SearchConfig:
     """'verified': plans are measured on the held-out slice topped up with training examples to this many (a
     measurement on a few hundred examples cannot separate plans whose accuracies differ by a point)."""
     verify_refit_steps: int = 30
-    """'verified': before a plan is measured, the task head (one head serves every plan in the supernet) is
-    re-fitted to it for this many training micro-batches, the rest frozen; 0 = measure the supernet as it is.
-    Models without a separate head (decoders' language-model heads are frozen) are measured as they are."""
+    """'verified': the task head (one head serves every plan in the supernet) is re-fitted to each plan for this
+    many micro-batches, the rest frozen, by two-fold cross-fitting on the measurement examples (fit on one half,
+    score the other); 0 = measure the supernet as it is. Models without a separate head (decoders'
+    language-model heads are frozen) are measured as they are."""
     samples: int = 3
     """M, configurations evaluated per policy update."""
     update_every: int = 10

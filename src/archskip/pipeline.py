@@ -98,6 +98,20 @@ def check_plan_source(spec, model: SkipModel) -> None:
         )
 
 
+def _unfrozen(cfg: RunConfig, plan) -> int:
+    """train.unfreeze_kept, or the count a search result's training recipe asks for (the 'reassess' baseline)
+    when the user left it at 0."""
+    if isinstance(plan, str) and plan.endswith(".json"):
+        plan = SearchResult.load(plan)
+    recipe = plan.config.get("train_recipe", {}) if isinstance(plan, SearchResult) else {}
+    if cfg.train.unfreeze_kept or "unfreeze_kept" not in recipe:
+        return cfg.train.unfreeze_kept
+    if is_main_process():
+        print(f"the {plan.method} search result asks for train.unfreeze_kept={recipe['unfreeze_kept']}: the last "
+              f"{recipe['unfreeze_kept']} kept blocks are fine-tuned in full (train.unfreeze_kept N sets another count)")
+    return int(recipe["unfreeze_kept"])
+
+
 def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool = False, progress: bool = True) -> dict:
     """Train adapters + head with a fixed plan; writes the artifact into output_dir. Returns metrics."""
     out = _start(cfg)
@@ -106,7 +120,7 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
     check_plan_source(plan, model)
     skip_plan = resolve_plan(plan, model.num_candidates)
     model.apply_plan(skip_plan)
-    model.unfreeze_kept(cfg.train.unfreeze_kept)
+    model.unfreeze_kept(_unfrozen(cfg, plan))
     if cfg.train.warm_start and not resume:
         record = Path(cfg.train.warm_start) / RESULT_FILE
         if record.is_file():  # the search's record says which base model its adapters belong to

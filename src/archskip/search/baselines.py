@@ -3,6 +3,8 @@
 - block influence (ShortGPT): BI_i = 1 - cos(input_i, output_i) per token on the frozen model
   (adapters off); low influence = skippable;
 - last-k: skip the deepest k blocks (the usual layer-dropping heuristic);
+- reassess: "Reassessing Layer Pruning in LLMs" (Lu et al., 2024): last-k's plan, trained with the
+  last 3 kept blocks fine-tuned in full; the result carries that training recipe (`train_recipe`);
 - random: k blocks at random (seeded);
 - exhaustive leave-k-out: the loss of every k-subset with the model as it is (e.g. after adapter
   training); exact but C(N, k) evaluations.
@@ -133,6 +135,18 @@ def exhaustive(
 @register_method("last-k")
 def last_k_method(run: SearchRun) -> SearchResult:
     return last_k(run.model.num_candidates, run.search.k)
+
+
+REASSESS_UNFROZEN = 3  # the paper fine-tunes the head and the last kept blocks; 3 is its setting for LLaMA-3
+
+
+@register_method("reassess")
+def reassess_method(run: SearchRun) -> SearchResult:
+    """The plan of last-k; `archskip train` on this result also fine-tunes the last 3 kept blocks in full."""
+    result = last_k(run.model.num_candidates, run.search.k)
+    result.method = "reassess"
+    result.config = {"train_recipe": {"unfreeze_kept": REASSESS_UNFROZEN}}
+    return result
 
 
 @register_method("random")

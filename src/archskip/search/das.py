@@ -223,9 +223,8 @@ def verify_plans(model: SkipModel, task: Task, held_out, train, cfg: SearchConfi
     extra = max(0, cfg.verify_examples - len(held_out))  # the held-out slice, topped up with training examples
     examples = ConcatDataset([held_out, Subset(train, range(min(extra, len(train))))]) if extra else held_out
     meter = PlanMeter(model, task, examples, cfg.reward_batch_size or trainer.cfg.batch_size, device=trainer.device,
-                      autocast=acc.autocast, rank=trainer.rank, world=trainer.world, reduce=reduce, refit_examples=train,
-                      refit_steps=cfg.verify_refit_steps, refit_lr=trainer.cfg.lr * trainer.cfg.head_lr_mult,
-                      seed=trainer.seed)
+                      autocast=acc.autocast, rank=trainer.rank, world=trainer.world, reduce=reduce,
+                      refit_steps=cfg.verify_refit_steps, refit_lr=trainer.cfg.lr * trainer.cfg.head_lr_mult)
     proposals = {"last-k": last_k(n, k).plan.skip}
     if math.comb(n, k) > cfg.shortlist:  # (with every plan measured, proposals add nothing)
         bi = block_influence(model, task, held_out, k, batch_size=cfg.reward_batch_size or trainer.cfg.batch_size,

@@ -48,25 +48,31 @@ class PlanMeter:
 
     The supernet shares one task head across every plan, and a plan that changes the final
     representation more (e.g. skipping the last blocks) is judged by a head fitted to the others.
-    With `refit_steps`, the head is first re-fitted to the plan (the rest frozen) on `refit_examples`
-    for that many micro-batches, as the final training would, and restored afterwards."""
+    With `refit_steps`, the head is re-fitted to each plan, as the final training would, by two-fold
+    cross-fitting: the backbone runs once over the measurement batches (its outputs are recorded), a
+    head fitted for `refit_steps` micro-batches on one half's recorded outputs (everything else frozen)
+    is scored on the other half and vice versa, then the head is restored. The backbone never runs for
+    the re-fit, so a plan costs one forward pass over the measurement examples."""
 
     def __init__(self, model: SkipModel, task: Task, examples, batch_size: int, *, device, autocast=None,
                  rank: int = 0, world: int = 1, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 refit_examples=None, refit_steps: int = 0, refit_lr: float = 1e-3, seed: int = 0):
+                 refit_steps: int = 0, refit_lr: float = 1e-3):
         self.model, self.task, self.device = model, task, device
-        self.batches = list(make_loader(examples, task.collate, batch_size, rank=rank, world=world))
+        self.batches = [to_device(b, device) for b in make_loader(examples, task.collate, batch_size, rank=rank, world=world)]
         self.autocast, self.reduce = autocast, reduce
         self.metrics: dict[Plan, dict[str, float]] = {}
-        self.refit_steps = refit_steps if model.head is not None and refit_examples is not None else 0
-        self.refit_examples, self.refit_lr, self.seed, self.batch_size = refit_examples, refit_lr, seed, batch_size
-        self.rank, self.world = rank, world
+        self.refit_steps = refit_steps if model.head is not None and len(self.batches) >= 2 else 0
+        self.refit_lr = refit_lr
 
     def __call__(self, plan: Plan) -> dict[str, float]:
         if plan not in self.metrics:
             self.model.set_skip(plan)
-            with self._refitted_head() if self.refit_steps else contextlib.nullcontext():
-                self.metrics[plan] = self._measure()
+            sums = self._cross_fitted() if self.refit_steps else self._scores([(b, None) for b in self.batches])
+            if self.reduce is not None:  # every process measured its share: add them up, in a fixed key order
+                keys = sorted(sums)
+                total = self.reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device))
+                sums = dict(zip(keys, total.tolist()))
+            self.metrics[plan] = self.task.finalize(sums)
         return self.metrics[plan]
 
     def selection(self, plan: Plan) -> tuple[float, float]:
@@ -74,27 +80,76 @@ class PlanMeter:
         m, name = self(plan), self.task.selection_metric
         return (-m["loss"] if name == "loss" else m[name]), -m["loss"]
 
+    def _autocast(self):
+        return self.autocast() if self.autocast else contextlib.nullcontext()
+
     @contextlib.contextmanager
-    def _refitted_head(self):
+    def _replaying(self, outputs: list | None):
+        """Inside: calls of the model return `outputs` (its recorded outputs for one batch, in call order)
+        instead of running it; with None, the model runs."""
+        if outputs is None:
+            yield
+            return
+        calls = iter(outputs)
+        self.model.forward = lambda *args, **kwargs: next(calls)  # an instance attribute shadows the method
+        try:
+            yield
+        finally:
+            del self.model.forward
+
+    @torch.no_grad()
+    def _recorded(self, batch) -> list:
+        """The model's outputs for `batch`, every call in order (a task may call the model more than once)."""
+        outputs, forward = [], self.model.forward
+
+        def record(*args, **kwargs):
+            outputs.append(forward(*args, **kwargs))
+            return outputs[-1]
+
+        self.model.forward = record
+        try:
+            with eval_mode(self.model), self._autocast():
+                self.task.score(self.model, batch)
+        finally:
+            del self.model.forward
+        return outputs
+
+    @torch.no_grad()
+    def _scores(self, batches: list) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        with eval_mode(self.model), self._autocast():
+            for batch, outputs in batches:
+                with self._replaying(outputs):
+                    for k, v in self.task.score(self.model, batch).items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+        return sums
+
+    def _cross_fitted(self) -> dict[str, float]:
+        recorded = [(b, self._recorded(b)) for b in self.batches]
+        halves = recorded[0::2], recorded[1::2]
+        sums: dict[str, float] = {}
+        for fit, score in (halves, halves[::-1]):
+            with self._refitted_head(fit):
+                for k, v in self._scores(score).items():
+                    sums[k] = sums.get(k, 0.0) + v
+        return sums
+
+    @contextlib.contextmanager
+    def _refitted_head(self, recorded: list):
         params = self.model.trainable_named_parameters()
         head = {n: p.detach().clone() for n, p in params.items() if n.startswith("head.")}
         for n, p in params.items():
             p.requires_grad_(n.startswith("head."))
         optimizer = torch.optim.AdamW([params[n] for n in head], lr=self.refit_lr, weight_decay=0.0)
         try:
-            step, epoch = 0, 0
-            while step < self.refit_steps:
-                for b in make_loader(self.refit_examples, self.task.collate, self.batch_size, shuffle=True,
-                                     seed=self.seed + 7177, epoch=epoch, rank=self.rank, world=self.world):
-                    with self.autocast() if self.autocast else contextlib.nullcontext():
-                        loss = self.task.loss(self.model, to_device(b, self.device))
+            with eval_mode(self.model):
+                for step in range(self.refit_steps):
+                    batch, outputs = recorded[step % len(recorded)]
+                    with self._replaying(outputs), self._autocast():
+                        loss = self.task.loss(self.model, batch)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    step += 1
-                    if step >= self.refit_steps:
-                        break
-                epoch += 1
             yield
         finally:
             with torch.no_grad():
@@ -102,19 +157,6 @@ class PlanMeter:
                     p.requires_grad_(True)
                     if n in head:
                         p.copy_(head[n])
-
-    @torch.no_grad()
-    def _measure(self) -> dict[str, float]:
-        sums: dict[str, float] = {}
-        with eval_mode(self.model), (self.autocast() if self.autocast else contextlib.nullcontext()):
-            for b in self.batches:
-                for k, v in self.task.score(self.model, to_device(b, self.device)).items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-        if self.reduce is not None:  # every process measured its share: add them up, in a fixed key order
-            keys = sorted(sums)
-            total = self.reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device))
-            sums = dict(zip(keys, total.tolist()))
-        return self.task.finalize(sums)
 
 
 def verify(meter: PlanMeter, n: int, k: int, gates: Sequence[float], proposals: dict[str, Plan],
