@@ -178,7 +178,8 @@ def rank_of(plan: tuple, accuracy: dict[tuple, float]) -> int:
     return 1 + sum(a > accuracy[plan] for a in accuracy.values())
 
 
-def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: dict) -> None:
+def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: dict,
+             switch_seeds: list[int] | None = None) -> None:
     bench = Bench(name, quick)
     results: dict[str, dict] = {m: {"plans": [], "ranks": [], "accs": [], "secs": []} for m in [*SEARCHES, "random"]}
     oracle, no_skip, per_seed, correlation = [], [], [], []
@@ -207,7 +208,7 @@ def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: 
             correlation.append(spearman([sign * m["metrics"][metric] for m in measured],
                                         [accuracy[tuple(m["plan"])] for m in measured]))
         plan = SkipPlan(tuple(default["skip"]), N)
-        for v in VARIANTS:
+        for v in VARIANTS if switch_seeds is None or seed in switch_seeds else []:
             switches[v].append(bench.trained(plan, seed, v)["test_accuracy"])
         rnd = [random_plan(N, K, seed * 100 + j).plan.skip for j in range(5)]
         r = results["random"]
@@ -223,9 +224,11 @@ def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: 
                  ["method", "plan per seed", "rank of 15 (mean ± sd)", "test accuracy", "search s"],
                  note=f"Training per plan: {bench.budget()}. Searches see the same {len(bench.train)} training "
                       f"examples, {bench.search_train_cfg.epochs:g} epochs.")
-    report.table(f"{name}: training switches on the default search's plan", [
-        {"training": v, "test accuracy": mean_std(a), "gap to no skip (pp)": f"{100 * (statistics.mean(a) - statistics.mean(no_skip)):+.2f}"}
-        for v, a in switches.items()], ["training", "test accuracy", "gap to no skip (pp)"],
+    no_skip_switch = [n for s_, n in zip(seeds, no_skip) if switch_seeds is None or s_ in switch_seeds]
+    report.table(f"{name}: training switches on the default search's plan (seeds {switch_seeds or seeds})", [
+        {"training": v, "test accuracy": mean_std(a),
+         "gap to no skip (pp)": f"{100 * (statistics.mean(a) - statistics.mean(no_skip_switch)):+.2f}"}
+        for v, a in switches.items() if a], ["training", "test accuracy", "gap to no skip (pp)"],
         note=f"distill: {2 if quick else DISTILL_STEPS} micro-batches fitting each replacement to its block first; warm: the adapters and "
              "head of the default search's supernet instead of fresh ones. Same budget otherwise.")
     if correlation:
@@ -239,7 +242,8 @@ def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: 
         "seeds": seeds, "oracle_accuracy": statistics.mean(oracle), "no_skip_accuracy": statistics.mean(no_skip),
         "methods": {m: {"mean_rank": statistics.mean(r["ranks"]), "accuracy": statistics.mean(r["accs"]), "plans": r["plans"]}
                     for m, r in results.items()},
-        "default_training_switches": {v: statistics.mean(a) for v, a in switches.items()},
+        "default_training_switches": {v: statistics.mean(a) for v, a in switches.items() if a},
+        "switch_seeds": switch_seeds or seeds,
         "verification_spearman": statistics.mean(correlation) if correlation else None,
     }
 
@@ -250,6 +254,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--tasks", nargs="+", default=["polarity", "imdb"], choices=["polarity", "imdb"])
     ap.add_argument("--ground-truth-only", action="store_true", help="only train every plan (fills the resume memo)")
+    ap.add_argument("--switch-seeds", type=int, nargs="+", default=None,
+                    help="measure the training switches on these seeds only (default: every seed)")
     ap.add_argument("--out", default="search_quality", help="results file name (benchmarks/results/<out>.md/.json)")
     args = ap.parse_args()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
@@ -264,7 +270,7 @@ def main() -> None:
     report = Report(args.out, "Search quality against the ground truth (all-MiniLM-L6-v2, k = 2 of 6)", seeds, args.quick)
     summary = {"default_method": "default", "tasks": {}}
     for t in tasks:
-        run_task(t, seeds, args.quick, report, summary)
+        run_task(t, seeds, args.quick, report, summary, args.switch_seeds)
         report.write()  # after every task: a killed run keeps what it finished
         if not args.quick:
             from archskip.io import atomic_write_text

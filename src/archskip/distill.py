@@ -35,6 +35,8 @@ def distill_replacements(model: SkipModel, task: Task, examples, *, steps: int, 
         with eval_mode(model):
             while len(losses) < steps:
                 for batch in make_loader(examples, task.collate, batch_size, shuffle=True, seed=seed + 4099, epoch=epoch):
+                    for layer in layers:
+                        layer.distill_loss = None
                     with torch.no_grad():  # the model's own forward builds no graph; each replacement builds its own
                         task.loss(model, to_device(batch, device))
                     loss = sum(layer.distill_loss for layer in layers) / len(layers)

@@ -101,8 +101,8 @@ def check_plan_source(spec, model: SkipModel) -> None:
 def _unfrozen(cfg: RunConfig, plan) -> int:
     """train.unfreeze_kept, or the count a search result's training recipe asks for (the 'reassess' baseline)
     when the user left it at 0."""
-    if isinstance(plan, str) and plan.endswith(".json"):
-        plan = SearchResult.load(plan)
+    if isinstance(plan, str) and plan.strip().lower() != "none" and (plan.endswith(".json") or Path(plan).is_file()):
+        plan = SearchResult.load(plan)  # the files resolve_plan reads as search results
     recipe = plan.config.get("train_recipe", {}) if isinstance(plan, SearchResult) else {}
     if cfg.train.unfreeze_kept or "unfreeze_kept" not in recipe:
         return cfg.train.unfreeze_kept

@@ -100,7 +100,8 @@ class SkippableLayer(nn.Module):
         if self.skipped:
             out = run_adapter(self.replacement, hidden)
             if self.distilling:
-                self.distill_loss = self._distill_loss(hidden, args, kwargs)
+                d = self._distill_loss(hidden, args, kwargs)  # a task may call the model twice (NLVR2): add them
+                self.distill_loss = d if self.distill_loss is None else self.distill_loss + d
         else:
             out = self.block(hidden, *args, **kwargs)
             if self.spec.returns_tuple:

@@ -221,7 +221,7 @@ def verify_plans(model: SkipModel, task: Task, held_out, train, cfg: SearchConfi
     n, k, acc = model.num_candidates, cfg.k, trainer.accelerator
     reduce = (lambda t: acc.reduce(t, reduction="sum")) if trainer.world > 1 else None
     extra = max(0, cfg.verify_examples - len(held_out))  # the held-out slice, topped up with training examples
-    examples = ConcatDataset([held_out, Subset(train, range(min(extra, len(train))))]) if extra else held_out
+    examples = ConcatDataset([held_out, Subset(eval_view(train), range(min(extra, len(train))))]) if extra else held_out
     meter = PlanMeter(model, task, examples, cfg.reward_batch_size or trainer.cfg.batch_size, device=trainer.device,
                       autocast=acc.autocast, rank=trainer.rank, world=trainer.world, reduce=reduce,
                       refit_steps=cfg.verify_refit_steps, refit_lr=trainer.cfg.lr * trainer.cfg.head_lr_mult)

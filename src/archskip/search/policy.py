@@ -136,13 +136,11 @@ class SkipPolicy:
         m = len(r)
         adv = r - (r.sum() - r) / (m - 1)  # leave-one-out baseline: independent of the draw it is used for
         rms = float(adv.pow(2).mean().sqrt())
+        if rms <= 1e-12:
+            return None  # every reward equal (e.g. M identical draws): no information, and the scale keeps its value
         scale = self.reward_scale if self.reward_scale is not None else rms
-        if self.reward_scale is None:
-            self.reward_scale = rms
-        else:
-            self.reward_scale = self.scale_momentum * self.reward_scale + (1 - self.scale_momentum) * rms
-        if scale <= 1e-12:
-            return None  # every reward equal so far: no information
+        self.reward_scale = rms if self.reward_scale is None else (
+            self.scale_momentum * self.reward_scale + (1 - self.scale_momentum) * rms)
         with torch.enable_grad():  # callers score candidates under no_grad
             g = self.gates.clone().requires_grad_(True)
             objective = sum(a * log_prob(g, c) for a, c in zip(adv / scale, cfgs)) / m

@@ -16,6 +16,7 @@ with training examples; the best is the result, every measurement is kept.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -42,6 +43,20 @@ def top_k(gates: Sequence[float], k: int) -> Plan:
     return tuple(sorted(order[:k]))
 
 
+def _moved(x, device):
+    """A model output (tensor, ModelOutput/dict, tuple) with its tensors on `device`; the original is left as is."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, dict):
+        out = copy.copy(x)  # a ModelOutput stays a ModelOutput (attribute access included)
+        for k in list(out.keys()):
+            out[k] = _moved(out[k], device)
+        return out
+    if isinstance(x, (tuple, list)):
+        return type(x)(_moved(v, device) for v in x)
+    return x
+
+
 class PlanMeter:
     """The task's metrics of a plan on fixed measurement batches, in eval mode, summed across processes (so
     every process decides alike); each plan is measured once.
@@ -58,7 +73,11 @@ class PlanMeter:
                  rank: int = 0, world: int = 1, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  refit_steps: int = 0, refit_lr: float = 1e-3):
         self.model, self.task, self.device = model, task, device
-        self.batches = [to_device(b, device) for b in make_loader(examples, task.collate, batch_size, rank=rank, world=world)]
+        # batches and recorded outputs stay on the CPU and move to the device when used (images x 1024 examples)
+        self.batches = list(make_loader(examples, task.collate, batch_size, rank=rank, world=world))
+        if not self.batches:
+            raise ValueError(f"no measurement batches on process {rank} of {world}: {len(examples)} examples for "
+                             f"batches of {batch_size}; raise search.verify_examples")
         self.autocast, self.reduce = autocast, reduce
         self.metrics: dict[Plan, dict[str, float]] = {}
         self.refit_steps = refit_steps if model.head is not None and len(self.batches) >= 2 else 0
@@ -91,11 +110,23 @@ class PlanMeter:
             yield
             return
         calls = iter(outputs)
-        self.model.forward = lambda *args, **kwargs: next(calls)  # an instance attribute shadows the method
+        used = []
+
+        def replay(*args, **kwargs):
+            out = next(calls, None)
+            if out is None:
+                raise RuntimeError(f"{type(self.task).__name__} called the model more often in loss/score than recorded")
+            used.append(1)
+            return _moved(out, self.device)
+
+        self.model.forward = replay  # an instance attribute shadows the method
         try:
             yield
         finally:
             del self.model.forward
+        if len(used) != len(outputs):
+            raise RuntimeError(f"{type(self.task).__name__} used {len(used)} of {len(outputs)} recorded model calls: "
+                               "its loss and score must call the model alike for the head re-fit")
 
     @torch.no_grad()
     def _recorded(self, batch) -> list:
@@ -103,13 +134,14 @@ class PlanMeter:
         outputs, forward = [], self.model.forward
 
         def record(*args, **kwargs):
-            outputs.append(forward(*args, **kwargs))
-            return outputs[-1]
+            out = forward(*args, **kwargs)
+            outputs.append(_moved(out, "cpu"))
+            return out
 
         self.model.forward = record
         try:
             with eval_mode(self.model), self._autocast():
-                self.task.score(self.model, batch)
+                self.task.score(self.model, to_device(batch, self.device))
         finally:
             del self.model.forward
         return outputs
@@ -120,7 +152,7 @@ class PlanMeter:
         with eval_mode(self.model), self._autocast():
             for batch, outputs in batches:
                 with self._replaying(outputs):
-                    for k, v in self.task.score(self.model, batch).items():
+                    for k, v in self.task.score(self.model, to_device(batch, self.device)).items():
                         sums[k] = sums.get(k, 0.0) + float(v)
         return sums
 
@@ -146,7 +178,7 @@ class PlanMeter:
                 for step in range(self.refit_steps):
                     batch, outputs = recorded[step % len(recorded)]
                     with self._replaying(outputs), self._autocast():
-                        loss = self.task.loss(self.model, batch)
+                        loss = self.task.loss(self.model, to_device(batch, self.device))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -157,6 +189,7 @@ class PlanMeter:
                     p.requires_grad_(True)
                     if n in head:
                         p.copy_(head[n])
+                        p.grad = None
 
 
 def verify(meter: PlanMeter, n: int, k: int, gates: Sequence[float], proposals: dict[str, Plan],
