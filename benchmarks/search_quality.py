@@ -225,12 +225,14 @@ def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: 
                  note=f"Training per plan: {bench.budget()}. Searches see the same {len(bench.train)} training "
                       f"examples, {bench.search_train_cfg.epochs:g} epochs.")
     no_skip_switch = [n for s_, n in zip(seeds, no_skip) if switch_seeds is None or s_ in switch_seeds]
-    report.table(f"{name}: training switches on the default search's plan (seeds {switch_seeds or seeds})", [
-        {"training": v, "test accuracy": mean_std(a),
-         "gap to no skip (pp)": f"{100 * (statistics.mean(a) - statistics.mean(no_skip_switch)):+.2f}"}
-        for v, a in switches.items() if a], ["training", "test accuracy", "gap to no skip (pp)"],
-        note=f"distill: {2 if quick else DISTILL_STEPS} micro-batches fitting each replacement to its block first; warm: the adapters and "
-             "head of the default search's supernet instead of fresh ones. Same budget otherwise.")
+    switch_seeds = seeds if switch_seeds is None else switch_seeds
+    if any(switches.values()):
+        report.table(f"{name}: training switches on the default search's plan (seeds {switch_seeds})", [
+            {"training": v, "test accuracy": mean_std(a),
+             "gap to no skip (pp)": f"{100 * (statistics.mean(a) - statistics.mean(no_skip_switch)):+.2f}"}
+            for v, a in switches.items() if a], ["training", "test accuracy", "gap to no skip (pp)"],
+            note=f"distill: {2 if quick else DISTILL_STEPS} micro-batches fitting each replacement to its block first; warm: the adapters and "
+                 "head of the default search's supernet instead of fresh ones. Same budget otherwise.")
     if correlation:
         report.add(f"{name}: does the verification predict the trained accuracy?",
                    f"Spearman rank correlation between the default search's measurement of each plan (its selection metric on "
@@ -243,7 +245,7 @@ def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: 
         "methods": {m: {"mean_rank": statistics.mean(r["ranks"]), "accuracy": statistics.mean(r["accs"]), "plans": r["plans"]}
                     for m, r in results.items()},
         "default_training_switches": {v: statistics.mean(a) for v, a in switches.items() if a},
-        "switch_seeds": switch_seeds or seeds,
+        "switch_seeds": switch_seeds,
         "verification_spearman": statistics.mean(correlation) if correlation else None,
     }
 
@@ -254,8 +256,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--tasks", nargs="+", default=["polarity", "imdb"], choices=["polarity", "imdb"])
     ap.add_argument("--ground-truth-only", action="store_true", help="only train every plan (fills the resume memo)")
-    ap.add_argument("--switch-seeds", type=int, nargs="+", default=None,
-                    help="measure the training switches on these seeds only (default: every seed)")
+    ap.add_argument("--switch-seeds", type=int, nargs="*", default=None,
+                    help="measure the training switches on these seeds only (default: every seed; none: no seed)")
     ap.add_argument("--out", default="search_quality", help="results file name (benchmarks/results/<out>.md/.json)")
     args = ap.parse_args()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
