@@ -35,6 +35,7 @@ from archskip.data.movie_reviews import load_imdb, load_rotten_tomatoes
 from archskip.data.text import split_examples
 from archskip.models import load_pretrained
 from archskip.search import METHODS, SearchRun, random_plan
+from archskip.search.verify import measured_plans
 from archskip.tasks import build_task
 from archskip.train import Trainer
 
@@ -201,12 +202,10 @@ def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: 
             r["accs"].append(accuracy[skip])
             r["secs"].append(found["seconds"])
         default = bench.plan("default", seed)
-        measured = default["verified"].get("measured", [])
+        metric, measured = measured_plans(default["verified"])
         if len(measured) >= 3:  # how well the verification's losses predict the trained accuracy
-            metric = measured[0]["selection"]
             sign = -1 if metric == "loss" else 1
-            correlation.append(spearman([sign * m["metrics"][metric] for m in measured],
-                                        [accuracy[tuple(m["plan"])] for m in measured]))
+            correlation.append(spearman([sign * value for _, value in measured], [accuracy[p] for p, _ in measured]))
         plan = SkipPlan(tuple(default["skip"]), N)
         for v in VARIANTS if switch_seeds is None or seed in switch_seeds else []:
             switches[v].append(bench.trained(plan, seed, v)["test_accuracy"])

@@ -10,8 +10,10 @@ from conftest import make_bert, random_sentence, tiny_tokenizer
 from archskip import AdapterConfig, SearchConfig, SkipModel, TrainConfig
 from archskip.config import ConfigError
 from archskip.data.loader import make_loader
+from archskip.demo import how_chosen
 from archskip.plan import SearchResult
 from archskip.search import RESULT_FILE, DASHooks, run_search
+from archskip.search.verify import measured_plans
 from archskip.tasks.base import Task, evaluate
 
 PLANTED = (1, 4)
@@ -104,6 +106,10 @@ def test_verification_with_a_small_budget_searches_locally():
     assert {"gates top-k", "last-k", "block influence"} <= sources and any(s.startswith("one swap") for s in sources)
     assert list(result.plan.skip) == v["measured"][0]["plan"]  # the lowest measured loss wins
     assert result.plan.skip == PLANTED
+    metric, ranked = measured_plans(v)  # the reader the demo and the benchmark use
+    assert metric == "loss" and ranked[0][0] == PLANTED and [x for _, x in ranked] == sorted(x for _, x in ranked)
+    paragraph = how_chosen(result)
+    assert "measured 6 plans by" in paragraph and f"skip {list(PLANTED)}" in paragraph and f"{ranked[0][1]:.3f}" in paragraph
 
 
 def test_exact_mode_finds_the_planted_blocks_too():

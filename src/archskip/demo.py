@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from .plan import SkipPlan
 from .profile import compare_models
 from .report import markdown_table, plot_gates, write_report
 from .search import RESULT_FILE, block_influence, run_search
+from .search.verify import measured_plans
 from .skipping import SkipModel
 from .tasks import build_task, evaluate
 from .train import Trainer
@@ -156,11 +158,12 @@ def how_chosen(result) -> str:
     v = result.config.get("verification")
     if not v:
         return f"The plan is the top-{result.plan.k} gates of the bandit: skip {list(result.plan.skip)}."
-    measured, metric = v["measured"], v["measured"][0]["selection"]
-    ranking = ", ".join(f"({','.join(map(str, m['plan']))}) {m['metrics'][metric]:.3f}" for m in measured[:4])
+    metric, measured = measured_plans(v)
+    ranking = ", ".join(f"({','.join(map(str, plan))}) {value:.3f}" for plan, value in measured[:4])
     agree = "the same plan" if v["gates_top_k"] == list(result.plan.skip) else f"({','.join(map(str, v['gates_top_k']))})"
+    every = len(measured) == math.comb(result.plan.num_candidates, result.plan.k)
     return (f"The search trained adapters under plans drawn by the bandit (a supernet), then measured {len(measured)} "
-            f"plans - here every possible pair of blocks - by their {metric} on {v['examples']} training sentences "
+            f"plans{' - every possible one -' if every else ''} by their {metric} on {v['examples']} training sentences "
             f"({v['held_out']} of them never trained on), with the supernet's adapters and the head re-fitted to each "
             f"plan ({v['head_refit_steps']} steps), and kept the best: skip {list(result.plan.skip)}. Best {metric}: "
             f"{ranking}. The bandit's gates alone would have chosen {agree}.")

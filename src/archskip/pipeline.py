@@ -20,7 +20,7 @@ from .data.splits import Splits
 from .errors import ConfigError, PlanError
 from .io import atomic_write_text, ensure_dir
 from .models import load_pretrained
-from .plan import SearchResult, SkipPlan, resolve_plan
+from .plan import SearchResult, SkipPlan, load_plan_source, resolve_plan
 from .profile import compare_models
 from .report import plot_gates
 from .runlog import RunLogger
@@ -89,8 +89,7 @@ def search(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Se
 
 def check_plan_source(spec, model: SkipModel) -> None:
     """A search result made on another base model is refused."""
-    if isinstance(spec, str) and spec.endswith(".json"):
-        spec = SearchResult.load(spec)
+    spec = load_plan_source(spec)
     if isinstance(spec, SearchResult) and spec.base_model.get("fingerprint") not in (None, "", model.fingerprint):
         raise PlanError(
             f"the search result was made on {spec.base_model.get('name_or_path')!r} (fingerprint "
@@ -101,8 +100,7 @@ def check_plan_source(spec, model: SkipModel) -> None:
 def _unfrozen(cfg: RunConfig, plan) -> int:
     """train.unfreeze_kept, or the count a search result's training recipe asks for (the 'reassess' baseline)
     when the user left it at 0."""
-    if isinstance(plan, str) and plan.strip().lower() != "none" and (plan.endswith(".json") or Path(plan).is_file()):
-        plan = SearchResult.load(plan)  # the files resolve_plan reads as search results
+    plan = load_plan_source(plan)
     recipe = plan.config.get("train_recipe", {}) if isinstance(plan, SearchResult) else {}
     if cfg.train.unfreeze_kept or "unfreeze_kept" not in recipe:
         return cfg.train.unfreeze_kept
@@ -117,10 +115,11 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
     out = _start(cfg)
     splits = load_splits(cfg)
     model, task = build_model(cfg, splits.train)
-    check_plan_source(plan, model)
-    skip_plan = resolve_plan(plan, model.num_candidates)
+    source = load_plan_source(plan)  # (read once: the file could change between reads)
+    check_plan_source(source, model)
+    skip_plan = resolve_plan(source, model.num_candidates)
     model.apply_plan(skip_plan)
-    model.unfreeze_kept(_unfrozen(cfg, plan))
+    model.unfreeze_kept(_unfrozen(cfg, source))
     if cfg.train.warm_start and not resume:
         record = Path(cfg.train.warm_start) / RESULT_FILE
         if record.is_file():  # the search's record says which base model its adapters belong to

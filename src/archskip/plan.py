@@ -140,6 +140,17 @@ class SearchResult:
         return cls.from_dict(d)
 
 
+def load_plan_source(spec: str | SkipPlan | SearchResult | None) -> str | SkipPlan | SearchResult | None:
+    """A path to a search result file becomes the SearchResult; anything else is returned as it is.
+
+    The one place that decides whether a string names a search result (a `.json` path or an existing file) or is
+    an index list / 'none'.
+    """
+    if isinstance(spec, str) and spec.strip().lower() != "none" and (spec.endswith(".json") or Path(spec).is_file()):
+        return SearchResult.load(spec)
+    return spec
+
+
 def resolve_plan(spec: str | SkipPlan | SearchResult | None, num_candidates: int) -> SkipPlan:
     """A plan from a SkipPlan, a SearchResult, a path to a search result JSON, or an index list.
 
@@ -147,13 +158,13 @@ def resolve_plan(spec: str | SkipPlan | SearchResult | None, num_candidates: int
     """
     if spec is None:
         raise PlanError("no skip plan given: pass a search result file, an index list like '3,5', or 'none'")
+    spec = load_plan_source(spec)
     if isinstance(spec, SearchResult):
         spec = spec.plan
     if isinstance(spec, str):
         if spec.strip().lower() == "none":
             return SkipPlan.none(num_candidates)
-        p = Path(spec)
-        spec = SearchResult.load(p).plan if p.suffix == ".json" or p.is_file() else SkipPlan.parse(spec, num_candidates)
+        spec = SkipPlan.parse(spec, num_candidates)
     if spec.num_candidates != num_candidates:
         raise PlanError(f"plan {spec} was made for {spec.num_candidates} candidates; this model has {num_candidates}")
     return spec

@@ -226,3 +226,11 @@ def verify(meter: PlanMeter, n: int, k: int, gates: Sequence[float], proposals: 
     table = [{"plan": list(p), "metrics": meter(p), "selection": meter.task.selection_metric,
               "penalty": penalty(p) if penalty else 0.0, "sources": sources[p]} for p in ranked]
     return ranked[0], table
+
+
+def measured_plans(verification: dict) -> tuple[str, list[tuple[Plan, float]]]:
+    """(the selection metric, [(plan, its measured value)] best first) from a search result's
+    `config["verification"]` table, as `verify` wrote it."""
+    table = verification.get("measured", [])
+    metric = table[0]["selection"] if table else "loss"
+    return metric, [(tuple(m["plan"]), m["metrics"][metric]) for m in table]
