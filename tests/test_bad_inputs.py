@@ -58,6 +58,12 @@ def env(tmp_path_factory, arrows):  # noqa: F811
     (d / "six.json").write_text(json.dumps(six))
     (d / "notjson.json").write_text("{")
     (d / "recipe.yaml").write_text("model:\n  name_or_path: x\n  colour: blue\n")
+    (d / "latin1.csv").write_bytes("text,label\ncafé crème,pos\n".encode("latin-1"))
+    (d / "noconfig").mkdir()
+    (d / "noconfig" / "model.safetensors").write_bytes(b"")
+    e["fractional"] = write_csv(d / "fractional.csv", [{"text": "w1 w2", "label": "0.5"}, {"text": "w3", "label": "1.5"}])
+    e["intlabels"] = write_csv(d / "intlabels.csv", [{"text": "w1", "label": "1"}])
+    e["blank"] = write_csv(d / "blank.csv", [{"text": "w1", "label": "pos"}, {"text": "   ", "label": "neg"}])
     (d / "notyaml.yaml").write_text("model: [\n")
     (d / "afile").write_text("I am a file")
     (d / "evil.ckpt").write_bytes(_evil_pickle())
@@ -119,7 +125,25 @@ CASES = [
     ("data file without the label column", lambda e: ["train", *base(e, "--plan", "none", "--data.train", e["nolabel"])],
      r"row 2: missing column\(s\) \['label'\]"),
     ("test label outside the training labels", lambda e: ["train", *base(e, "--plan", "none", "--data.test", e["badlabel"])],
-     r"label 'maybe' is not one of the 2 known labels"),
+     r"badlabel.csv, row 2: label 'maybe' does not occur in the training data"),
+    ("data file not in UTF-8", lambda e: ["train", *base(e, "--plan", "none", "--data.train", str(e["dir"] / "latin1.csv"))],
+     r"latin1\.csv: byte 0xe9 at offset 14 \(line 2\) is not valid utf-8 text; .* --data\.encoding"),
+    ("unknown text encoding", lambda e: ["train", *base(e, "--plan", "none", "--data.encoding", "utf-9")],
+     r"data\.encoding='utf-9' is not a text encoding"),
+    ("fractional label in a classification file", lambda e: ["train", *base(e, "--plan", "none", "--data.train",
+                                                                           e["fractional"])],
+     r"fractional\.csv, row 2: label '0\.5' is a fractional number"),
+    ("labels of different kinds across files", lambda e: ["train", *base(e, "--plan", "none", "--data.test", e["intlabels"])],
+     r"intlabels\.csv, row 2: label '1' is an integer label, but .*train\.csv, row \d+ has '(pos|neg)', a string label"),
+    ("empty text", lambda e: ["train", *base(e, "--plan", "none", "--data.train", e["blank"])],
+     r"blank\.csv, row 3: the 'text' column is empty"),
+    ("empty plan", lambda e: ["train", *base(e, "--plan", "")], r"no skip plan given \(the plan is empty\)"),
+    ("model directory without config.json", lambda e: ["train", *base(e, "--plan", "none", "--model.name_or_path",
+                                                                      str(e["dir"] / "noconfig"))],
+     r"model directory '.*noconfig' has no config\.json"),
+    ("unknown option on the command line", lambda e: ["train", *base(e, "--plan", "none", "--data.colr", "x")],
+     r"unknown key 'data\.colr' on the command line; did you mean 'data\.root'\?"),
+    ("option value of the wrong type", lambda e: ["search", *base(e, "--search.k", "two")], r'"search\.k".*Got value: two'),
     ("missing arrow file", lambda e: ["train", *vl(e, "vqa", "vqav2_nope", "--plan", "none")], r"arrow file .*vqav2_nope\.arrow' does not exist"),
     ("corrupt arrow file", lambda e: ["train", *vl(e, "vqa", "bad", "--plan", "none", "--data.root", str(e["dir"]))],
      r"bad\.arrow is not a readable Arrow IPC file"),
@@ -136,7 +160,8 @@ CASES = [
      r"loss is (nan|inf) at optimiser step \d+"),
     ("output directory not writable", lambda e: ["train", *base(e, "--plan", "none", "--output_dir", str(e["dir"] / "afile" / "run"))],
      r"cannot create output directory"),
-    ("unknown key in a YAML recipe", lambda e: ["train", "--config", str(e["dir"] / "recipe.yaml"), "--plan", "none"], r"colour"),
+    ("unknown key in a YAML recipe", lambda e: ["train", "--config", str(e["dir"] / "recipe.yaml"), "--plan", "none"],
+     r"unknown key 'model\.colour' in .*recipe\.yaml; did you mean '[a-z_.]+'\?"),
     ("recipe that is not valid YAML", lambda e: ["train", "--config", str(e["dir"] / "notyaml.yaml"), "--plan", "none"], r"notyaml"),
     ("resume without a checkpoint", lambda e: ["train", *base(e, "--plan", "none", "--resume", "true", "--output_dir",
                                                               str(e["dir"] / "fresh"))], r"--resume: no checkpoint"),
@@ -154,6 +179,9 @@ def test_bad_input_gives_a_clear_error(env, capsys, name, argv, pattern):
     err = capsys.readouterr().err
     assert re.search(pattern, err), f"{name}: {err[-800:]}"
     assert "Traceback" not in err
+    # one readable line, the last (progress bars of work already begun may come before it), no usage text
+    assert err.count("archskip: error: ") == 1 and "archskip: error: " in err.strip().splitlines()[-1], err
+    assert "usage:" not in err and "Error:" not in err, err
 
 
 def test_there_are_at_least_25_cases_and_the_docs_list_them_all():
@@ -203,4 +231,5 @@ def test_jsonl_rows_parse_or_fail_with_a_data_error(tmp_path_factory, lines):
         rows = read_examples(path)
     except DataError:
         return
-    assert rows and all(set(r) == {"text", "label"} and isinstance(r["text"], str) for r in rows)
+    assert rows and all(set(r) == {"text", "label", "_row"} and isinstance(r["text"], str) and r["text"].strip()
+                        for r in rows)

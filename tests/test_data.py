@@ -8,8 +8,14 @@ from archskip.data import BatchOrder, DataError, LabelVocab, read_examples, spli
 def test_csv_and_jsonl(tmp_path):
     (tmp_path / "d.csv").write_text("text,label,extra\nhello there,pos,1\nbad day,neg,2\n")
     (tmp_path / "d.jsonl").write_text(json.dumps({"sentence": "a b", "y": 1}) + "\n\n" + json.dumps({"sentence": "c", "y": 0}) + "\n")
-    assert read_examples(tmp_path / "d.csv") == [{"text": "hello there", "label": "pos"}, {"text": "bad day", "label": "neg"}]
-    assert read_examples(tmp_path / "d.jsonl", "sentence", "y") == [{"text": "a b", "label": 1}, {"text": "c", "label": 0}]
+    csv_rows, json_rows = read_examples(tmp_path / "d.csv"), read_examples(tmp_path / "d.jsonl", "sentence", "y")
+    assert [{k: v for k, v in e.items() if k != "_row"} for e in csv_rows] == [{"text": "hello there", "label": "pos"},
+                                                                               {"text": "bad day", "label": "neg"}]
+    assert [{k: v for k, v in e.items() if k != "_row"} for e in json_rows] == [{"text": "a b", "label": 1},
+                                                                                {"text": "c", "label": 0}]
+    # every example says where it came from, for errors found later (labels checked across splits)
+    assert [e["_row"] for e in csv_rows] == [f"{tmp_path / 'd.csv'}, row {n}" for n in (2, 3)]
+    assert [e["_row"] for e in json_rows] == [f"{tmp_path / 'd.jsonl'}, line {n}" for n in (1, 3)]
 
 
 def test_errors_name_the_file_and_row(tmp_path):

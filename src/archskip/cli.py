@@ -7,6 +7,7 @@ Every subcommand takes `--config recipe.yaml` (keys = the parameter names below)
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import sys
 from typing import Literal
@@ -21,7 +22,7 @@ from .config import (
     TrainConfig,
     load_mapping,
 )
-from .errors import USER_ERRORS
+from .errors import USER_ERRORS, ConfigError
 from .train import is_main_process
 
 
@@ -102,6 +103,7 @@ def evaluate(
     batch_size: int = 32,
     base: str | None = None,
     predictions: str | None = None,
+    encoding: str = "utf-8",
 ) -> None:
     """Evaluate a trained artifact (pruned, as shipped) on a CSV/JSONL file or ViLT-format arrow file(s).
 
@@ -111,12 +113,13 @@ def evaluate(
             (each reported on its own, e.g. nlvr2_dev.arrow,nlvr2_test1.arrow).
         base: load the base model from here instead of the recorded id/path.
         predictions: also write the predictions here (VQA: the test-dev submission JSON).
+        encoding: the text encoding of a CSV/JSONL file (UTF-8, with or without a byte-order mark, by default).
     """
     from . import pipeline
 
     print(json.dumps(pipeline.evaluate_artifact(artifact, data, text_column=text_column, label_column=label_column,
                                                 text_pair_column=text_pair_column, batch_size=batch_size, base=base,
-                                                predictions=predictions), indent=2))
+                                                predictions=predictions, encoding=encoding), indent=2))
 
 
 def profile(
@@ -247,19 +250,87 @@ def registry_choices():
 
 
 def main(argv: list[str] | None = None) -> None:
-    from jsonargparse import auto_cli, set_parsing_settings
+    """The command line. A user's mistake (a bad option, recipe, file, plan, path) ends in one line on stderr and
+    exit code 2; `--debug` shows the traceback instead."""
+    from jsonargparse import ArgumentError, auto_cli, set_parsing_settings
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # the config fields' docs appear in --help
     argv = normalize_flags(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     try:
+        command = argv[0] if argv and argv[0] in COMMANDS else None
         for path in config_files(argv):  # a broken recipe: name the file, not just a line number
-            load_mapping(path)
+            mapping = load_mapping(path)
+            if command:
+                check_recipe_keys(command, mapping, path)
+        if command:
+            check_flags(command, argv[1:])
         with registry_choices():
-            auto_cli(COMMANDS, args=argv, as_positional=False)
-    except USER_ERRORS as e:
-        print(f"archskip: error: {e}", file=sys.stderr)
+            auto_cli(COMMANDS, args=argv, as_positional=False, exit_on_error=False)
+    except (ArgumentError, *USER_ERRORS) as e:
+        if debug:
+            raise
+        message = " ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
+        print(f"archskip: error: {message}" + ("" if isinstance(e, USER_ERRORS) else
+                                               f" (archskip {command or ''} --help lists the options)".replace("  ", " ")),
+              file=sys.stderr)
         sys.exit(2)
     end_process_group()
+
+
+BUILTIN_OPTIONS = ("help", "config", "print_config", "debug")
+
+
+def command_keys(command: str) -> dict[str, list[str]]:
+    """{parameter: its config fields (empty for a plain value)} of a subcommand: the keys a recipe may hold."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(COMMANDS[command])
+    return {name: [f.name for f in dataclasses.fields(hints[name])] if dataclasses.is_dataclass(hints.get(name)) else []
+            for name in inspect.signature(COMMANDS[command]).parameters}
+
+
+def unknown_key(key: str, command: str, where: str) -> ConfigError:
+    """The error for a key `command` does not take, with the nearest valid key."""
+    import difflib
+
+    keys = command_keys(command)
+    valid = [k for k, sub in keys.items() if not sub] + [f"{k}.{f}" for k, sub in keys.items() for f in sub]
+    valid += [k for k, sub in keys.items() if sub]
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if not near and "." in key:  # a field of a known section: the section's closest field, else its list
+        section = key.split(".")[0]
+        near = difflib.get_close_matches(key, [f"{section}.{f}" for f in keys.get(section, [])], n=1, cutoff=0.0)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    return ConfigError(f"unknown key {key!r} {where}{hint} (archskip {command} --help lists every key)")
+
+
+def check_recipe_keys(command: str, mapping: dict, path: str) -> None:
+    """Every key of a recipe is an option of `command` (nested sections or dotted keys)."""
+    keys = command_keys(command)
+    for top, value in mapping.items():
+        head, _, rest = str(top).partition(".")
+        if head not in keys and head not in BUILTIN_OPTIONS:
+            raise unknown_key(str(top), command, f"in {path}")
+        fields = [rest] if rest else list(value) if isinstance(value, dict) and keys.get(head) else []
+        for f in fields:
+            if f not in keys[head]:
+                raise unknown_key(f"{head}.{f}", command, f"in {path}")
+
+
+def check_flags(command: str, args: list[str]) -> None:
+    """Every `--name` / `--section.field` option is one `command` takes."""
+    keys = command_keys(command)
+    for a in args:
+        if not a.startswith("--") or len(a) < 3:
+            continue
+        head, _, field = a[2:].split("=", 1)[0].partition(".")
+        if head in BUILTIN_OPTIONS:
+            continue
+        if head not in keys or (field and field not in keys[head]):
+            raise unknown_key(a[2:].split("=", 1)[0], command, "on the command line")
 
 
 def end_process_group() -> None:

@@ -21,6 +21,15 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def _is_codec(name: str) -> bool:
+    import codecs
+
+    try:
+        return codecs.lookup(name) is not None
+    except (LookupError, TypeError):
+        return False
+
+
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
     _check(value in choices, f"{name}={value!r} is not valid; expected one of {', '.join(map(repr, choices))}")
 
@@ -159,6 +168,11 @@ class TaskConfig:
     """Generative tasks: tokens generated per answer at evaluation (ScienceQA 64, BoolQ/CSQA 10, GSM8K 256)."""
     negatives: int = 15
     """Retrieval: random negative captions per training pair (listwise loss)."""
+    itm_weight: float = 0.0
+    """Retrieval: weight of an image-text matching loss added to the listwise loss, in training and in search
+    rewards: half of each batch's captions are shown with a random other image and the checkpoint's pretrained
+    ITM head (frozen) tells match from no match. 0 = listwise loss only (ViLT's reference); the METER reference
+    adds it with weight 1 (its config says 0.5, which its code ignores): the METER Flickr30k recipes use 1."""
 
     def __post_init__(self) -> None:
         _validate_literals(self)
@@ -170,6 +184,7 @@ class TaskConfig:
         _check(self.max_image_side >= self.image_size,
                f"task.max_image_side={self.max_image_side} must be >= task.image_size={self.image_size}")
         _check(self.negatives >= 0, f"task.negatives={self.negatives!r} must be >= 0")
+        _check(self.itm_weight >= 0, f"task.itm_weight={self.itm_weight!r} must be >= 0")
 
 
 @dataclass
@@ -192,6 +207,9 @@ class DataConfig:
     """Optional second text (sentence pairs)."""
     label_column: str = "label"
     """Column of the class label (the answer text for causal_lm)."""
+    encoding: str = "utf-8"
+    """Text encoding of the CSV/JSONL files (UTF-8 files may start with a byte-order mark); e.g. 'latin-1',
+    'cp1252' for files some spreadsheet programs write."""
     val_fraction: float = 0.1
     """Share of the training file held out for validation when no validation file is given (fixed seed)."""
     test_fraction: float = 0.1
@@ -208,6 +226,8 @@ class DataConfig:
         _check(self.val_fraction + self.test_fraction < 1.0, "data.val_fraction + data.test_fraction must be < 1")
         _check(self.limit is None or self.limit > 0, f"data.limit={self.limit!r} must be positive")
         _check(self.eval_limit is None or self.eval_limit > 0, f"data.eval_limit={self.eval_limit!r} must be positive")
+        _check(_is_codec(self.encoding), f"data.encoding={self.encoding!r} is not a text encoding Python knows "
+                                         "(e.g. 'utf-8', 'latin-1', 'cp1252')")
 
 
 @dataclass

@@ -21,6 +21,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())  # mkstemp makes the file 0600; a plain open() would honour the umask
         os.replace(tmp, path)
     except OSError as e:
         _remove(tmp)
@@ -50,6 +51,27 @@ def ensure_dir(path: str | Path) -> Path:
     if not os.access(path, os.W_OK):
         raise OutputError(f"output directory {str(path)!r} is not writable")
     return path
+
+
+def check_writable(path: str | Path) -> Path:
+    """Fail fast, creating nothing: `path` is a directory archskip could create and write (its nearest existing
+    ancestor is a writable directory)."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"cannot create output directory {str(path)!r}: {str(probe)!r} is not a directory")
+    if not os.access(probe, os.W_OK):
+        raise OutputError(f"output directory {str(path)!r} is not writable ({str(probe)!r} is read-only)")
+    return path
+
+
+def _umask_mode() -> int:
+    """The mode `open(path, "w")` gives a new file under the current umask (0644 under the usual 022)."""
+    mask = os.umask(0o022)  # (reading the umask means setting it; it is put back at once)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _remove(p: str) -> None:

@@ -17,8 +17,8 @@ from torch.utils.data import ConcatDataset
 from .artifact import load_artifact, load_search_adapters, save_artifact, save_search_adapters
 from .config import RunConfig
 from .data.splits import Splits
-from .errors import ConfigError, PlanError
-from .io import atomic_write_text, ensure_dir
+from .errors import ConfigError, DataError, PlanError
+from .io import atomic_write_text, check_writable, ensure_dir
 from .models import load_pretrained
 from .plan import SearchResult, SkipPlan, load_plan_source, resolve_plan
 from .profile import compare_models
@@ -54,11 +54,12 @@ def build_model(cfg: RunConfig, train_examples) -> tuple[SkipModel, Task]:
 
 
 def _start(cfg: RunConfig) -> Path:
+    """Create the output directory and record the run's config: after the inputs were read and checked, so a bad
+    input leaves no directory behind."""
     out = Path(cfg.output_dir)
     if is_main_process():  # one writer; the others read what it wrote (a shared filesystem)
         ensure_dir(out)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
-    torch.manual_seed(cfg.seed)
     return out
 
 
@@ -68,9 +69,11 @@ def _logger(out: Path, cfg: RunConfig, resume: bool) -> RunLogger:
 
 def search(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> SearchResult:
     """Find a skip plan with `cfg.search.method`; writes search_result.json and gates.png."""
-    out = _start(cfg)
+    check_writable(cfg.output_dir)
+    torch.manual_seed(cfg.seed)  # (before the adapters and the head are initialised)
     splits = load_splits(cfg)
     model, task = build_model(cfg, splits.train)
+    out = _start(cfg)
     t0 = time.perf_counter()
     run = SearchRun(model, task, splits.train, cfg.search, cfg.train, seed=cfg.seed, out_dir=out, resume=resume,
                     progress=progress, logger=_logger(out, cfg, resume))
@@ -112,10 +115,13 @@ def _unfrozen(cfg: RunConfig, plan) -> int:
 
 def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool = False, progress: bool = True) -> dict:
     """Train adapters + head with a fixed plan; writes the artifact into output_dir. Returns metrics."""
-    out = _start(cfg)
+    source = load_plan_source(plan)  # before any work: a missing or broken plan fails at once (read once, too)
+    check_writable(cfg.output_dir)
+    torch.manual_seed(cfg.seed)  # (before the adapters and the head are initialised)
     splits = load_splits(cfg)
     model, task = build_model(cfg, splits.train)
-    source = load_plan_source(plan)  # (read once: the file could change between reads)
+    if splits.test:  # every test split gets a predictions file: refused before any training
+        refuse_unwritable_predictions(task, "or leave data.test unset (then no predictions file is written)")
     check_plan_source(source, model)
     skip_plan = resolve_plan(source, model.num_candidates)
     model.apply_plan(skip_plan)
@@ -125,6 +131,7 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
         if record.is_file():  # the search's record says which base model its adapters belong to
             check_plan_source(str(record), model)
         load_search_adapters(model, cfg.train.warm_start)
+    out = _start(cfg)
     trainer = Trainer(model, task, cfg.train, seed=cfg.seed, out_dir=out, logger=_logger(out, cfg, resume),
                       progress=progress)
     fit = trainer.fit(splits.train, splits.validation, resume=resume)
@@ -134,6 +141,7 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
         if task.writes_predictions and trainer.is_main:
             path = write_predictions(model, task, split, out / f"predictions_{name}.json", cfg.train.batch_size)
             test[name]["predictions"] = str(path)
+        label_note(test[name])
     trainable, total = model.parameter_counts()
     metrics = {
         "plan": list(skip_plan.skip), "validation": fit.final_eval, "test": test, "trainable_params": trainable,
@@ -154,16 +162,35 @@ def write_predictions(model: SkipModel, task: Task, examples, path: str | Path, 
     return atomic_write_text(path, json.dumps(task.predict_dataset(model, examples, batch_size)))
 
 
+def refuse_unwritable_predictions(task: Task, alternative: str) -> None:
+    """A run that would write a useless predictions file (VQA: answer classes without a name) stops here."""
+    problem = task.why_no_predictions() if task.writes_predictions else None
+    if problem:
+        raise DataError(f"{problem}; {alternative}")
+
+
+def label_note(metrics: dict, unlabelled_hint: str = "") -> dict:
+    """Say in `metrics` (one split's) that the split has no labels, or that only part of it was scored."""
+    if metrics.get("labelled") == 0:
+        metrics["note"] = f"no example has a label: not scored{unlabelled_hint}"
+    elif "labelled" in metrics:
+        metrics["note"] = f"scored on its {metrics['labelled']} labelled examples of {metrics['examples']}"
+    return metrics
+
+
 def evaluate_artifact(artifact: str | Path, data: str, *, text_column: str = "text", label_column: str = "label",
                       text_pair_column: str | None = None, batch_size: int = 32, base: str | None = None,
-                      predictions: str | None = None) -> dict:
+                      predictions: str | None = None, encoding: str = "utf-8") -> dict:
     """Metrics of a saved artifact (pruned, as shipped) on a CSV/JSONL file or ViLT-format arrow file(s).
 
     With `predictions`, also write the task's predictions there (VQA: the test-dev submission JSON)."""
     model, task = load_artifact(artifact, base)
+    if predictions:
+        refuse_unwritable_predictions(task, "or leave out --predictions")
     splits = task.load_eval_data(data, text_column=text_column, label_column=label_column,
-                                 text_pair_column=text_pair_column)
-    metrics = {name: task.evaluate_dataset(model, split, batch_size) for name, split in splits.items()}
+                                 text_pair_column=text_pair_column, encoding=encoding)
+    hint = "" if predictions or not task.writes_predictions else "; --predictions FILE writes its predictions"
+    metrics = {name: label_note(task.evaluate_dataset(model, split, batch_size), hint) for name, split in splits.items()}
     if predictions and task.writes_predictions:
         write_predictions(model, task, ConcatDataset(list(splits.values())), predictions, batch_size)
     return metrics["data"] if list(metrics) == ["data"] else metrics

@@ -144,8 +144,11 @@ def load_plan_source(spec: str | SkipPlan | SearchResult | None) -> str | SkipPl
     """A path to a search result file becomes the SearchResult; anything else is returned as it is.
 
     The one place that decides whether a string names a search result (a `.json` path or an existing file) or is
-    an index list / 'none'.
+    an index list / 'none'. No plan (None or a blank string) is an error: the caller must say what to skip.
     """
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        raise PlanError(f"no skip plan given{' (the plan is empty)' if spec is not None else ''}: pass a search result "
+                        "file, an index list like '3,5', or 'none' for no skip")
     if isinstance(spec, str) and spec.strip().lower() != "none" and (spec.endswith(".json") or Path(spec).is_file()):
         return SearchResult.load(spec)
     return spec
@@ -154,10 +157,8 @@ def load_plan_source(spec: str | SkipPlan | SearchResult | None) -> str | SkipPl
 def resolve_plan(spec: str | SkipPlan | SearchResult | None, num_candidates: int) -> SkipPlan:
     """A plan from a SkipPlan, a SearchResult, a path to a search result JSON, or an index list.
 
-    `None` is an error on purpose: the caller must say what to skip (use "" or "none" for no skip).
+    `None` and a blank string are errors on purpose: the caller must say what to skip ('none' for no skip).
     """
-    if spec is None:
-        raise PlanError("no skip plan given: pass a search result file, an index list like '3,5', or 'none'")
     spec = load_plan_source(spec)
     if isinstance(spec, SearchResult):
         spec = spec.plan

@@ -7,15 +7,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import DataError
+from .files import read_text
 
 
-def json_records(path: str | Path) -> Iterator[tuple[str, dict]]:
-    """(where, record) for every object in `path`; `where` ("<path>, line N" or "<path>, item N") is what error
-    messages about that record start with. Blank lines are skipped; anything but objects is a DataError."""
+def json_records(path: str | Path, text: str | None = None, encoding: str = "utf-8") -> Iterator[tuple[str, dict]]:
+    """(where, record) for every object in `path` (or in `text`, already read from it); `where` ("<path>, line N"
+    or "<path>, item N") is what error messages about that record start with. Blank lines are skipped; anything
+    but objects is a DataError."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    if text is None:
+        text = read_text(path, encoding)
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)

@@ -40,7 +40,7 @@ def text_splits(d: DataConfig, seed: int) -> Splits:
     """CSV/JSONL files; validation and test are held out of the training file when not given."""
     if not d.train:
         raise DataError("data.train is not set: give a CSV or JSONL file of (text, label) rows")
-    read = lambda p: read_examples(p, d.text_column, d.label_column, d.text_pair_column)
+    read = lambda p: read_examples(p, d.text_column, d.label_column, d.text_pair_column, d.encoding)
     train = read(d.train)
     validation = read(d.validation) if d.validation else None
     test = read(d.test) if d.test else None

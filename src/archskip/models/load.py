@@ -42,6 +42,10 @@ def resolve_name(name_or_path: str) -> str:
     return name_or_path
 
 
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
@@ -49,7 +53,7 @@ def load_tokenizer(name_or_path: str):
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except OSError as e:
-        raise BackboneError(f"cannot load a tokenizer from {name_or_path!r}: {e}") from None
+        raise BackboneError(f"cannot load a tokenizer from {name_or_path!r}: {_first_line(e)}") from None
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok
@@ -134,15 +138,21 @@ def load_pretrained(cfg: ModelConfig, device: str | None = None) -> Loaded:
         model = model.to(dtype)
     else:
         path = resolve_name(name)
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+            raise BackboneError(f"model directory {name!r} has no config.json; expected a Hugging Face model directory "
+                                "(config.json and the weights, as save_pretrained writes them)")
         try:
             config = AutoConfig.from_pretrained(path)
-        except OSError as e:
-            raise BackboneError(f"cannot load a model config from {name!r}: {e}") from None
+        except (OSError, ValueError) as e:  # (ValueError: a config.json transformers does not recognise)
+            raise BackboneError(f"cannot load a model config from {name!r}: {_first_line(e)}") from None
         cls = _model_class(config, cfg.kind)
         if config.model_type == "meter":
             model = load_meter(path, dtype)
         else:
-            model = cls.from_pretrained(path, dtype=dtype)
+            try:
+                model = cls.from_pretrained(path, dtype=dtype)
+            except OSError as e:  # no or unreadable weights
+                raise BackboneError(f"cannot load the model weights from {name!r}: {_first_line(e)}") from None
         tokenizer_name = cfg.tokenizer or path
     model.config._name_or_path = name
     tokenizer = load_tokenizer(tokenizer_name) if tokenizer_name else None

@@ -50,9 +50,9 @@ class Task(ABC):
         return text_splits(cfg.data, cfg.seed)
 
     def load_eval_data(self, data: str, *, text_column: str = "text", label_column: str = "label",
-                       text_pair_column: str | None = None) -> dict[str, Sequence]:
+                       text_pair_column: str | None = None, encoding: str = "utf-8") -> dict[str, Sequence]:
         """Named splits for `archskip eval --data`: by default one CSV/JSONL file."""
-        return {"data": read_examples(data, text_column, label_column, text_pair_column)}
+        return {"data": read_examples(data, text_column, label_column, text_pair_column, encoding, "--encoding")}
 
     # ---- model ------------------------------------------------------------------------------------
     def prepare_backbone(self, base) -> None:
@@ -73,14 +73,24 @@ class Task(ABC):
 
     @abstractmethod
     def score(self, model: SkipModel, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Sums over the batch to be aggregated by `evaluate`: must include 'n' (examples) and 'loss_sum'."""
+        """Sums over the batch to be aggregated by `evaluate`: must include 'n' (examples) and 'loss_sum'.
+        A task whose examples can lack labels (VQA's test splits) adds 'labelled', the examples its sums cover."""
 
     # ---- metrics ----------------------------------------------------------------------------------
     def finalize(self, sums: dict[str, float]) -> dict[str, float]:
-        """Turn summed scores into metrics (default: every key except n divided by n)."""
-        n = max(sums.get("n", 0.0), 1.0)
-        out = {k.removesuffix("_sum"): v / n for k, v in sums.items() if k != "n"}
-        out["n"] = sums.get("n", 0.0)
+        """Turn summed scores into metrics (default: every key except n divided by n).
+
+        With 'labelled' in the sums, only labelled examples are scored: the sums are divided by their count
+        (also 'n'), and a split with unlabelled examples reports 'examples' (all) and 'labelled' besides; with
+        none labelled it reports only those two, no loss and no score (docs/errors.md)."""
+        n = sums.get("n", 0.0)
+        labelled = sums.get("labelled", n)
+        if n and not labelled:
+            return {"examples": int(n), "labelled": 0}
+        out = {k.removesuffix("_sum"): v / max(labelled, 1.0) for k, v in sums.items() if k not in ("n", "labelled")}
+        out["n"] = labelled
+        if labelled != n:
+            out.update(examples=int(n), labelled=int(labelled))
         return out
 
     def evaluate_dataset(self, model: SkipModel, examples, batch_size: int = 32, device=None, num_workers: int = 0) -> dict:
@@ -92,6 +102,11 @@ class Task(ABC):
     def predict_dataset(self, model: SkipModel, examples, batch_size: int = 32, device=None) -> list[dict]:
         """Per-example predictions (tasks with `writes_predictions`)."""
         raise NotImplementedError(f"the {self.name} task does not write predictions")
+
+    def why_no_predictions(self) -> str | None:
+        """Why this task cannot write a useful predictions file (VQA: an answer class without a name), else None.
+        A run that would write one asks before it trains."""
+        return None
 
     def example_batch(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
         """A synthetic batch of the given shape, for FLOP counting and latency."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TaskConfig
-from ..data.text import LabelVocab
+from ..config import RunConfig, TaskConfig
+from ..data.splits import Splits
+from ..data.text import LabelVocab, check_labels
 from ..errors import ConfigError
 from ..skipping import SkipModel
 from .base import Task
@@ -50,6 +52,22 @@ class SequenceClassification(Task):
     @classmethod
     def from_info(cls, info: dict, tokenizer) -> SequenceClassification:
         return cls(tokenizer, LabelVocab(info["labels"]), info["max_length"], info["pooling"])
+
+    @classmethod
+    def load_splits(cls, cfg: RunConfig) -> Splits:
+        """The text splits, their labels checked before any model is loaded (data.text.check_labels)."""
+        splits = super().load_splits(cfg)
+        check_labels(splits.train, {"validation": splits.validation or [], **splits.test})
+        return splits
+
+    def load_eval_data(self, data: str, **columns) -> dict[str, Sequence]:
+        """The file's labels must be classes the artifact knows: checked before anything is evaluated."""
+        splits = super().load_eval_data(data, **columns)
+        for split in splits.values():
+            for e in split:
+                if e.get("label") is not None:
+                    self.labels.encode(e["label"], f"{e.get('_row', data)}: ")
+        return splits
 
     @property
     def num_labels(self) -> int:
