@@ -168,17 +168,28 @@ class RandAugment:
 # ---- square images for CLIP/DINOv2-style encoders (LaVIN) --------------------------------------------
 NORMALIZATION = {
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # ViLT
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),  # OpenAI CLIP
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # DINOv2, ViT
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),  # OpenAI CLIP, METER
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # DINOv2, ViT; LaVIN's ScienceQA (with CLIP)
 }
 
 
 @dataclass(frozen=True)
 class SquareImageSpec:
-    """Resize the shorter side to `size` (bicubic), centre-crop size x size, normalise (CLIP's preprocessing)."""
+    """size x size images, bicubic, normalised with `NORMALIZATION[norm]`.
+
+    `resize="crop"`: resize the shorter side to `size`, centre-crop (CLIP's preprocessing, METER).
+    `resize="stretch"`: resize straight to size x size, aspect ratio not kept, nothing cut off (LaVIN's
+    ScienceQA preprocessing, docs/lavin.md)."""
 
     size: int = 224
     norm: str = "clip"
+    resize: str = "crop"
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMALIZATION:
+            raise ValueError(f"image norm {self.norm!r}: expected one of {sorted(NORMALIZATION)}")
+        if self.resize not in ("crop", "stretch"):
+            raise ValueError(f"image resize {self.resize!r}: expected 'crop' or 'stretch'")
 
     @property
     def largest(self) -> tuple[int, int]:
@@ -191,11 +202,14 @@ class SquareImageSpec:
         return self(img)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        w, h = img.size
-        s = self.size / min(w, h)
-        img = img.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.BICUBIC)
-        left, top = (img.size[0] - self.size) // 2, (img.size[1] - self.size) // 2
-        img = img.crop((left, top, left + self.size, top + self.size))
+        if self.resize == "stretch":
+            img = img.resize((self.size, self.size), Image.BICUBIC)
+        else:
+            w, h = img.size
+            s = self.size / min(w, h)
+            img = img.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.BICUBIC)
+            left, top = (img.size[0] - self.size) // 2, (img.size[1] - self.size) // 2
+            img = img.crop((left, top, left + self.size, top + self.size))
         mean, std = (torch.tensor(v)[:, None, None] for v in NORMALIZATION[self.norm])
         arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
         return (torch.from_numpy(arr).permute(2, 0, 1) - mean) / std

@@ -4,6 +4,12 @@ Training: each (image, caption) pair is scored against `negatives` (15) random c
 images; listwise cross-entropy with the true caption first. The score is `rank_output(pooled)`, a
 linear head initialised from the "match" row of the pretrained ITM head when the checkpoint has one.
 
+With `task.itm_weight` w > 0 (the METER recipes: 1, as METER's reference code, docs/meter.md) the loss
+adds w x an image-text matching term, as METER's `compute_itm`: every training item also carries a
+random other image; in each batch n // 2 captions (at random) keep their image and the others are shown
+with that other image; the checkpoint's pretrained ITM head, frozen, classifies [pooled] as match / no
+match (cross-entropy). The search's rewards use the same loss.
+
 Evaluation: every image against every caption of the split (1k x 5k on Karpathy test), in batches
 of captions per image; recall@1/5/10 for text retrieval (image -> its captions) and image retrieval
 (caption -> its image). Ties count against the model: a candidate scoring *equal* to the true one
@@ -18,10 +24,13 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Subset
 
-from ..config import TaskConfig
+from ..config import RunConfig, TaskConfig
 from ..data.images import ImageSpec, pad_images
+from ..data.splits import Splits
 from ..data.vilt_arrow import RetrievalDataset
+from ..errors import ConfigError
 from ..nn_utils import eval_mode
 from ..skipping import SkipModel
 from .registry import register_task
@@ -56,27 +65,52 @@ def recall_at_k(scores: torch.Tensor, caption_image: list[int] | torch.Tensor, k
     return out
 
 
+class MatchingDataset(RetrievalDataset):
+    """Retrieval items; with `false_images` set, training items also carry `false_image`, a random other
+    image (the no-match example of the ITM loss; METER's `false_image_0`)."""
+
+    false_images: bool = False
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        if self.false_images and len(self.images) > 1:
+            k = item["image_index"]
+            j = int(torch.randint(len(self.images) - 1, ()))  # torch's RNG: seeded per run, restored on resume
+            j += j >= k  # any image but the item's own
+            item["false_image"], item["false_image_index"] = self.image(j), j
+        return item
+
+
 @register_task
 class Retrieval(VisionLanguageTask):
     name = "retrieval"
 
     def __init__(self, tokenizer, max_length: int = 40, negatives: int = 15, image: ImageSpec = ImageSpec(),
-                 text_batch: int = 64):
+                 text_batch: int = 64, itm_weight: float = 0.0):
         self.tokenizer, self.max_length, self.negatives = tokenizer, max_length, negatives
-        self.image, self.text_batch = image, text_batch
+        self.image, self.text_batch, self.itm_weight = image, text_batch, itm_weight
+        self.itm_head: nn.Linear | None = None  # the pretrained ITM head, frozen (set by attach_head)
 
     @classmethod
     def from_config(cls, cfg: TaskConfig, tokenizer, train=None, *, images: bool = False) -> Retrieval:
-        return cls(tokenizer, cfg.max_length, cfg.negatives, image_spec(cfg))
+        return cls(tokenizer, cfg.max_length, cfg.negatives, image_spec(cfg), itm_weight=cfg.itm_weight)
 
     @classmethod
     def from_info(cls, info: dict, tokenizer) -> Retrieval:
         return cls(tokenizer, info["max_length"], info["negatives"], image_spec_from_info(info.get("image")),
-                   info.get("text_batch", 64))
+                   info.get("text_batch", 64), info.get("itm_weight", 0.0))
 
     @classmethod
     def make_dataset(cls, root, names, transform, *, train, num_answers=3129, negatives=0):
-        return RetrievalDataset(root, names, transform, negatives=negatives if train else 0)
+        return MatchingDataset(root, names, transform, negatives=negatives if train else 0)
+
+    @classmethod
+    def load_splits(cls, cfg: RunConfig) -> Splits:
+        splits = super().load_splits(cfg)
+        if cfg.task.itm_weight > 0 and splits.train is not None:  # the ITM loss needs a no-match image per item
+            train = splits.train.dataset if isinstance(splits.train, Subset) else splits.train
+            train.false_images = True
+        return splits
 
     def attach_head(self, model: SkipModel, extras: dict | None = None) -> None:
         head = nn.Linear(pooled_size(model), 1)
@@ -89,24 +123,60 @@ class Retrieval(VisionLanguageTask):
                 warnings.warn("the checkpoint has no ITM head: the retrieval head starts from random weights", stacklevel=2)
                 nn.init.normal_(head.weight, std=0.02)
                 nn.init.zeros_(head.bias)
-        model.head = head.to(next(model.base.parameters()).device)
+        device = next(model.base.parameters()).device
+        model.head = head.to(device)
+        self.itm_head = None
+        if self.itm_weight > 0 and itm_w is not None and itm_b is not None:
+            # kept on the task, not the model: frozen, never saved, only the training loss reads it
+            itm = nn.Linear(itm_w.shape[1], itm_w.shape[0])
+            with torch.no_grad():
+                itm.weight.copy_(itm_w)
+                itm.bias.copy_(itm_b)
+            self.itm_head = itm.requires_grad_(False).to(device)
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        """Pairs (B x (1 + negatives)): every image with its caption then its negative captions."""
+        """Pairs (B x (1 + negatives)): every image with its caption then its negative captions; items with a
+        `false_image` add the ITM batch: n // 2 captions (at random) with their image, the others with it."""
         texts = [t for e in examples for t in [e["text"], *e.get("negatives", [])]]
         per = len(texts) // len(examples)
         values, mask = pad_images([e["image"] for e in examples])
-        return {**encode_texts(self.tokenizer, texts, self.max_length),
-                "pixel_values": values.repeat_interleave(per, 0), "pixel_mask": mask.repeat_interleave(per, 0),
-                "pairs_per_image": torch.tensor(per)}
+        batch = {**encode_texts(self.tokenizer, texts, self.max_length),
+                 "pixel_values": values.repeat_interleave(per, 0), "pixel_mask": mask.repeat_interleave(per, 0),
+                 "pairs_per_image": torch.tensor(per)}
+        if all("false_image" in e for e in examples):
+            n = len(examples)
+            match = torch.zeros(n, dtype=torch.long)
+            match[torch.randperm(n)[: n // 2]] = 1  # as METER's compute_itm: n // 2 matched pairs
+            images = [e["image"] if m else e["false_image"] for e, m in zip(examples, match.tolist())]
+            batch["itm_pixel_values"], batch["itm_pixel_mask"] = pad_images(images)
+            batch["itm_labels"] = match
+        return batch
 
     def scores(self, model: SkipModel, batch: dict) -> torch.Tensor:
         return model.head(model(**vilt_inputs(batch)).pooler_output.float()).squeeze(-1)  # (pairs,)
 
-    def loss(self, model: SkipModel, batch: dict) -> torch.Tensor:
+    def listwise_loss(self, model: SkipModel, batch: dict) -> torch.Tensor:
         per = int(batch["pairs_per_image"])
         s = self.scores(model, batch).view(-1, per)  # (B, 1 + negatives); the true caption is column 0
         return F.cross_entropy(s, torch.zeros(len(s), dtype=torch.long, device=s.device))
+
+    def itm_loss(self, model: SkipModel, batch: dict) -> torch.Tensor:
+        """Cross-entropy of the frozen ITM head on each true caption with its image or a random other one."""
+        if self.itm_head is None:
+            raise ConfigError(f"task.itm_weight={self.itm_weight} needs the pretrained ITM head (itm_score.fc.*) of "
+                              "an original checkpoint (.ckpt) and this model has none; set --task.itm_weight 0")
+        per = int(batch["pairs_per_image"])
+        texts = {k: batch[k][::per] for k in ("input_ids", "attention_mask", "token_type_ids")}  # the true captions
+        pooled = model(**texts, pixel_values=batch["itm_pixel_values"], pixel_mask=batch["itm_pixel_mask"]).pooler_output
+        head = self.itm_head.to(pooled.device)
+        return F.cross_entropy(head(pooled.float()), batch["itm_labels"])
+
+    def loss(self, model: SkipModel, batch: dict) -> torch.Tensor:
+        """The listwise loss, plus itm_weight x the ITM loss on batches that carry its inputs (training)."""
+        loss = self.listwise_loss(model, batch)
+        if self.itm_weight > 0 and "itm_labels" in batch:
+            loss = loss + self.itm_weight * self.itm_loss(model, batch)
+        return loss
 
     def score(self, model: SkipModel, batch: dict) -> dict[str, float]:
         per = int(batch["pairs_per_image"])
@@ -146,4 +216,4 @@ class Retrieval(VisionLanguageTask):
 
     def info(self) -> dict:
         return {"name": self.name, "max_length": self.max_length, "negatives": self.negatives,
-                "image": asdict(self.image), "text_batch": self.text_batch}
+                "image": asdict(self.image), "text_batch": self.text_batch, "itm_weight": self.itm_weight}

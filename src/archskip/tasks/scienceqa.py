@@ -1,9 +1,14 @@
 """ScienceQA as LaVIN-DAS trains it (docs/lavin.md): splits by name under data.root, images on a LaVIN
-model, accuracy per subject, context and grade band besides the average (the seed's Table 1 columns)."""
+model, accuracy per subject, context and grade band besides the average (the seed's Table 1 columns).
+
+Images are preprocessed as LaVIN does: resized straight to image_size x image_size (bicubic, aspect ratio
+not kept, so a wide diagram is squeezed rather than cut), then normalised by `task.image_norm` (the
+recipes: 'imagenet', LaVIN's choice even in front of CLIP; docs/lavin.md)."""
 
 from __future__ import annotations
 
-from ..config import RunConfig
+from ..config import RunConfig, TaskConfig
+from ..data.images import SquareImageSpec
 from ..data.scienceqa import load_scienceqa
 from ..data.splits import Splits, named_splits
 from ..errors import DataError
@@ -15,6 +20,11 @@ from .registry import register_task
 @register_task
 class ScienceQA(GenerativeQA):
     name = "scienceqa"
+
+    @classmethod
+    def from_config(cls, cfg: TaskConfig, tokenizer, train=None, *, images: bool = False) -> ScienceQA:
+        spec = SquareImageSpec(cfg.image_size, cfg.image_norm, resize="stretch") if images else None
+        return cls(tokenizer, cfg.max_length, cfg.max_new_tokens, spec)
 
     @classmethod
     def load_splits(cls, cfg: RunConfig) -> Splits:
