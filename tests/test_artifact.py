@@ -75,6 +75,9 @@ def test_newer_corrupt_or_incomplete_artifacts_are_refused(tiny_encoder_dir, tmp
     (art / META).write_text("{oops")
     with pytest.raises(ArtifactError, match="is corrupt"):
         load_artifact(art)
+    (art / META).write_text(json.dumps({k: v for k, v in meta.items() if k != "task"}))
+    with pytest.raises(ArtifactError, match=r"is incomplete or corrupt: it lacks \['task'\]"):
+        load_artifact(art)
     (art / META).write_text(json.dumps(meta))
     (art / WEIGHTS).write_bytes(b"not safetensors")
     with pytest.raises(ArtifactError, match="cannot read"):

@@ -87,6 +87,10 @@ def read_meta(path: str | Path) -> dict:
         raise ArtifactError(
             f"{p} has format {meta.get('format')!r}; this archskip ({__version__}) reads formats up to {ARTIFACT_FORMAT}: upgrade archskip"
         )
+    missing = [k for k in ("base_model", "adapter", "plan", "task") if not isinstance(meta.get(k), dict)]
+    missing += [f"base_model.{k}" for k in ("name_or_path", "fingerprint") if k not in meta.get("base_model", {})]
+    if missing:
+        raise ArtifactError(f"{p} is incomplete or corrupt: it lacks {missing}")
     return meta
 
 
