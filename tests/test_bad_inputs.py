@@ -57,6 +57,7 @@ def env(tmp_path_factory, arrows):  # noqa: F811
            "scores": [0.0] * 6, "seed": 0}
     (d / "six.json").write_text(json.dumps(six))
     (d / "notjson.json").write_text("{")
+    (d / "partial.json").write_text('{"kind": "archskip.search_result", "method": "das"}')
     (d / "recipe.yaml").write_text("model:\n  name_or_path: x\n  colour: blue\n")
     (d / "latin1.csv").write_bytes("text,label\ncafé crème,pos\n".encode("latin-1"))
     (d / "noconfig").mkdir()
@@ -112,6 +113,8 @@ CASES = [
      r"made for 6 candidates; this model has 4"),
     ("search result file that is not JSON", lambda e: ["train", *base(e, "--plan", str(e["dir"] / "notjson.json"))],
      r"is not valid JSON"),
+    ("search result file that is incomplete", lambda e: ["train", *base(e, "--plan", str(e["dir"] / "partial.json"))],
+     r"partial\.json: search result is incomplete or corrupt: missing \['plan', 'scores', 'seed'\]"),
     ("k >= number of blocks", lambda e: ["search", *base(e, "--search.k", "4")],
      r"k=4 must be < the number of candidates \(4\)"),
     ("k < 0", lambda e: ["search", *base(e, "--search.k", "-1")], r"search\.k=-1 must be a non-negative integer"),

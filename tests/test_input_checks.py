@@ -174,3 +174,18 @@ def test_debug_shows_the_traceback_instead_of_one_line(tmp_path):
         main(argv)
     with pytest.raises(PlanError, match="the plan is empty"):
         main([*argv, "--debug"])
+
+
+@pytest.mark.parametrize("content, pattern", [
+    ('{"kind": "archskip.search_result"}', r"r\.json: search result is incomplete or corrupt: missing \['plan'"),
+    ("[1, 2]", r"r\.json: not an archskip search result"),
+    ('{"kind": "archskip.search_result", "plan": {"skip": [1], "num_candidates": 4}, "method": "das", "scores": [], '
+     '"seed": 0, "colour": 1}', r"unknown keys \['colour'\]"),
+])
+def test_a_broken_search_result_file_is_refused_naming_it(tmp_path, content, pattern):
+    from archskip.errors import PlanError
+    from archskip.plan import resolve_plan
+
+    (tmp_path / "r.json").write_text(content)
+    with pytest.raises(PlanError, match=pattern):
+        resolve_plan(str(tmp_path / "r.json"), 4)

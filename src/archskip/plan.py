@@ -7,7 +7,7 @@ when the flag was forgotten: B11 in docs/method.md).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +118,15 @@ class SearchResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> SearchResult:
-        if d.get("kind") != "archskip.search_result":
+        if not isinstance(d, dict) or d.get("kind") != "archskip.search_result":
             raise PlanError("not an archskip search result (missing kind='archskip.search_result')")
         if d.get("format", 0) > RESULT_FORMAT:
             raise PlanError(f"search result format {d.get('format')} is newer than this archskip ({RESULT_FORMAT}); upgrade")
+        missing = [k for k in ("plan", "method", "scores", "seed") if k not in d]
+        unknown = sorted(set(d) - {f.name for f in fields(cls)} - {"format", "kind"})
+        if missing or unknown:
+            raise PlanError(f"search result is incomplete or corrupt: {'missing ' + str(missing) if missing else ''}"
+                            f"{'; ' if missing and unknown else ''}{'unknown keys ' + str(unknown) if unknown else ''}")
         d = {k: v for k, v in d.items() if k not in ("format", "kind")}
         d["plan"] = SkipPlan.from_dict(d["plan"])
         return cls(**d)
@@ -137,7 +142,10 @@ class SearchResult:
             raise PlanError(f"search result {str(path)!r} does not exist") from None
         except json.JSONDecodeError as e:
             raise PlanError(f"search result {str(path)!r} is not valid JSON: {e}") from None
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except PlanError as e:
+            raise PlanError(f"{path}: {e}") from None
 
 
 def load_plan_source(spec: str | SkipPlan | SearchResult | None) -> str | SkipPlan | SearchResult | None:
