@@ -230,3 +230,39 @@ def test_search_trains_the_adapters_of_the_supernet():
     before = mean_loss()
     run_search(model, task, examples, SEARCH, TRAIN, progress=False)
     assert mean_loss() < 0.8 * before
+
+
+class LogitMatch(FeatureMatch):
+    """FeatureMatch on a decoder's next-token logits."""
+
+    def loss(self, model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return ((logits - batch["target"]) ** 2).mean()
+
+
+def test_the_default_search_on_a_decoder_finds_the_planted_blocks_not_the_last_ones():
+    """On a decoder the default must measure, not assume: it skips the two planted identity blocks in the
+    middle, not the last blocks (which write the logits)."""
+    from conftest import DEC
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    planted = (1, 2)
+    for seed in range(2):
+        torch.manual_seed(seed)
+        base = LlamaForCausalLM(LlamaConfig(**{**DEC, "num_hidden_layers": 6}, initializer_range=0.1)).eval()
+        with torch.no_grad():
+            for i in planted:  # pre-LN: x + ~0 = x, the block is the identity
+                base.model.layers[i].self_attn.o_proj.weight.mul_(1e-4)
+                base.model.layers[i].mlp.down_proj.weight.mul_(1e-4)
+        tok = tiny_tokenizer()
+        rng = random.Random(seed)
+        texts = [random_sentence(rng, 8) for _ in range(192)]
+        with torch.no_grad():
+            target = base(**tok(texts, return_tensors="pt", padding=True)).logits
+        examples = [{"text": t, "target": target[i]} for i, t in enumerate(texts)]
+        model = SkipModel(base, AdapterConfig(hidden=8, skip_hidden=16))
+        result = run_search(model, LogitMatch(tok), examples, VERIFIED, TRAIN, seed=seed, progress=False)
+        table = result.config["verification"]["measured"]
+        assert result.plan.skip == planted, (seed, table[:3])
+        last_k = next(m for m in table if tuple(m["plan"]) == (4, 5))
+        assert last_k["metrics"]["loss"] > 3 * table[0]["metrics"]["loss"]  # measured, and clearly worse
