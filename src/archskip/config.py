@@ -367,6 +367,13 @@ class TrainConfig:
     unfreeze_kept: int = 0
     """Also fine-tune the weights of the last this many kept blocks, in full (with the plan's adapters): the
     'Reassessing Layer Pruning' baseline drops the last k blocks and fine-tunes the last 3 kept ones and the head."""
+    teacher: str | None = None
+    """An artifact of the same base model trained with no skip (`archskip train --plan none`): its predictions
+    teach the skipped model (knowledge distillation; classification tasks). One extra forward pass per batch."""
+    teacher_weight: float = 1.0
+    """Weight of the teacher's term (KL divergence x temperature^2) beside the task loss."""
+    teacher_temperature: float = 2.0
+    """Softens both models' predictions before they are compared (Hinton et al.)."""
     warm_start: str | None = None
     """Start from the adapters and head a search trained (its output directory, or its search_adapters.safetensors)
     instead of fresh ones; the plan's adapters are taken, the others ignored."""
@@ -381,6 +388,8 @@ class TrainConfig:
         _check(0.0 <= self.warmup_ratio < 1.0, f"train.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
         _check(self.distill_steps >= 0, f"train.distill_steps={self.distill_steps!r} must be >= 0")
         _check(self.distill_lr > 0, f"train.distill_lr={self.distill_lr!r} must be > 0")
+        _check(self.teacher_weight >= 0, f"train.teacher_weight={self.teacher_weight!r} must be >= 0")
+        _check(self.teacher_temperature > 0, f"train.teacher_temperature={self.teacher_temperature!r} must be > 0")
         _check(self.unfreeze_kept >= 0, f"train.unfreeze_kept={self.unfreeze_kept!r} must be >= 0")
         self.betas = tuple(self.betas)  # YAML gives a list
 

@@ -27,6 +27,7 @@ from .runlog import RunLogger
 from .search import METHODS, RESULT_FILE, SearchRun
 from .skipping import SkipModel
 from .tasks import Task, assemble, build_task, task_class, to_device
+from .teacher import TeacherLoss, load_teacher
 from .train import Trainer, is_main_process
 
 
@@ -131,8 +132,12 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
         if record.is_file():  # the search's record says which base model its adapters belong to
             check_plan_source(str(record), model)
         load_search_adapters(model, cfg.train.warm_start)
+    taught = task
+    if cfg.train.teacher:
+        teacher = load_teacher(cfg.train.teacher, model, task, cfg.model.name_or_path)
+        taught = TeacherLoss(task, teacher, weight=cfg.train.teacher_weight, temperature=cfg.train.teacher_temperature)
     out = _start(cfg)
-    trainer = Trainer(model, task, cfg.train, seed=cfg.seed, out_dir=out, logger=_logger(out, cfg, resume),
+    trainer = Trainer(model, taught, cfg.train, seed=cfg.seed, out_dir=out, logger=_logger(out, cfg, resume),
                       progress=progress)
     fit = trainer.fit(splits.train, splits.validation, resume=resume)
     test = {}

@@ -98,7 +98,10 @@ class SequenceClassification(Task):
         return model.head(pooled.float())
 
     def loss(self, model: SkipModel, batch: dict) -> torch.Tensor:
-        return F.cross_entropy(self.logits(model, batch), batch["labels"])
+        return self.logit_loss(self.logits(model, batch), batch)
+
+    def logit_loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        return F.cross_entropy(logits, batch["labels"])
 
     def score(self, model: SkipModel, batch: dict) -> dict[str, float]:
         logits = self.logits(model, batch)

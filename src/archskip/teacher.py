@@ -1,0 +1,69 @@
+"""A trained no-skip model as the teacher of a skipped one (knowledge distillation, Hinton et al. 2015).
+
+The skipped model's loss gains `weight` x T^2 x KL(teacher || student) on the predictions softened by the
+temperature T: the student learns the teacher's whole output distribution, not only the labels. The teacher
+is an artifact of the same base model trained with no skip (`archskip train --plan none`); it is frozen and
+runs under no_grad next to the student, one extra forward pass per micro-batch (docs/method.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ArtifactError, ConfigError
+from .skipping import SkipModel
+from .tasks.base import Task
+
+
+class TeacherLoss(Task):
+    """`task` with its loss extended by the teacher's term; everything else is `task`'s (only the training
+    loss changes: evaluation, metrics and the artifact are the plain task's)."""
+
+    def __init__(self, task: Task, teacher: SkipModel, *, weight: float = 1.0, temperature: float = 2.0):
+        if not (callable(getattr(task, "logits", None)) and callable(getattr(task, "logit_loss", None))):
+            raise ConfigError(f"the {task.name} task cannot learn from a teacher (it needs `logits` and `logit_loss`); "
+                              "leave train.teacher unset")
+        self.task, self.teacher, self.weight, self.temperature = task, teacher.eval(), weight, temperature
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.name, self.selection_metric = task.name, task.selection_metric
+
+    def collate(self, examples):
+        return self.task.collate(examples)
+
+    def loss(self, model: SkipModel, batch: dict) -> torch.Tensor:
+        student = self.task.logits(model, batch)  # (B, C)
+        with torch.no_grad():
+            teacher = self.task.logits(self.teacher.to(student.device), batch)
+        t = self.temperature
+        kd = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
+                      reduction="batchmean") * t * t
+        return self.task.logit_loss(student, batch) + self.weight * kd
+
+    def score(self, model: SkipModel, batch: dict) -> dict[str, float]:
+        return self.task.score(model, batch)
+
+    def finalize(self, sums):
+        return self.task.finalize(sums)
+
+    def evaluate_dataset(self, model, examples, batch_size=32, device=None, num_workers=0):
+        return self.task.evaluate_dataset(model, examples, batch_size, device, num_workers)
+
+
+def load_teacher(path: str, student: SkipModel, task: Task, base: str) -> SkipModel:
+    """The teacher artifact at `path`, its base model loaded from `base`; refused unless it was made for the
+    student's base model and predicts the same classes."""
+    from .artifact import load_artifact
+
+    teacher, teacher_task = load_artifact(path, base)
+    if teacher.fingerprint != student.fingerprint:
+        raise ArtifactError(f"teacher {path!r} was made for another base model (fingerprint {teacher.fingerprint}; "
+                            f"the student's is {student.fingerprint})")
+    mine, theirs = task.info(), teacher_task.info()
+    if (theirs.get("name"), theirs.get("labels")) != (mine.get("name"), mine.get("labels")):
+        raise ArtifactError(f"teacher {path!r} solves another task: {theirs.get('name')} with labels "
+                            f"{theirs.get('labels')} (the student: {mine.get('name')} with labels {mine.get('labels')})")
+    if teacher.plan.k:
+        print(f"note: teacher {path!r} itself skips blocks {list(teacher.plan.skip)}; a no-skip teacher is the usual choice")
+    return teacher
