@@ -202,3 +202,88 @@ def load_tool(name: str):
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+# ---- tiny random configs of every supported family (tests/test_families.py) -------------------------------
+# name -> (model class, config class, config kwargs); classes are looked up in transformers when built.
+_TINY_DEC = dict(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                 max_position_embeddings=128, pad_token_id=0, eos_token_id=4, bos_token_id=2)
+_TINY_IDS = dict(pad_token_id=0, eos_token_id=4, bos_token_id=2)
+_TINY_ENC = dict(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+                 pad_token_id=0)
+_SW = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+TINY_DECODERS = {
+    "llama": ("LlamaForCausalLM", "LlamaConfig", dict(_TINY_DEC, num_key_value_heads=2)),
+    "mistral": ("MistralForCausalLM", "MistralConfig", dict(_TINY_DEC, num_key_value_heads=2, sliding_window=4)),
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", dict(_TINY_DEC, num_key_value_heads=2)),
+    # layers 0, 1 full attention, layers 2, 3 sliding (window 4)
+    "qwen2_sliding": ("Qwen2ForCausalLM", "Qwen2Config", dict(_TINY_DEC, num_key_value_heads=2, use_sliding_window=True,
+                                                              sliding_window=4, max_window_layers=2)),
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3Config", dict(_TINY_DEC, num_key_value_heads=2, head_dim=8)),
+    "gemma": ("GemmaForCausalLM", "GemmaConfig", dict(_TINY_DEC, num_key_value_heads=2, head_dim=8)),
+    "gemma2": ("Gemma2ForCausalLM", "Gemma2Config", dict(_TINY_DEC, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                                                         layer_types=_SW)),
+    "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig", dict(_TINY_DEC, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                                                             layer_types=_SW)),
+    "phi": ("PhiForCausalLM", "PhiConfig", dict(_TINY_DEC)),
+    "phi3": ("Phi3ForCausalLM", "Phi3Config", dict(_TINY_DEC, num_key_value_heads=2)),
+    "stablelm": ("StableLmForCausalLM", "StableLmConfig", dict(_TINY_DEC, num_key_value_heads=2)),
+    "stablelm_parallel": ("StableLmForCausalLM", "StableLmConfig", dict(_TINY_DEC, num_key_value_heads=2,
+                                                                        use_parallel_residual=True)),
+    "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(_TINY_IDS, vocab_size=VOCAB_SIZE, n_embd=32, n_layer=4, n_head=4,
+                                                   n_positions=128)),
+    "gpt_neox": ("GPTNeoXForCausalLM", "GPTNeoXConfig", dict(_TINY_DEC, use_parallel_residual=True)),
+    "gpt_neox_sequential": ("GPTNeoXForCausalLM", "GPTNeoXConfig", dict(_TINY_DEC, use_parallel_residual=False)),
+    "opt": ("OPTForCausalLM", "OPTConfig", dict(_TINY_IDS, vocab_size=VOCAB_SIZE, hidden_size=32, ffn_dim=64,
+                                                num_hidden_layers=4, num_attention_heads=4, word_embed_proj_dim=32,
+                                                max_position_embeddings=128)),
+    "opt_post_ln": ("OPTForCausalLM", "OPTConfig", dict(_TINY_IDS, vocab_size=VOCAB_SIZE, hidden_size=32, ffn_dim=64,
+                                                        num_hidden_layers=4, num_attention_heads=4, word_embed_proj_dim=16,
+                                                        do_layer_norm_before=False, max_position_embeddings=128)),
+    "falcon": ("FalconForCausalLM", "FalconConfig", dict(_TINY_IDS, vocab_size=VOCAB_SIZE, hidden_size=32,
+                                                         num_hidden_layers=4, num_attention_heads=4)),
+    "falcon_new": ("FalconForCausalLM", "FalconConfig", dict(_TINY_IDS, vocab_size=VOCAB_SIZE, hidden_size=32,
+                                                             num_hidden_layers=4, num_attention_heads=4,
+                                                             new_decoder_architecture=True, num_kv_heads=2)),
+    "falcon_sequential": ("FalconForCausalLM", "FalconConfig", dict(_TINY_IDS, vocab_size=VOCAB_SIZE, hidden_size=32,
+                                                                    num_hidden_layers=4, num_attention_heads=4,
+                                                                    parallel_attn=False)),
+    "gptj": ("GPTJForCausalLM", "GPTJConfig", dict(_TINY_IDS, vocab_size=VOCAB_SIZE, n_embd=32, n_layer=4, n_head=4,
+                                                   rotary_dim=4, n_positions=128)),
+    "mixtral": ("MixtralForCausalLM", "MixtralConfig", dict(_TINY_DEC, num_key_value_heads=2, num_local_experts=4,
+                                                            num_experts_per_tok=2)),
+    "qwen2_moe": ("Qwen2MoeForCausalLM", "Qwen2MoeConfig", dict(_TINY_DEC, num_key_value_heads=2, num_experts=4,
+                                                                num_experts_per_tok=2, moe_intermediate_size=32,
+                                                                shared_expert_intermediate_size=32)),
+}
+TINY_TEXT_ENCODERS = {
+    "bert": ("BertModel", "BertConfig", dict(_TINY_ENC)),
+    "roberta": ("RobertaModel", "RobertaConfig", dict(_TINY_ENC)),
+    "xlm_roberta": ("XLMRobertaModel", "XLMRobertaConfig", dict(_TINY_ENC)),
+    "electra": ("ElectraModel", "ElectraConfig", dict(_TINY_ENC, embedding_size=16)),
+    "distilbert": ("DistilBertModel", "DistilBertConfig", dict(vocab_size=VOCAB_SIZE, dim=32, n_layers=4, n_heads=4,
+                                                               hidden_dim=64, pad_token_id=0)),
+    "deberta_v2": ("DebertaV2Model", "DebertaV2Config", dict(_TINY_ENC, relative_attention=True, position_biased_input=False,
+                                                             pos_att_type=["p2c", "c2p"], max_relative_positions=16)),
+    # deberta-v2-xlarge's layout: a convolution after block 0
+    "deberta_v2_conv": ("DebertaV2Model", "DebertaV2Config", dict(_TINY_ENC, relative_attention=True,
+                                                                  pos_att_type=["p2c", "c2p"], conv_kernel_size=3)),
+    "clip_text": ("CLIPTextModel", "CLIPTextConfig", dict(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=4,
+                                                          num_attention_heads=4, intermediate_size=64,
+                                                          max_position_embeddings=32, **_TINY_IDS)),
+}
+_TINY_IMG = dict(image_size=16, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=4, num_attention_heads=4)
+TINY_VISION_ENCODERS = {
+    "vit": ("ViTModel", "ViTConfig", dict(_TINY_IMG, intermediate_size=64)),
+    "dinov2": ("Dinov2Model", "Dinov2Config", dict(_TINY_IMG, mlp_ratio=2)),
+    "clip_vision": ("CLIPVisionModel", "CLIPVisionConfig", dict(_TINY_IMG, intermediate_size=64)),
+}
+
+
+def make_tiny(name: str):
+    """A tiny random model of family `name` (a key of TINY_DECODERS / TINY_TEXT_ENCODERS / TINY_VISION_ENCODERS)."""
+    import transformers
+
+    model_cls, config_cls, kwargs = {**TINY_DECODERS, **TINY_TEXT_ENCODERS, **TINY_VISION_ENCODERS}[name]
+    config = getattr(transformers, config_cls)(**kwargs)
+    return getattr(transformers, model_cls)(config).eval()

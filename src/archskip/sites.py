@@ -57,7 +57,7 @@ class ParallelAdapterSite(Site):
     def _on_tap(self, module, args, kwargs):
         if not self.active:
             return
-        x = args[0] if args else next(iter(kwargs.values()))
+        x = args[0] if args else kwargs["hidden_states"] if "hidden_states" in kwargs else next(iter(kwargs.values()))
         self._pending = run_adapter(self.adapter, x)
 
     def _on_branch(self, module, args, output):

@@ -33,6 +33,37 @@ from .nn_utils import parameter_counts
 from .plan import PlanError, SkipPlan
 from .sites import ParallelAdapterSite, ResidualAdapterSite, SequentialAdapterSite, Site, run_adapter
 
+CACHE_KWARGS = ("cache", "past_key_values", "layer_past")
+"""The names under which Hugging Face decoder blocks receive the KV cache."""
+
+
+class CacheSlots:
+    """Which candidate's KV-cache layer each cache slot holds, for decoders whose layers differ in cache type.
+
+    transformers builds a cache from the model config with one cache layer per block, typed by
+    `config.layer_types` (a sliding-window layer keeps only the last window of keys), and builds the attention
+    masks from the cache's layer types. While blocks are skipped in place, the running blocks are renumbered
+    0..n-1 (`BlockSpec.set_cache_slot`), so slot s must hold the cache layer built for the s-th running block,
+    not for block s. Candidate 0 (whose forward runs even when it is skipped) reorders a cache's layers that way
+    (running blocks first, the skipped ones after, unused) when the cache reaches it, before any key is written.
+    The masks of that first forward were computed from the cache before the reordering, but each from the first
+    layer of its type, and empty layers of one type are alike. A pruned model's config lists only the kept
+    layers (`BlockSpec.shrink_config`), so its caches are right as built. docs/families.md has the details.
+    """
+
+    def __init__(self, n: int):
+        self.order: tuple[int, ...] = tuple(range(n))
+        """Slot -> candidate index: the running candidates in order, then the skipped ones."""
+
+    def apply(self, cache) -> None:
+        layers = getattr(cache, "layers", None)
+        have = getattr(cache, "_archskip_slots", None)
+        if have == self.order or not isinstance(layers, list) or len(layers) != len(self.order):
+            return  # already in this order, or not a cache built with one layer per block
+        by_candidate = dict(zip(have or range(len(layers)), layers))
+        cache.layers = [by_candidate[i] for i in self.order]
+        cache._archskip_slots = self.order
+
 
 class SkippableLayer(nn.Module):
     """Candidate block `index`: runs the frozen block with adapters, or its replacement adapter."""
@@ -51,6 +82,7 @@ class SkippableLayer(nn.Module):
         # pruned models: replacements of removed neighbours, run before / after this block
         self.before = nn.ModuleList()
         self.after = nn.ModuleList()
+        self.cache_slots: CacheSlots | None = None  # set on the first candidate of a model with mixed layer types
 
     @staticmethod
     def _make_sites(block, spec: BlockSpec, cfg: AdapterConfig, dim: int) -> dict[str, Site]:
@@ -94,11 +126,17 @@ class SkippableLayer(nn.Module):
             hidden, args = args[0], args[1:]
         else:
             hidden = kwargs.pop("hidden_states")
+        if self.cache_slots is not None:
+            cache = next((kwargs[k] for k in CACHE_KWARGS if kwargs.get(k) is not None), None)
+            if cache is not None:
+                self.cache_slots.apply(cache)
         for layer in self.before:
             hidden = run_adapter(layer.replacement, hidden)
         extra = ()  # a tuple-returning block's other outputs (e.g. attention weights)
         if self.skipped:
             out = run_adapter(self.replacement, hidden)
+            if self.spec.returns_tuple:
+                extra = (None,)  # no attention weights (callers unpack (hidden, weights))
             if self.distilling:
                 d = self._distill_loss(hidden, args, kwargs)  # a task may call the model twice (NLVR2): add them
                 self.distill_loss = d if self.distill_loss is None else self.distill_loss + d
@@ -115,8 +153,9 @@ class SkippableLayer(nn.Module):
         block runs without gradient and without a KV cache; only the replacement learns from this loss)."""
         if self.block is None:
             raise PlanError(f"candidate {self.index} is pruned: its block cannot teach its replacement")
-        if "past_key_values" in kwargs:
-            kwargs = {**kwargs, "past_key_values": None}
+        # the skipped block's attention still has its old cache slot: it must not write into the running layers' cache
+        kwargs = {k: None if k in CACHE_KWARGS else v for k, v in kwargs.items()}
+        args = tuple(None if hasattr(a, "get_seq_length") else a for a in args)  # a cache passed by position (GPT-2)
         with torch.no_grad():
             target = self.block(hidden, *args, **kwargs)
         target = target[0] if isinstance(target, tuple) else target
@@ -194,6 +233,8 @@ class SkipModel(nn.Module):
             mlist[i] = SkippableLayer(mlist[i], i, spec, self.adapter_config, dim)
         self.spec = spec
         self.candidates: list[SkippableLayer] = list(mlist)  # all N, original order (a plain list)
+        if spec.is_decoder and not spec.keep_positions and _mixed_layer_types(base, len(mlist)):
+            self.candidates[0].cache_slots = CacheSlots(len(mlist))
         self.head: nn.Module | None = None
         self.plan: SkipPlan | None = None
         self.pruned = False
@@ -245,6 +286,9 @@ class SkipModel(nn.Module):
             if not layer.skipped:
                 self.spec.set_cache_slot(layer.block, slot)
                 slot += 1
+        slots = self.candidates[0].cache_slots
+        if slots is not None:
+            slots.order = (*(l.index for l in self.candidates if not l.skipped), *(l.index for l in self.candidates if l.skipped))
 
     def unfreeze_kept(self, n: int) -> list[int]:
         """Also fine-tune the frozen weights of the last `n` kept blocks (the 'Reassessing Layer Pruning' baseline
@@ -295,6 +339,7 @@ class SkipModel(nn.Module):
         del mlist
         if hasattr(self.base, "config"):
             self.spec.shrink_config(self.base.config, keep)
+        self.candidates[0].cache_slots = None  # the shrunk config builds caches for the kept layers
         self.pruned = True
         return self
 
@@ -353,6 +398,15 @@ class SkipModel(nn.Module):
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total) parameters that exist now (a pruned model has fewer)."""
         return parameter_counts(self)
+
+
+def _mixed_layer_types(base: nn.Module, n: int) -> bool:
+    """Does the decoder config give its `n` layers different cache types (sliding-window and full attention)?"""
+    cfg = getattr(base, "config", None)
+    if cfg is not None and hasattr(cfg, "get_text_config"):
+        cfg = cfg.get_text_config(decoder=True)
+    types = getattr(cfg, "layer_types", None)
+    return isinstance(types, (list, tuple)) and len(types) == n and len(set(types)) > 1
 
 
 def _hidden_size(base: nn.Module, block: nn.Module) -> int:

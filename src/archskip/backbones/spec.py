@@ -74,7 +74,11 @@ class BlockSpec:
 def pre_norm_spec(family: str, norm1: str, attn: str, norm2: str, mlp: str, *, is_decoder: bool = False,
                   returns_tuple: bool = False) -> BlockSpec:
     """x + attn(norm1(x)), then h + mlp(norm2(h)) (LLaMA-like decoders, ViT/CLIP-like encoders): the parallel
-    adapters tap each norm's input (the residual stream) and add to the output of `attn` / `mlp`."""
+    adapters tap each norm's input (the residual stream) and add to the output of `attn` / `mlp`.
+
+    Parallel attention + MLP, x + attn(norm1(x)) + mlp(norm2(x)) (GPT-J, Falcon, Phi; norm2 may be norm1), is the
+    same spec: the MLP adapter then reads x, the input of the MLP's norm. `attn` / `mlp` name whatever module's
+    output is added to the stream (a sandwich post-norm, a layer scale, a residual dropout)."""
     return BlockSpec(
         family=family,
         parallel=(ParallelSite("attn", norm1, attn), ParallelSite("mlp", norm2, mlp)),

@@ -59,13 +59,13 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
-DECODER_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3",
-                 "olmo", "olmo2", "smollm3", "granite", "stablelm", "gpt2", "gpt_neox", "falcon", "opt"}
+DECODER_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2", "gemma3_text", "phi",
+                 "phi3", "olmo", "olmo2", "smollm3", "granite", "stablelm", "gpt2", "gpt_neox", "falcon", "opt", "gptj"}
 
 
 def is_decoder_config(config) -> bool:
     archs = getattr(config, "architectures", None) or []
-    if any(a.endswith("ForCausalLM") for a in archs) or (not archs and config.model_type in DECODER_TYPES):
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or (not archs and config.model_type in DECODER_TYPES):
         return True
     return bool(getattr(config, "is_decoder", False)) and not getattr(config, "is_encoder_decoder", False)
 
