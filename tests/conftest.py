@@ -287,3 +287,44 @@ def make_tiny(name: str):
     model_cls, config_cls, kwargs = {**TINY_DECODERS, **TINY_TEXT_ENCODERS, **TINY_VISION_ENCODERS}[name]
     config = getattr(transformers, config_cls)(**kwargs)
     return getattr(transformers, model_cls)(config).eval()
+
+
+# ---- checks shared by the family matrices (tests/test_vlm_families.py) -------------------------------------
+def generate_masked_then_pruned(model, inputs: dict, gen: dict):
+    """Greedy `generate` on a SkipModel with its plan applied, uncached and with a KV cache, then `prune()` and
+    generate again with a cache: (uncached, cached, pruned), which must agree (`assert_same_generations`)."""
+    with torch.no_grad():
+        uncached = model.generate(**inputs, use_cache=False, **gen)
+        cached = model.generate(**inputs, use_cache=True, **gen)
+        model.prune()
+        pruned = model.generate(**inputs, use_cache=True, **gen)
+    return uncached, cached, pruned
+
+
+def assert_same_generations(uncached, *others, atol: float = 1e-4) -> None:
+    """The same tokens (and, when `generate` returned them, per-step scores within `atol`) as `uncached`."""
+    seqs = getattr(uncached, "sequences", uncached)
+    for other in others:
+        assert getattr(other, "sequences", other).tolist() == seqs.tolist(), "greedy continuations differ"
+        if getattr(uncached, "scores", None) is not None:
+            torch.testing.assert_close(torch.stack(other.scores), torch.stack(uncached.scores), rtol=atol, atol=atol)
+
+
+def assert_a_step_moves_only_trainables(model, loss_fn) -> None:
+    """One AdamW step on `loss_fn(model)` moves the head, parallel adapters and replacement adapters, and nothing
+    that is not trainable: every other base tensor stays bit-identical."""
+    base_before = {n: t.detach().clone() for n, t in model.base.state_dict().items()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {id(p) for p in model.trainable_named_parameters().values()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    loss_fn(model).backward()
+    opt.step()
+    named = dict(model.named_parameters())
+    changed = {n for n, p in named.items() if not torch.equal(p, before[n])}
+    assert {n for n in changed if n.startswith("head.")}, "the head did not train"
+    assert {n for n in changed if ".sites." in n} and {n for n in changed if ".replacement." in n}, sorted(changed)
+    assert all(id(named[n]) in trainable for n in changed), f"frozen parameters changed: {sorted(changed)[:5]}"
+    frozen = {n: t for n, t in model.base.state_dict().items() if ".sites." not in n and ".replacement." not in n}
+    assert frozen.keys() <= base_before.keys()
+    assert all(torch.equal(t, base_before[n]) for n, t in frozen.items()), "a base weight moved"

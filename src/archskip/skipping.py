@@ -28,6 +28,7 @@ from torch import nn
 
 from .adapters import Bottleneck, ReplacementAdapter, RouterAdapter, SequentialAdapter, make_norm
 from .backbones import BackboneError, BlockSpec, ParallelSite, find_layers, get_submodule, spec_for
+from .backbones.registry import layers_config
 from .config import AdapterConfig
 from .nn_utils import parameter_counts
 from .plan import PlanError, SkipPlan
@@ -228,12 +229,15 @@ class SkipModel(nn.Module):
         if len(mlist) < 2:
             raise BackboneError(f"{self.layers_path!r} holds {len(mlist)} block(s); skipping needs at least 2")
         spec = spec_for(mlist[0])
-        dim = _hidden_size(base, mlist[0])
+        _check_same_layout(mlist, spec, self.layers_path)
+        # the config of the candidates' own model: a vision-language model's text config (docs/families.md)
+        self.layers_config = layers_config(base, self.layers_path)
+        dim = _hidden_size(self.layers_config, base, mlist[0])
         for i in range(len(mlist)):
             mlist[i] = SkippableLayer(mlist[i], i, spec, self.adapter_config, dim)
         self.spec = spec
         self.candidates: list[SkippableLayer] = list(mlist)  # all N, original order (a plain list)
-        if spec.is_decoder and not spec.keep_positions and _mixed_layer_types(base, len(mlist)):
+        if spec.is_decoder and not spec.keep_positions and _mixed_layer_types(self.layers_config, len(mlist)):
             self.candidates[0].cache_slots = CacheSlots(len(mlist))
         self.head: nn.Module | None = None
         self.plan: SkipPlan | None = None
@@ -337,8 +341,8 @@ class SkipModel(nn.Module):
         parent_path, _, attr = self.layers_path.rpartition(".")
         setattr(self.base.get_submodule(parent_path) if parent_path else self.base, attr, mlist_new)
         del mlist
-        if hasattr(self.base, "config"):
-            self.spec.shrink_config(self.base.config, keep)
+        if self.layers_config is not None:
+            self.spec.shrink_config(self.layers_config, keep)
         self.candidates[0].cache_slots = None  # the shrunk config builds caches for the kept layers
         self.pruned = True
         return self
@@ -400,17 +404,37 @@ class SkipModel(nn.Module):
         return parameter_counts(self)
 
 
-def _mixed_layer_types(base: nn.Module, n: int) -> bool:
+def _check_same_layout(mlist: nn.ModuleList, spec: BlockSpec, path: str) -> None:
+    """Every candidate must have block 0's layout: adapters go where block 0's spec says. A list that interleaves
+    blocks of another kind (Mllama's language model: cross-attention layers among the self-attention ones) is
+    refused instead of getting adapters in the wrong place."""
+    first = type(mlist[0])
+    for i, block in enumerate(mlist):
+        if type(block) is first:
+            continue
+        try:
+            other = spec_for(block)
+        except BackboneError as e:
+            other, why = None, str(e)
+        if other != spec:
+            why = f"a {other.family} block" if other is not None else why
+            raise BackboneError(
+                f"{path!r} mixes block kinds: block {i} is a {type(block).__name__}, block 0 a {first.__name__} "
+                f"({spec.family}); skipping needs candidates of one layout, so a family that places adapters in "
+                f"both kinds of block would be needed. Here: {why} (docs/families.md)"
+            )
+
+
+def _mixed_layer_types(cfg, n: int) -> bool:
     """Does the decoder config give its `n` layers different cache types (sliding-window and full attention)?"""
-    cfg = getattr(base, "config", None)
     if cfg is not None and hasattr(cfg, "get_text_config"):
         cfg = cfg.get_text_config(decoder=True)
     types = getattr(cfg, "layer_types", None)
     return isinstance(types, (list, tuple)) and len(types) == n and len(set(types)) > 1
 
 
-def _hidden_size(base: nn.Module, block: nn.Module) -> int:
-    cfg = getattr(base, "config", None)
+def _hidden_size(cfg, base: nn.Module, block: nn.Module) -> int:
+    """The width of the residual stream, from the blocks' config (`cfg`), else from a norm in the block."""
     for key in ("hidden_size", "d_model", "n_embd"):
         v = getattr(cfg, key, None) or getattr(getattr(cfg, "text_config", None), key, None)
         if isinstance(v, int):

@@ -49,9 +49,12 @@ def get_submodule(root: nn.Module, path: str) -> nn.Module:
         raise BackboneError(f"{type(root).__name__} has no sub-module {path!r}") from None
 
 
-# Dotted paths of the candidate ModuleList, tried in order when none is given.
+# Dotted paths of the candidate ModuleList, tried in order when none is given. Vision-language models
+# (LLaVA, LLaVA-NeXT, PaliGemma, Qwen2-VL: `model.language_model`; Idefics3, SmolVLM: `model.text_model`) name
+# their language model's blocks, so the vision tower's list (often the longer one) is never taken.
 KNOWN_LAYER_PATHS = (
-    "llm.model.layers", "fusion", "model.layers", "layers", "model.decoder.layers", "decoder.layers",
+    "llm.model.layers", "fusion", "model.language_model.layers", "model.text_model.layers", "language_model.layers",
+    "text_model.layers", "model.layers", "layers", "model.decoder.layers", "decoder.layers",
     "encoder.layer", "encoder.layers", "model.encoder.layer", "transformer.h", "h",
 )
 
@@ -79,3 +82,16 @@ def find_layers(model: nn.Module, path: str | None = None) -> tuple[str, nn.Modu
     if best is None:
         raise BackboneError(f"found no ModuleList of blocks in {type(model).__name__}; pass layers='path.to.list'")
     return best
+
+
+def layers_config(model: nn.Module, path: str):
+    """The config that describes the blocks at `path` (their number, their per-layer lists, their width): that of
+    the nearest module above the list that has one. For a vision-language model it is the language model's
+    config (the same object as `config.text_config`), not the composite config; for other models it is the
+    model's own config. None if no module on the path has a config."""
+    parts = path.split(".") if path else []
+    for i in range(len(parts) - 1, -1, -1):
+        cfg = getattr(get_submodule(model, ".".join(parts[:i])) if i else model, "config", None)
+        if cfg is not None:
+            return cfg
+    return None

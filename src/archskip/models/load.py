@@ -70,6 +70,21 @@ def is_decoder_config(config) -> bool:
     return bool(getattr(config, "is_decoder", False)) and not getattr(config, "is_encoder_decoder", False)
 
 
+VLM_TYPES = {"llava", "llava_next", "paligemma", "idefics3", "smolvlm", "qwen2_vl"}
+"""Vision-language models whose language model's blocks are the candidates (tested: docs/families.md)."""
+
+
+def is_vlm_config(config) -> bool:
+    """A vision-language model that generates text (a vision tower + a decoder language model): one of VLM_TYPES,
+    or another model type transformers loads with AutoModelForImageTextToText that has a vision and a text config."""
+    if config.model_type in VLM_TYPES:
+        return True
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return (config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+            and getattr(config, "vision_config", None) is not None and getattr(config, "text_config", None) is not None)
+
+
 def _vision_class(config):
     from transformers import AutoModel, CLIPVisionModel
 
@@ -103,10 +118,13 @@ def load_vision(name: str, dtype, device: str | None = None) -> torch.nn.Module:
 
 
 def _model_class(config, kind: str):
-    from transformers import AutoModel, AutoModelForCausalLM, ViltModel
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, ViltModel
 
     if kind == "auto":
-        kind = config.model_type if config.model_type in ("vilt", "meter") else "decoder" if is_decoder_config(config) else "encoder"
+        kind = config.model_type if config.model_type in ("vilt", "meter") else "decoder" if (
+            is_vlm_config(config) or is_decoder_config(config)) else "encoder"
+    if kind == "decoder" and is_vlm_config(config):  # the VLM with its LM head; its language model's blocks skip
+        return AutoModelForImageTextToText
     return {"vilt": ViltModel, "meter": METERModel, "decoder": AutoModelForCausalLM, "encoder": AutoModel}[kind]
 
 
