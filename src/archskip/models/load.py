@@ -70,7 +70,7 @@ def is_decoder_config(config) -> bool:
     return bool(getattr(config, "is_decoder", False)) and not getattr(config, "is_encoder_decoder", False)
 
 
-VLM_TYPES = {"llava", "llava_next", "paligemma", "idefics3", "smolvlm", "qwen2_vl"}
+VLM_TYPES = {"llava", "llava_next", "paligemma", "gemma3", "idefics3", "smolvlm", "qwen2_vl"}
 """Vision-language models whose language model's blocks are the candidates (tested: docs/families.md)."""
 
 
