@@ -1,4 +1,4 @@
-"""`archskip search | train | eval | profile | demo`: a thin layer over `pipeline` and `demo`.
+"""`archskip search | train | eval | profile | export | demo`: a thin layer over `pipeline`, `export` and `demo`.
 
 Every subcommand takes `--config recipe.yaml` (keys = the parameter names below) and any
 `--section.key value` override; `archskip <cmd> --help` lists them all with their docs.
@@ -195,6 +195,32 @@ def profile(
         atomic_write_text(output, table + "\n")
 
 
+def export(
+    artifact: str,
+    out: str,
+    format: Literal["hf", "onnx"] = "hf",
+    base: str | None = None,
+    check: bool = True,
+) -> None:
+    """Write a trained artifact's pruned model so that it loads without archskip (docs/export.md).
+
+    Args:
+        artifact: directory written by `archskip train` (output_dir/artifact).
+        out: the directory to write (absent, empty, or an earlier export, which is replaced).
+        format: 'hf': a Hugging Face model directory (N - k blocks, adapters, head, tokenizer, model code) for
+            `AutoModel*.from_pretrained(out, trust_remote_code=True)`; 'onnx': an encoder as out/model.onnx.
+        base: load the base model from here instead of the recorded id/path.
+        check: load what was written back and compare its outputs with the model's first.
+    """
+    from .artifact import load_artifact
+    from .export import export_onnx, save_pretrained
+
+    model, task = load_artifact(artifact, base)
+    write = save_pretrained if format == "hf" else export_onnx
+    result = write(model, out, task=task, check=check)
+    print(json.dumps(result, indent=2))
+
+
 def demo(output_dir: str = "runs/demo", seed: int = 0, quick: bool = False) -> None:
     """The embedded default: DAS on all-MiniLM-L6-v2 and Pang & Lee sentence polarity, offline, on CPU.
 
@@ -211,7 +237,7 @@ def demo(output_dir: str = "runs/demo", seed: int = 0, quick: bool = False) -> N
     run_demo(output_dir, seed=seed, quick=quick)
 
 
-COMMANDS = {"search": search, "train": train, "eval": evaluate, "profile": profile, "demo": demo}
+COMMANDS = {"search": search, "train": train, "eval": evaluate, "profile": profile, "export": export, "demo": demo}
 
 
 def normalize_flags(argv: list[str]) -> list[str]:
