@@ -35,6 +35,8 @@ DECODERS = {
     "gpt2": ("gpt2", ADAPTED, (1, 2), "after"),
     "gemma2": ("gemma2", ADAPTED, (0,), "after"),
     "qwen2_sliding": ("qwen2_sliding", ADAPTED, (1,), "before"),
+    # a vision-language model: PaliGemma 2 (a Gemma2 language model, layers alternating sliding / full), image + text
+    "paligemma2": ("vlm:paligemma2", ADAPTED, (1,), "after"),
 }
 NEW_TOKENS = 12
 
@@ -62,8 +64,10 @@ PLAIN = textwrap.dedent('''
         try:
             kwargs = {} if job["trust"] is None else {"trust_remote_code": job["trust"]}
             model = getattr(transformers, job["auto"]).from_pretrained(job["dir"], **kwargs).eval()
-            r = {"class": type(model).__name__, "base_module": type(model).__mro__[1].__module__,
-                 "layers": model.config.num_hidden_layers, "id2label": dict(model.config.id2label),
+            r = {"class": type(model).__name__,
+                 "base": next(c.__name__ for c in type(model).__mro__ if c.__module__.startswith("transformers.models.")),
+                 "layers": model.config.get_text_config(decoder=True).num_hidden_layers,
+                 "id2label": dict(model.config.id2label),
                  "archskip_modules": sorted(m for m in sys.modules if m.split(".")[0] == "archskip")}
             x = job.get("inputs")
             if job.get("texts"):
@@ -73,9 +77,9 @@ PLAIN = textwrap.dedent('''
                 out = model(**x)
                 r["output"] = out.logits if hasattr(out, "logits") else out.last_hidden_state
                 if job.get("generate"):
-                    ids = x["input_ids"]
-                    r["generated"] = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=job["generate"],
-                                                    do_sample=False, pad_token_id=0, eos_token_id=None, use_cache=True)
+                    x = {"attention_mask": torch.ones_like(x["input_ids"]), **x}
+                    r["generated"] = model.generate(**x, **job["generate"], do_sample=False, pad_token_id=0,
+                                                    eos_token_id=None, use_cache=True)
             results[job["id"]] = r
         except Exception as e:
             results[job["id"]] = {"error": f"{type(e).__name__}: {e}"}
@@ -87,10 +91,21 @@ def prompt() -> torch.Tensor:
     return torch.randint(5, 124, (2, 9), generator=torch.Generator().manual_seed(3))
 
 
+def decoder_and_inputs(family: str):
+    """(tiny model, inputs, generate options) for a family of test_families or, 'vlm:<name>', test_vlm_families."""
+    if family.startswith("vlm:"):
+        import test_vlm_families as vlm
+
+        name = family.removeprefix("vlm:")
+        return vlm.make(name), vlm.inputs_for(name), {"max_new_tokens": NEW_TOKENS, "suppress_tokens": vlm.SPECIAL}
+    return make_tiny(family), {"input_ids": prompt()}, {"max_new_tokens": NEW_TOKENS}
+
+
 def export_decoder(name: str, out) -> dict:
     family, adapter, skip, when = DECODERS[name]
     torch.manual_seed(0)
-    model = SkipModel(make_tiny(family), adapter)
+    base, inputs, gen = decoder_and_inputs(family)
+    model = SkipModel(base, adapter)
     perturb_trainable(model, scale=0.1)
     model.apply_plan(SkipPlan(skip, model.num_candidates))
     if when == "after":
@@ -98,12 +113,11 @@ def export_decoder(name: str, out) -> dict:
     result = model.save_pretrained(out, tokenizer=tiny_tokenizer())
     assert not model.pruned or when == "after"  # exporting leaves the model as it was
     model.prune()
-    ids = prompt()
     with torch.no_grad():
-        logits = model(input_ids=ids).logits
-        generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False,
-                                   pad_token_id=0, eos_token_id=None)
-    return {"model": model, "result": result, "logits": logits, "generated": generated}
+        logits = model(**inputs).logits
+        generated = model.generate(**{"attention_mask": torch.ones_like(inputs["input_ids"]), **inputs}, **gen,
+                                   do_sample=False, pad_token_id=0, eos_token_id=None)
+    return {"model": model, "result": result, "logits": logits, "generated": generated, "inputs": inputs, "gen": gen}
 
 
 def bert_artifact(root):
@@ -154,8 +168,9 @@ def plain(tmp_path_factory):
     expected, jobs = {}, []
     for name in DECODERS:
         expected[name] = export_decoder(name, root / name)
-        jobs.append({"id": name, "dir": str(root / name), "auto": "AutoModelForCausalLM", "trust": True,
-                     "inputs": {"input_ids": prompt()}, "generate": NEW_TOKENS})
+        auto = "AutoModelForImageTextToText" if DECODERS[name][0].startswith("vlm:") else "AutoModelForCausalLM"
+        jobs.append({"id": name, "dir": str(root / name), "auto": auto, "trust": True,
+                     "inputs": expected[name]["inputs"], "generate": expected[name]["gen"]})
     model, task = bert_artifact(root)
     texts = [e["text"] for e in classification_examples(6, seed=9)]
     model.save_pretrained(root / "bert", task=task)
@@ -183,7 +198,7 @@ def plain(tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(root / "modules"),
            "PYTHONPATH": ""}
     proc = subprocess.run([sys.executable, str(root / "plain.py"), str(root / "jobs.pt"), str(root / "results.pt")],
-                          env=env, capture_output=True, text=True, timeout=600, cwd=root)
+                          env=env, capture_output=True, text=True, timeout=600, cwd=root, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return expected, torch.load(root / "results.pt", weights_only=True), root
 
@@ -195,16 +210,17 @@ def test_decoder_loads_without_archskip_and_generates_the_same(plain, name):
     exp, got = expected[name], results[name]
     assert "error" not in got, got.get("error")
     assert got["archskip_modules"] == [] and got["class"] == f"Archskip{type(exp['model'].base).__name__}"
-    assert got["base_module"].startswith("transformers.models.")  # the transformers class, adapters added by hooks
-    assert got["layers"] == len(exp["model"].plan.keep) == exp["model"].config.num_hidden_layers
+    assert got["base"] == type(exp["model"].base).__name__  # the transformers class, adapters added by hooks
+    assert got["layers"] == len(exp["model"].plan.keep) == exp["model"].layers_config.num_hidden_layers
     torch.testing.assert_close(got["output"], exp["logits"], rtol=0, atol=1e-5)
     assert torch.equal(got["generated"], exp["generated"])  # greedy, with a KV cache, past the sliding window
     assert exp["result"]["max_abs_diff"] is not None and exp["result"]["max_abs_diff"] <= 1e-5
     cfg = json.loads((root / name / "config.json").read_text())
     assert cfg["model_type"] == "archskip" and cfg["auto_map"]["AutoModelForCausalLM"].startswith("modeling_archskip.")
     assert [b["candidate"] for b in cfg["archskip"]["blocks"]] == list(exp["model"].plan.keep)
-    if "layer_types" in cfg:  # the per-layer list cut to the kept blocks
-        assert len(cfg["layer_types"]) == cfg["num_hidden_layers"]
+    text = cfg.get("text_config", cfg)  # a vision-language model's blocks are described by its text config
+    if "layer_types" in text:  # the per-layer list cut to the kept blocks
+        assert len(text["layer_types"]) == text["num_hidden_layers"] == len(exp["model"].plan.keep)
     files = set(os.listdir(root / name))
     assert {"modeling_archskip.py", "model.safetensors", "generation_config.json", "tokenizer.json"} <= files
     imports = {a.name.split(".")[0] for n in ast.walk(ast.parse((root / name / "modeling_archskip.py").read_text()))
@@ -219,6 +235,8 @@ def test_mixed_layer_types_are_cut_to_the_kept_blocks(plain):
     assert gemma2["layer_types"] == ["full_attention", "sliding_attention", "full_attention"]  # of 4, block 0 skipped
     qwen2 = json.loads((root / "qwen2_sliding" / "config.json").read_text())
     assert qwen2["layer_types"] == ["full_attention", "sliding_attention", "sliding_attention"]
+    paligemma2 = json.loads((root / "paligemma2" / "config.json").read_text())["text_config"]
+    assert paligemma2["layer_types"] == ["sliding_attention", "sliding_attention", "full_attention"]
 
 
 def test_bert_classifier_from_an_artifact_loads_without_archskip(plain):

@@ -40,6 +40,7 @@ class ExportError(BackboneError):
 AUTO_CLASSES = {
     # the auto classes config.json maps to the model class: decoders load as causal LMs, classifiers with their head
     "decoder": ("AutoModelForCausalLM", "AutoModel"),
+    "vision-language": ("AutoModelForImageTextToText", "AutoModelForCausalLM", "AutoModel"),
     "encoder": ("AutoModel",),
     "classifier": ("AutoModelForSequenceClassification", "AutoModel"),
 }
@@ -55,7 +56,8 @@ def save_pretrained(model, out_dir: str | Path, *, task=None, tokenizer=None, ch
     section = export_section(model, task)
     config = _export_config(model, keep, section)
     head = section["head"] is not None
-    kind = "classifier" if head else "decoder" if model.is_decoder else "encoder"
+    kind = "classifier" if head else "encoder" if not model.is_decoder else (
+        "decoder" if _layers_config(model) is base.config else "vision-language")
     class_name = template.PREFIX + type(base).__name__ + (template.HEAD if head else "")
     config.auto_map = {"AutoConfig": f"modeling_archskip.{template.PREFIX}{type(base.config).__name__}",
                        **{auto: f"modeling_archskip.{class_name}" for auto in AUTO_CLASSES[kind]}}
@@ -128,7 +130,7 @@ def refuse(model, task) -> None:
         if task is None:
             raise ExportError("this model has a task head: pass task= (the head's pooling and labels are exported "
                               "with it)")
-        if getattr(task, "name", None) != "classification":
+        if getattr(task, "name", None) != "classification" or not isinstance(getattr(model.head, "out", None), nn.Linear):
             raise ExportError(f"the {getattr(task, 'name', '?')} task's head is not exportable; a classification "
                               "head is (export without a head: a model whose task has none)")
 
@@ -246,12 +248,8 @@ def _export_config(model, keep: tuple[int, ...], section: dict):
     base_cfg = model.base.config
     cfg = copy.deepcopy(base_cfg)
     layers_cfg = _layers_config(model)
-    if not model.pruned:  # cut the copy: the config of the blocks may be a sub-config (a vision-language model's)
-        sub = cfg if layers_cfg is base_cfg else next(
-            (getattr(cfg, k) for k, v in vars(base_cfg).items() if v is layers_cfg), None)
-        if sub is None:
-            raise ExportError("cannot find the config of the blocks to cut it to the kept blocks")
-        model.spec.shrink_config(sub, keep)
+    if not model.pruned:  # cut the copy to the kept blocks
+        model.spec.shrink_config(_blocks_config(cfg, base_cfg, layers_cfg), keep)
     d = cfg.to_dict()
     for k in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "archskip"):
         d.pop(k, None)
@@ -259,16 +257,21 @@ def _export_config(model, keep: tuple[int, ...], section: dict):
         d.pop(k, None)
     config_class = getattr(template, template.PREFIX + type(base_cfg).__name__)
     out = config_class.from_dict({**d, "archskip": section})
-    n = getattr(_layers_sub(out, base_cfg, layers_cfg), "num_hidden_layers", None)
+    n = getattr(_blocks_config(out, base_cfg, layers_cfg), "num_hidden_layers", None)
     if n != len(keep):
         raise ExportError(f"the exported config says {n} layers, the plan keeps {len(keep)}")
     return out
 
 
-def _layers_sub(cfg, base_cfg, layers_cfg):
+def _blocks_config(cfg, base_cfg, layers_cfg):
+    """In `cfg` (a copy of `base_cfg`), the config that describes the blocks: `cfg` itself, or the sub-config that has
+    the place `layers_cfg` has in `base_cfg` (a vision-language model's text config)."""
     if layers_cfg is base_cfg:
         return cfg
-    return next((getattr(cfg, k) for k, v in vars(base_cfg).items() if v is layers_cfg), cfg)
+    key = next((k for k, v in vars(base_cfg).items() if v is layers_cfg), None)
+    if key is None:
+        raise ExportError("cannot find the config that describes the blocks in the model's config")
+    return getattr(cfg, key)
 
 
 # ---- the tensors -------------------------------------------------------------------------------------------------
@@ -414,11 +417,10 @@ def _check(model, task, model_class, directory: Path) -> float:
                           "pass check=False to write it unchecked")
     try:
         loaded = model_class.from_pretrained(directory, dtype=ref_param.dtype).to(ref_param.device).eval()
-    except Exception as e:  # noqa: BLE001 (any failure to load back is the export's failure)
+    except Exception as e:  # any failure to load back is the export's failure
         raise ExportError(f"the written directory does not load back: {type(e).__name__}: {e}") from e
-    with torch.no_grad():
-        with seeded(x):
-            out = loaded(**x)
+    with torch.no_grad(), seeded(x):
+        out = loaded(**x)
     got = (out.logits if hasattr(out, "logits") else out[0]).float()
     diff = (got - ref).abs().max().item() if got.shape == ref.shape else float("inf")
     tol = 1e-5 if ref_param.dtype == torch.float32 else 2e-2
