@@ -1,4 +1,8 @@
-"""A run killed with SIGKILL at a random step, then resumed, ends bit-identical to an uninterrupted run."""
+"""A run killed with SIGKILL mid-way, then resumed, ends bit-identical to an uninterrupted run.
+
+The child process kills itself at a chosen checkpoint, either right after writing it or half-way through writing
+it (temporary file written, rename not done): deterministic, unlike a parent polling the checkpoint from outside,
+which on a loaded machine can miss the window and find the run already finished."""
 
 import csv
 import json
@@ -6,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -62,29 +65,54 @@ def args(stage, model_dir, data, out):
 def checkpoint_step(out) -> int:
     try:
         return int(torch.load(out / "checkpoint.pt", weights_only=True)["step"])
-    except Exception:  # not written yet, or being replaced right now
+    except FileNotFoundError:
         return -1
 
 
-def run_and_kill(stage, model_dir, data, out, kill_at: int) -> int:
-    """Start the run in a child process, SIGKILL it once its checkpoint passes `kill_at`; the checkpoint step."""
+# Run the CLI with Trainer._save wrapped so that the process SIGKILLs itself at checkpoint `kill_at`.
+CHILD = """
+import os, signal, sys
+from archskip import cli, train
+
+kill_at, mode = int(sys.argv[1]), sys.argv[2]
+save = train.Trainer._save
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def dying_write(path, write):  # the temporary file is written, the rename over `path` never happens
+    tmp = str(path) + ".partial.tmp"
+    write(tmp)
+    die()
+
+def _save(self, optimizer, scheduler, micro, step, history):
+    if step >= kill_at and mode == "mid-write":
+        train.atomic_write = dying_write
+    save(self, optimizer, scheduler, micro, step, history)
+    if step >= kill_at:
+        die()
+
+train.Trainer._save = _save
+cli.main(sys.argv[3:])
+"""
+
+
+def run_and_kill(stage, model_dir, data, out, kill_at: int, mode: str = "after-write") -> int:
+    """Run the stage in a child that SIGKILLs itself at checkpoint `kill_at`; the step of the checkpoint left."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    child = subprocess.Popen([sys.executable, "-m", "archskip.cli", *args(stage, model_dir, data, out)], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while checkpoint_step(out) < kill_at and child.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    child = subprocess.run([sys.executable, "-c", CHILD, str(kill_at), mode, *args(stage, model_dir, data, out)],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, f"the run was not killed (exit {child.returncode}): {child.stderr}"
     return checkpoint_step(out)
 
 
-@pytest.mark.parametrize("kill_at", [3, 45, 100])
-def test_train_killed_and_resumed_is_bit_identical(model_dir, data, reference, tmp_path, kill_at):
+@pytest.mark.parametrize(("kill_at", "mode"), [(3, "after-write"), (45, "mid-write"), (100, "after-write")])
+def test_train_killed_and_resumed_is_bit_identical(model_dir, data, reference, tmp_path, kill_at, mode):
     ref = load_file(reference["train"] / "artifact" / "adapter_model.safetensors")
     out = tmp_path / "killed"
-    reached = run_and_kill("train", model_dir, data, out, kill_at)
-    assert 0 <= reached < EPOCHS * STEPS_PER_EPOCH, f"the run was not killed mid-way (checkpoint step {reached})"
+    reached = run_and_kill("train", model_dir, data, out, kill_at, mode)
+    # a checkpoint killed half-way through its write leaves the previous one whole
+    assert reached == (kill_at - 1 if mode == "mid-write" else kill_at)
     assert not (out / "artifact").exists()
     main(args("train", model_dir, data, out) + ["--resume", "true"])
     resumed = load_file(out / "artifact" / "adapter_model.safetensors")
@@ -93,12 +121,13 @@ def test_train_killed_and_resumed_is_bit_identical(model_dir, data, reference, t
     assert steps == sorted(set(steps)) and steps[-1] == EPOCHS * STEPS_PER_EPOCH  # no step logged twice
 
 
-@pytest.mark.parametrize("kill_at", [10, 60])
-def test_search_killed_and_resumed_is_bit_identical(model_dir, data, reference, tmp_path, kill_at):
+@pytest.mark.parametrize(("kill_at", "mode"), [(10, "after-write"), (60, "mid-write")])
+def test_search_killed_and_resumed_is_bit_identical(model_dir, data, reference, tmp_path, kill_at, mode):
     ref = json.loads((reference["search"] / "search_result.json").read_text())
     out = tmp_path / "killed"
-    reached = run_and_kill("search", model_dir, data, out, kill_at)
-    assert 0 <= reached and not (out / "search_result.json").exists(), "the run was not killed mid-way"
+    reached = run_and_kill("search", model_dir, data, out, kill_at, mode)
+    assert reached == (kill_at - 1 if mode == "mid-write" else kill_at)
+    assert not (out / "search_result.json").exists()
     main(args("search", model_dir, data, out) + ["--resume", "true"])
     resumed = json.loads((out / "search_result.json").read_text())
     assert resumed["scores"] == ref["scores"] and resumed["plan"] == ref["plan"]
