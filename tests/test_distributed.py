@@ -2,15 +2,13 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from test_resume_kill import checkpoint_step, data, model_dir  # noqa: F401  (module fixtures)
+from test_resume_kill import CHILD, checkpoint_step, data, model_dir  # noqa: F401  (module fixtures)
 
 from archskip.cli import main
 from archskip.plan import SkipPlan
@@ -72,14 +70,14 @@ def test_two_process_search_killed_then_resumed_with_one_process(model_dir, data
     out = tmp_path / "search"
     argv = [*common(model_dir, data, out), "--search.k", "1", "--search.update_every", "2", "--search.warmup_epochs", "0.5",
             "--train.epochs", "4", "--train.checkpoint_every", "1"]
-    child = subprocess.Popen(torchrun("search", *argv), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-    deadline = time.time() + 240
-    while checkpoint_step(out) < 25 and child.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.killpg(child.pid, signal.SIGKILL)  # the launcher and both workers
-    child.wait()
-    assert 0 <= checkpoint_step(out) and not (out / "search_result.json").exists(), "the run was not killed mid-way"
+    # the writer SIGKILLs itself right after the checkpoint of step 25, the launcher stops the other worker
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+              "25", "after-write", "search", *argv]
+    child = subprocess.run(launch, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert child.returncode != 0, "the run was not killed"
+    assert checkpoint_step(out) == 25 and not (out / "search_result.json").exists(), child.stderr[-3000:]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["world_size"] == 2
     with pytest.warns(UserWarning, match="resuming a 2-process run with 1 process"):
         main(["search", *argv, "--resume", "true"])

@@ -89,7 +89,9 @@ def _save(self, optimizer, scheduler, micro, step, history):
     if step >= kill_at and mode == "mid-write":
         train.atomic_write = dying_write
     save(self, optimizer, scheduler, micro, step, history)
-    if step >= kill_at:
+    # only the writer dies: the other processes of a 2-process run then fail at their next collective and the
+    # launcher stops them; were they to die first, the launcher could stop the writer before its checkpoint is in
+    if step >= kill_at and self.is_main:
         die()
 
 train.Trainer._save = _save
