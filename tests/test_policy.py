@@ -216,3 +216,19 @@ def test_top_k_and_bad_arguments():
         SkipPolicy(5, 1, mode="greedy")
     with pytest.raises(ValueError, match="has 3 gates"):
         pol.load_state_dict(SkipPolicy(3, 1).state_dict())
+
+
+def test_uniform_sampling_ignores_the_gates_and_resumes():
+    """search.supernet_sampling='uniform': every k-subset equally often, however skewed the gates are."""
+    policy = SkipPolicy(5, 2, mode="exact", seed=1)
+    policy.gates = torch.tensor([6.0, -6.0, -6.0, -6.0, 6.0], dtype=torch.float64)  # the policy all but fixes (0, 4)
+    counts = {c: 0 for c in itertools.combinations(range(5), 2)}
+    draws = 5000
+    for _ in range(draws):
+        counts[tuple(sorted(policy.sample_uniform()))] += 1
+    expected = draws / len(counts)  # 500 each; binomial sd ~21
+    assert all(abs(n - expected) < 100 for n in counts.values()), counts
+    state = policy.state_dict()
+    ahead = [policy.sample_uniform() for _ in range(5)]
+    policy.load_state_dict(state)
+    assert [policy.sample_uniform() for _ in range(5)] == ahead

@@ -266,3 +266,30 @@ def test_the_default_search_on_a_decoder_finds_the_planted_blocks_not_the_last_o
         assert result.plan.skip == planted, (seed, table[:3])
         last_k = next(m for m in table if tuple(m["plan"]) == (4, 5))
         assert last_k["metrics"]["loss"] > 3 * table[0]["metrics"]["loss"]  # measured, and clearly worse
+
+
+def test_uniform_supernet_sampling_trains_every_plan_and_still_finds_the_planted_blocks(monkeypatch):
+    """search.supernet_sampling='uniform': every training micro-batch runs under a uniform draw, not the policy's."""
+    from dataclasses import replace
+
+    from archskip.search.policy import SkipPolicy
+
+    drawn = []
+    uniform = SkipPolicy.sample_uniform
+
+    def record(self):
+        drawn.append(tuple(sorted(uniform(self))))
+        return drawn[-1]
+
+    monkeypatch.setattr(SkipPolicy, "sample_uniform", record)
+    cfg = replace(VERIFIED, supernet_sampling="uniform")
+    for seed in range(2):
+        model, task, examples = setup(seed)
+        before = len(drawn)
+        result = run_search(model, task, examples, cfg, TRAIN, seed=seed, progress=False)
+        assert result.plan.skip == PLANTED, (seed, result.config["verification"]["measured"][:3])
+        micro_batches = 3 * len(make_loader(examples[: int(0.75 * len(examples))], task.collate, TRAIN.batch_size))
+        assert len(drawn) - before == micro_batches  # one uniform draw per training micro-batch
+    assert len(set(drawn)) >= 12  # spread over the 15 plans of C(6, 2) (36 draws), not concentrated where the gates point
+    with pytest.raises(ConfigError, match="supernet_sampling"):
+        SearchConfig(supernet_sampling="gates")

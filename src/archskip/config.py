@@ -257,6 +257,11 @@ class SearchConfig:
     many micro-batches, the rest frozen, by two-fold cross-fitting on the measurement examples (fit on one half,
     score the other); 0 = measure the supernet as it is. Models without a separate head (decoders'
     language-model heads are frozen) are measured as they are."""
+    supernet_sampling: Literal["policy", "uniform"] = "policy"
+    """Which plan each training micro-batch of the supernet runs under: 'policy' (the paper: a draw from the gates,
+    so the plans the bandit favours train the shared adapters more) or 'uniform' (every k-subset equally often,
+    as in single-path one-shot NAS: every plan's shared adapters are trained alike, so the final measurement
+    compares plans on equal terms). The policy's updates are the same either way."""
     samples: int = 3
     """M, configurations evaluated per policy update."""
     update_every: int = 10

@@ -60,7 +60,8 @@ class DASHooks:
 
     # ---- StepHooks ---------------------------------------------------------------------------
     def before_batch(self, micro: int, epoch: float) -> None:
-        self.model.set_skip(self.policy.sample())
+        uniform = self.cfg.supernet_sampling == "uniform"
+        self.model.set_skip(self.policy.sample_uniform() if uniform else self.policy.sample())
 
     def after_batch(self, micro: int, epoch: float) -> None:
         self.counter += 1

@@ -77,6 +77,14 @@ class SkipPolicy:
         idx = torch.multinomial(self.probs(), self.k, replacement=False, generator=self.generator)
         return tuple(idx.tolist())
 
+    def sample_uniform(self) -> Config:
+        """k indices drawn uniformly without replacement (every k-subset equally likely), from the policy's generator
+        so that the draw is part of its state (resume)."""
+        if self.k == 0:
+            return ()
+        idx = torch.multinomial(torch.ones(self.num_candidates), self.k, replacement=False, generator=self.generator)
+        return tuple(idx.tolist())
+
     def sample_candidates(self, m: int) -> list[Config]:
         """Configurations for one policy update: M distinct sorted subsets (faithful) or M i.i.d. draws (exact)."""
         if self.mode == "exact":
