@@ -298,6 +298,39 @@ def test_what_cannot_be_exported_is_refused(tmp_path):
     assert os.listdir(tmp_path / "busy") == ["notes.txt"] and not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("pruned", [False, True])
+def test_the_base_models_own_save_pretrained_is_refused(tmp_path, pruned):
+    """transformers would load what the wrapped base's own save_pretrained writes without an error, with random
+    blocks (their weights are stored under SkippableLayer names) and no adapters: it is refused, for the base
+    and for every model inside it that holds the blocks, and nothing is written."""
+    import copy
+    import pickle
+
+    import test_vlm_families as vlm
+    from transformers import LlamaForCausalLM
+
+    llama = SkipModel(make_tiny("llama"), ADAPTED)
+    paligemma = SkipModel(vlm.make("paligemma"), ADAPTED)
+    for m in (llama, paligemma):
+        m.apply_plan(SkipPlan((1,), 4))
+        if pruned:
+            m.prune()
+    owners = [llama.base, llama.base.model, copy.deepcopy(llama.base), pickle.loads(pickle.dumps(llama.base)),
+              paligemma.base, paligemma.base.model, paligemma.base.model.language_model]
+    for i, owner in enumerate(owners):
+        with pytest.raises(ExportError, match=r"SkipModel\.save_pretrained\(dir, task=\.\.\.\) or `archskip export"):
+            owner.save_pretrained(tmp_path / str(i))
+        assert not (tmp_path / str(i)).exists()
+    with pytest.raises(ExportError, match=f"this {type(paligemma.base.model.language_model).__name__} is wrapped"):
+        paligemma.base.model.language_model.save_pretrained(tmp_path / "x")
+    # the vision tower holds no block: its own save_pretrained is untouched; so is the class
+    paligemma.base.model.vision_tower.save_pretrained(tmp_path / "vision")
+    LlamaForCausalLM(llama.base.config).save_pretrained(tmp_path / "plain")
+    assert (tmp_path / "vision" / "config.json").exists() and (tmp_path / "plain" / "model.safetensors").exists()
+    # what to use instead works on the same model
+    assert llama.save_pretrained(tmp_path / "export")["kept"] == [0, 2, 3]
+
+
 # ---- the command line and ONNX -------------------------------------------------------------------------------------
 def test_cli_exports_an_artifact_trained_for_two_steps(tiny_encoder_dir, tmp_path, capsys):
     from archskip.data import text as text_data

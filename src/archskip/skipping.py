@@ -202,6 +202,28 @@ def config_fingerprint(config) -> str:
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+class RefusePlainSave:
+    """Put on a wrapped base model as its `save_pretrained` (and so its `push_to_hub`, which calls it): what the
+    base's own method would write is loaded by transformers without an error yet wrongly. Its blocks are
+    SkippableLayers, so their weights are stored under names like `model.layers.0.block.mlp...`; a transformers
+    class reloading that directory reports them as unexpected, initialises the blocks it expected at random
+    (and, after `prune()`, builds N - k blocks without the replacement adapters). A module-level class, not a
+    closure, so the base model still deep-copies and pickles."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, *args, **kwargs):
+        from .export import ExportError
+
+        raise ExportError(
+            f"this {self.name} is wrapped by archskip's SkipModel (its blocks hold adapters, or were pruned): its own "
+            "save_pretrained would write weights that transformers loads with random blocks and no adapters, "
+            "without an error. Write it with SkipModel.save_pretrained(dir, task=...) or `archskip export "
+            "--artifact <artifact> --out <dir>`, which load with plain transformers (docs/export.md); save the "
+            "adapters with archskip.artifact.save_artifact")
+
+
 class SkipModel(nn.Module):
     """A frozen Hugging Face model whose candidate blocks can be skipped, plus adapters and a task head.
 
@@ -237,6 +259,12 @@ class SkipModel(nn.Module):
             mlist[i] = SkippableLayer(mlist[i], i, spec, self.adapter_config, dim)
         self.spec = spec
         self.candidates: list[SkippableLayer] = list(mlist)  # all N, original order (a plain list)
+        # every model that holds the blocks (LlamaForCausalLM and its LlamaModel; a VLM's language model; LaVIN's
+        # LLaMA) would save them wrongly with its own save_pretrained
+        parts = self.layers_path.split(".")
+        for owner in {base.get_submodule(".".join(parts[:i])) for i in range(len(parts))}:
+            if callable(getattr(owner, "save_pretrained", None)):
+                owner.save_pretrained = RefusePlainSave(type(owner).__name__)
         if spec.is_decoder and not spec.keep_positions and _mixed_layer_types(self.layers_config, len(mlist)):
             self.candidates[0].cache_slots = CacheSlots(len(mlist))
         self.head: nn.Module | None = None
