@@ -20,6 +20,9 @@ from conftest import (
     TINY_TEXT_ENCODERS,
     TINY_VISION_ENCODERS,
     VOCAB_SIZE,
+    assert_a_step_moves_only_trainables,
+    assert_same_generations,
+    generate_masked_then_pruned,
     image_inputs,
     make_tiny,
     perturb_trainable,
@@ -116,22 +119,16 @@ def test_pruned_equals_masked(name):
         x = inputs_for(name)
         model.apply_plan(SkipPlan(skip, model.num_candidates))
         masked = run(model, name, x)
-        if name in TINY_DECODERS:
+        if name in TINY_DECODERS:  # masked generate, uncached and with a KV cache, then pruned (prunes the model)
             gen = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
-            with torch.no_grad():
-                uncached = model.generate(**x, use_cache=False, **gen)
-                cached = model.generate(**x, use_cache=True, **gen)
-            assert cached.tolist() == uncached.tolist(), f"skip {skip}: masked generate with a KV cache differs"
-        model.prune()
+            assert_same_generations(*generate_masked_then_pruned(model, x, gen))
+        else:
+            model.prune()
         torch.testing.assert_close(run(model, name, x), masked, rtol=1e-5, atol=1e-5, msg=lambda m: f"skip {skip}: {m}")
         mlist = model.base.get_submodule(model.layers_path)
         if not model.spec.keep_positions:
             assert [layer.index for layer in mlist] == [i for i in range(4) if i not in skip]
             assert model.config.num_hidden_layers == 4 - len(skip)
-        if name in TINY_DECODERS:
-            with torch.no_grad():
-                pruned = model.generate(**x, use_cache=True, **gen)
-            assert pruned.tolist() == uncached.tolist(), f"skip {skip}: pruned generate differs"
 
 
 @pytest.mark.parametrize("name", SLIDING)
@@ -147,14 +144,7 @@ def test_sliding_window_configs_generate_past_the_window(name):
     model.apply_plan(SkipPlan((0,), 4))
     gen = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None, output_scores=True,
                return_dict_in_generate=True)
-    with torch.no_grad():
-        uncached = model.generate(**x, use_cache=False, **gen)
-        cached = model.generate(**x, use_cache=True, **gen)
-        model.prune()
-        pruned = model.generate(**x, use_cache=True, **gen)
-    for other in (cached, pruned):
-        assert other.sequences.tolist() == uncached.sequences.tolist()
-        torch.testing.assert_close(torch.stack(other.scores), torch.stack(uncached.scores), rtol=1e-4, atol=1e-4)
+    assert_same_generations(*generate_masked_then_pruned(model, x, gen))  # tokens and per-step scores to 1e-4
     if types is not None:
         assert model.config.layer_types == types[1:]
 
@@ -250,22 +240,8 @@ def test_a_step_moves_only_adapters_and_head(name):
     model.head = nn.Linear(dim, 2)
     model.apply_plan(SkipPlan((1,), model.num_candidates))
     perturb_trainable(model)
-    base_before = {n: t.detach().clone() for n, t in model.base.state_dict().items()}
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainable = {id(p) for p in model.trainable_named_parameters().values()}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    feats = output(name, model(**inputs_for(name)))
-    model.head(feats.float().mean(1)).logsumexp(-1).mean().backward()
-    opt.step()
-    named = dict(model.named_parameters())
-    changed = {n for n, p in named.items() if not torch.equal(p, before[n])}
-    assert {n for n in changed if n.startswith("head.")}, "the head did not train"
-    assert {n for n in changed if ".sites." in n} and {n for n in changed if ".replacement." in n}, sorted(changed)
-    assert all(id(named[n]) in trainable for n in changed), f"frozen parameters changed: {sorted(changed)[:5]}"
-    frozen = {n: t for n, t in model.base.state_dict().items() if ".sites." not in n and ".replacement." not in n}
-    assert frozen.keys() <= base_before.keys()
-    assert all(torch.equal(t, base_before[n]) for n, t in frozen.items()), "a base weight moved"
+    x = inputs_for(name)
+    assert_a_step_moves_only_trainables(model, lambda m: m.head(output(name, m(**x)).float().mean(1)).logsumexp(-1).mean())
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neox", "falcon", "gemma3"])
