@@ -15,14 +15,14 @@ import textwrap
 
 import pytest
 import torch
-from conftest import classification_examples, make_bert, make_tiny, perturb_trainable, tiny_tokenizer
+from conftest import VOCAB_SIZE, classification_examples, make_bert, make_tiny, perturb_trainable, tiny_tokenizer
 from safetensors.torch import load_file, save_file
 
 from archskip import AdapterConfig, SkipModel, SkipPlan, TaskConfig
 from archskip.artifact import load_artifact, save_artifact
 from archskip.cli import main
 from archskip.errors import OutputError, PlanError
-from archskip.export import ExportError, export_onnx
+from archskip.export import ExportError, export_onnx, save_pretrained
 from archskip.tasks import build_task
 
 ADAPTED = AdapterConfig(hidden=8, skip_hidden=16)
@@ -37,8 +37,65 @@ DECODERS = {
     "qwen2_sliding": ("qwen2_sliding", ADAPTED, (1,), "before"),
     # a vision-language model: PaliGemma 2 (a Gemma2 language model, layers alternating sliding / full), image + text
     "paligemma2": ("vlm:paligemma2", ADAPTED, (1,), "after"),
+    "llava": ("vlm:llava", ADAPTED, (1, 2), "before"),
 }
+
+
+def vlm_tokenizer():
+    """The tiny tokenizer with the VLMs' image token id (test_vlm_families.IMAGE) named `<image>`, as a processor
+    expects, registered as the tokenizer's image token (split out of the text before the whitespace split)."""
+    import test_vlm_families as vlm
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads(tiny_tokenizer().backend_tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    del vocab[next(t for t, i in vocab.items() if i == vlm.IMAGE)]
+    vocab["<image>"] = vlm.IMAGE
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), pad_token="[PAD]",
+                                   unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", eos_token="[EOS]",
+                                   extra_special_tokens={"image_token": "<image>"})
+
+
+def llava_processor():
+    """LLaVA's processor for test_vlm_families' tiny LLaVA: 16 x 16 images, patches of 8 without the CLS token, so
+    one `<image>` in a text becomes 4 image tokens."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    images = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    return LlavaProcessor(image_processor=images, tokenizer=vlm_tokenizer(), patch_size=8,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1)
+
+
+def siglip_image_processor():
+    from transformers import SiglipImageProcessor
+
+    return SiglipImageProcessor(size={"height": 16, "width": 16})
+
+
+# what the VLM rows are exported with and run on, in the plain Python too: name -> (processor, the auto class that
+# loads it from the export, the file it is saved in, texts with their images, or None: the image processor
+# alone, beside the row's own token ids)
+PROCESSORS = {
+    "llava": (llava_processor, "AutoProcessor", "processor_config.json", ["<image> w1 w2 w3", "<image> w4 w5"]),
+    "paligemma2": (siglip_image_processor, "AutoImageProcessor", "preprocessor_config.json", None),
+}
+
+
+def images() -> torch.Tensor:
+    """Two RGB images (uint8, height x width x channel) of another size than the model reads: resized by the
+    processor."""
+    return torch.randint(0, 256, (2, 20, 24, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+
+
+def processed(processor, texts, inputs: dict) -> dict:
+    """What `processor` makes of images() (and `texts`), on top of `inputs` (PLAIN does the same)."""
+    pictures = list(images().numpy())
+    if texts is None:
+        return {**inputs, **processor(images=pictures, return_tensors="pt")}
+    return dict(processor(images=pictures, text=texts, padding=True, return_tensors="pt"))
 NEW_TOKENS = 12
+IMAGE = VOCAB_SIZE - 1  # the VLMs' image token (test_vlm_families.IMAGE)
 
 # Runs in a fresh Python in which archskip cannot be imported: loads each job's directory with plain transformers.
 PLAIN = textwrap.dedent('''
@@ -69,6 +126,14 @@ PLAIN = textwrap.dedent('''
                  "layers": model.config.get_text_config(decoder=True).num_hidden_layers,
                  "id2label": dict(model.config.id2label),
                  "archskip_modules": sorted(m for m in sys.modules if m.split(".")[0] == "archskip")}
+            if job.get("processor"):  # the export's own processor, on the images (and texts) the test gave
+                p = job["processor"]
+                proc = getattr(transformers, p["auto"]).from_pretrained(job["dir"], trust_remote_code=True)
+                pictures = list(p["images"].numpy())
+                y = ({**job["inputs"], **proc(images=pictures, return_tensors="pt")} if p["texts"] is None else
+                     dict(proc(images=pictures, text=p["texts"], padding=True, return_tensors="pt")))
+                with torch.no_grad():
+                    r["processed"], r["processed_output"] = dict(y), model(**y).logits
             x = job.get("inputs")
             if job.get("texts"):
                 tok = transformers.AutoTokenizer.from_pretrained(job["dir"], trust_remote_code=True)
@@ -110,14 +175,25 @@ def export_decoder(name: str, out) -> dict:
     model.apply_plan(SkipPlan(skip, model.num_candidates))
     if when == "after":
         model.prune()
-    result = model.save_pretrained(out, tokenizer=tiny_tokenizer())
+    if name in PROCESSORS:  # (the module function: SkipModel.save_pretrained has no processor argument)
+        make_processor, _, _, texts = PROCESSORS[name]
+        processor = make_processor()
+        tokenizer = None if hasattr(processor, "tokenizer") else tiny_tokenizer()  # a processor saves its own
+        result = save_pretrained(model, out, tokenizer=tokenizer, processor=processor)
+    else:
+        result = model.save_pretrained(out, tokenizer=tiny_tokenizer())
     assert not model.pruned or when == "after"  # exporting leaves the model as it was
     model.prune()
     with torch.no_grad():
         logits = model(**inputs).logits
         generated = model.generate(**{"attention_mask": torch.ones_like(inputs["input_ids"]), **inputs}, **gen,
                                    do_sample=False, pad_token_id=0, eos_token_id=None)
-    return {"model": model, "result": result, "logits": logits, "generated": generated, "inputs": inputs, "gen": gen}
+    got = {"model": model, "result": result, "logits": logits, "generated": generated, "inputs": inputs, "gen": gen}
+    if name in PROCESSORS:
+        got["processed"] = processed(processor, texts, inputs)
+        with torch.no_grad():
+            got["processed_output"] = model(**got["processed"]).logits
+    return got
 
 
 def bert_artifact(root):
@@ -171,6 +247,9 @@ def plain(tmp_path_factory):
         auto = "AutoModelForImageTextToText" if DECODERS[name][0].startswith("vlm:") else "AutoModelForCausalLM"
         jobs.append({"id": name, "dir": str(root / name), "auto": auto, "trust": True,
                      "inputs": expected[name]["inputs"], "generate": expected[name]["gen"]})
+        if name in PROCESSORS:
+            _, processor_auto, _, texts = PROCESSORS[name]
+            jobs[-1]["processor"] = {"auto": processor_auto, "images": images(), "texts": texts}
     model, task = bert_artifact(root)
     texts = [e["text"] for e in classification_examples(6, seed=9)]
     model.save_pretrained(root / "bert", task=task)
@@ -223,6 +302,13 @@ def test_decoder_loads_without_archskip_and_generates_the_same(plain, name):
         assert len(text["layer_types"]) == text["num_hidden_layers"] == len(exp["model"].plan.keep)
     files = set(os.listdir(root / name))
     assert {"modeling_archskip.py", "model.safetensors", "generation_config.json", "tokenizer.json"} <= files
+    if name in PROCESSORS:  # its processor, loaded from the directory, makes the same inputs, hence the same logits
+        assert PROCESSORS[name][2] in files
+        assert got["processed"].keys() == exp["processed"].keys()
+        for key, value in exp["processed"].items():
+            assert torch.equal(got["processed"][key], value), key
+        assert (exp["processed"]["input_ids"] == IMAGE).sum() == 8  # with the images in them: 4 image tokens a row
+        torch.testing.assert_close(got["processed_output"], exp["processed_output"], rtol=0, atol=1e-5)
     imports = {a.name.split(".")[0] for n in ast.walk(ast.parse((root / name / "modeling_archskip.py").read_text()))
                if isinstance(n, (ast.Import, ast.ImportFrom)) for a in (n.names if isinstance(n, ast.Import) else
                                                                           [ast.alias(n.module or "")])}
@@ -368,6 +454,66 @@ def test_cli_exports_an_artifact_trained_for_two_steps(tiny_encoder_dir, tmp_pat
     with pytest.raises(SystemExit):
         main(["export", "--artifact", artifact, "--out", str(tmp_path / "t")])  # a directory that is no export
     assert "not an archskip export" in capsys.readouterr().err
+
+
+def test_cli_exports_a_vision_language_artifact_with_its_processor(tmp_path, capsys):
+    """`archskip export` of an artifact trained on a LLaVA whose directory has a processor: the export holds the
+    processor (the artifact knows only its tokenizer; the processor comes from the base model's directory), and
+    what it makes of images and texts gives the pruned model's logits. A text model's export holds none."""
+    import test_vlm_families as vlm
+    from transformers import AutoProcessor
+
+    from archskip.export.hf import base_processor
+    from archskip.export.modeling_archskip import ArchskipLlavaForConditionalGeneration
+
+    base_dir = tmp_path / "tiny-llava"
+    torch.manual_seed(0)
+    vlm.make("llava").save_pretrained(base_dir)
+    llava_processor().save_pretrained(base_dir)
+    model, task = load_artifact_of(base_dir, tmp_path / "artifact", TaskConfig(name="causal_lm", max_length=16))
+    main(["export", "--artifact", str(tmp_path / "artifact"), "--out", str(tmp_path / "hf")])
+    assert json.loads(capsys.readouterr().out)["kept"] == [0, 3]
+    assert {"processor_config.json", "tokenizer.json"} <= set(os.listdir(tmp_path / "hf"))
+
+    texts = ["<image> w1 w2 w3", "<image> w4 w5"]
+    want = processed(AutoProcessor.from_pretrained(base_dir), texts, {})
+    got = processed(AutoProcessor.from_pretrained(tmp_path / "hf", trust_remote_code=True), texts, {})
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert (got["input_ids"] == IMAGE).sum() == 8
+    loaded = ArchskipLlavaForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**got).logits, model(**want).logits, rtol=0, atol=1e-5)
+
+    bert_dir = tmp_path / "tiny-bert"
+    make_bert().save_pretrained(bert_dir)
+    tiny_tokenizer().save_pretrained(bert_dir)
+    assert base_processor(str(bert_dir)) is None and base_processor("random:llama-7b") is None
+
+
+def load_artifact_of(base_dir, artifact_dir, task_config):
+    """An artifact (plan (1, 2), perturbed adapters) on the model in `base_dir`, loaded back as the CLI does."""
+    from archskip.config import ModelConfig
+    from archskip.models import load_pretrained
+
+    base, tokenizer, _ = load_pretrained(ModelConfig(name_or_path=str(base_dir)))
+    model = SkipModel(base, ADAPTED, name_or_path=str(base_dir))
+    task = build_task(task_config, tokenizer)
+    model.apply_plan(SkipPlan((1, 2), model.num_candidates))
+    perturb_trainable(model, scale=0.1)
+    save_artifact(model, task, artifact_dir)
+    return load_artifact(artifact_dir)
+
+
+def test_processor_refusals(tmp_path):
+    model = SkipModel(make_tiny("llama"), ADAPTED)
+    model.apply_plan(SkipPlan((1,), 4))
+    with pytest.raises(ExportError, match="processor= got a tokenizer"):
+        save_pretrained(model, tmp_path / "x", processor=tiny_tokenizer())
+    with pytest.raises(ExportError, match="must be a transformers processor or image processor"):
+        save_pretrained(model, tmp_path / "x", processor=lambda image: image)
+    with pytest.raises(ExportError, match="holds a tokenizer and tokenizer= is another one"):
+        save_pretrained(model, tmp_path / "x", tokenizer=tiny_tokenizer(), processor=llava_processor())
+    assert not (tmp_path / "x").exists()
 
 
 def test_onnx_export_of_the_bert_classifier(tmp_path, monkeypatch):

@@ -207,17 +207,20 @@ def export(
     Args:
         artifact: directory written by `archskip train` (output_dir/artifact).
         out: the directory to write (absent, empty, or an earlier export, which is replaced).
-        format: 'hf': a Hugging Face model directory (N - k blocks, adapters, head, tokenizer, model code) for
+        format: 'hf': a Hugging Face model directory (N - k blocks, adapters, head, tokenizer, the base model's
+            processor or image processor if it has one, model code) for
             `AutoModel*.from_pretrained(out, trust_remote_code=True)`; 'onnx': an encoder as out/model.onnx.
         base: load the base model from here instead of the recorded id/path.
         check: load what was written back and compare its outputs with the model's first.
     """
     from .artifact import load_artifact
     from .export import export_onnx, save_pretrained
+    from .export.hf import base_processor
 
     model, task = load_artifact(artifact, base)
     write = save_pretrained if format == "hf" else export_onnx
-    result = write(model, out, task=task, check=check)
+    # the artifact keeps the tokenizer (its task's); a processor of images comes from the base model's directory
+    result = write(model, out, task=task, processor=base_processor(base or model.name_or_path), check=check)
     print(json.dumps(result, indent=2))
 
 

@@ -7,6 +7,7 @@
     <dir>/modeling_archskip.py         the model code: transformers + torch, no archskip
     <dir>/generation_config.json       decoders
     <dir>/tokenizer files              when a tokenizer is known
+    <dir>/processor files              when a processor or image processor is known (processor_config.json ...)
 
 The model is written by transformers itself (`save_pretrained` of the class modeling_archskip.py defines, built
 on the meta device and given the SkipModel's own tensors, so nothing is copied), into a temporary directory that
@@ -46,11 +47,15 @@ AUTO_CLASSES = {
 }
 
 
-def save_pretrained(model, out_dir: str | Path, *, task=None, tokenizer=None, check: bool = True) -> dict:
-    """Write `model` (a SkipModel with a plan; pruned or not, it is left as it is) to `out_dir`. Returns what was
-    written: {"dir", "classes", "kept", "max_abs_diff"} (max_abs_diff: of the reloaded directory's output against
-    the model's on a probe input, None with check=False)."""
+def save_pretrained(model, out_dir: str | Path, *, task=None, tokenizer=None, processor=None,
+                    check: bool = True) -> dict:
+    """Write `model` (a SkipModel with a plan; pruned or not, it is left as it is) to `out_dir`, with the tokenizer
+    (`tokenizer`, else the task's) and `processor` (a vision-language model's processor, or an image processor),
+    each saved by its own save_pretrained. Returns what was written: {"dir", "classes", "kept", "max_abs_diff"}
+    (max_abs_diff: of the reloaded directory's output against the model's on a probe input, None with
+    check=False)."""
     refuse(model, task)
+    save_preprocessing = preprocessing(task, tokenizer, processor)
     base = model.base
     keep, skip = tuple(model.plan.keep), tuple(model.plan.skip)
     section = export_section(model, task)
@@ -71,13 +76,10 @@ def save_pretrained(model, out_dir: str | Path, *, task=None, tokenizer=None, ch
     if getattr(base, "generation_config", None) is not None and exported.can_generate():
         exported.generation_config = copy.deepcopy(base.generation_config)
 
-    tokenizer = tokenizer if tokenizer is not None else getattr(task, "tokenizer", None)
-
     def fill(tmp: Path) -> float | None:
         exported.save_pretrained(tmp)
         shutil.copyfile(TEMPLATE, tmp / TEMPLATE.name)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        save_preprocessing(tmp)
         (tmp / "README.md").write_text(_readme(section, config.auto_map), encoding="utf-8")
         return _check(model, task, model_class, tmp) if check else None
 
@@ -106,6 +108,83 @@ def write_dir(out_dir: str | Path, fill):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- tokenizer and processor ------------------------------------------------------------------------------------
+def preprocessing(task, tokenizer, processor):
+    """`save(dir)`, which writes what turns a user's text and images into the model's inputs: the tokenizer
+    (`tokenizer`, else the task's) and `processor`, each with its own save_pretrained and loaded back (a file
+    that transformers cannot read back would leave the user without it). A processor that holds a tokenizer is
+    saved with the tokenizer the model was trained with in its place (the task's: e.g. archskip gives a tokenizer
+    without a pad token the end-of-sequence token as one), so both files agree; an explicit `tokenizer` that is
+    not the processor's own is refused, since one of the two would be overwritten."""
+    from transformers import FeatureExtractionMixin, ImageProcessingMixin, PreTrainedTokenizerBase, ProcessorMixin
+
+    if processor is not None:
+        if isinstance(processor, PreTrainedTokenizerBase):
+            raise ExportError(f"processor= got a tokenizer ({type(processor).__name__}): pass it as tokenizer=")
+        if not isinstance(processor, (ProcessorMixin, ImageProcessingMixin, FeatureExtractionMixin)):
+            raise ExportError(f"processor= must be a transformers processor or image processor (AutoProcessor, "
+                              f"AutoImageProcessor), not a {type(processor).__name__}")
+        own = getattr(processor, "tokenizer", None)
+        if own is not None and tokenizer is not None and tokenizer is not own:
+            raise ExportError(f"the {type(processor).__name__} holds a tokenizer and tokenizer= is another one: pass "
+                              "one of them (the processor saves its tokenizer)")
+        task_tokenizer = getattr(task, "tokenizer", None)
+        if own is not None and tokenizer is None and task_tokenizer is not None and task_tokenizer is not own:
+            processor = copy.copy(processor)  # (the caller's processor keeps its tokenizer)
+            processor.tokenizer = task_tokenizer
+        if own is not None:
+            tokenizer = None  # saved by the processor
+    elif tokenizer is None:
+        tokenizer = getattr(task, "tokenizer", None)
+
+    def save(directory: Path) -> None:
+        # written and read back beside the model's directory, without its config.json: transformers reads a
+        # config.json there to pick a tokenizer class, which for an export means asking to trust its code
+        with tempfile.TemporaryDirectory(prefix=".preprocessing.", dir=directory.parent) as side:
+            for obj in (tokenizer, processor):
+                if obj is None:
+                    continue
+                obj.save_pretrained(side)
+                try:
+                    type(obj).from_pretrained(side)
+                except Exception as e:  # any failure to read it back is the export's failure
+                    raise ExportError(f"the {type(obj).__name__} written does not load back: {type(e).__name__}: "
+                                      f"{e}") from e
+            shutil.copytree(side, directory, dirs_exist_ok=True)
+
+    return save
+
+
+def base_processor(name_or_path: str):
+    """The processor (or image processor) saved with the base model `name_or_path`, for an export from an
+    artifact: a vision-language model's or ViLT's directory has one (processor_config.json or
+    preprocessor_config.json). None when there is none (text models, `random:` presets, original checkpoints,
+    whose images archskip prepares itself)."""
+    import os
+
+    from transformers import AutoProcessor, FeatureExtractionMixin, ImageProcessingMixin, ProcessorMixin
+
+    from ..models.load import resolve_name
+
+    if not name_or_path or name_or_path.startswith("random:") or name_or_path.endswith(".ckpt"):
+        return None
+    path = resolve_name(name_or_path)
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in PROCESSOR_FILES):
+        return None
+    try:
+        found = AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # (a hub id whose files are not cached offline ...)
+        if os.path.isdir(path):  # the directory has a processor file that does not load: say so
+            raise ExportError(f"cannot load the processor saved with the base model {name_or_path!r}: "
+                              f"{type(e).__name__}: {e}") from None
+        return None
+    # AutoProcessor falls back to the tokenizer, which the artifact's task already has
+    return found if isinstance(found, (ProcessorMixin, ImageProcessingMixin, FeatureExtractionMixin)) else None
+
+
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
 # ---- what can be exported ----------------------------------------------------------------------------------------

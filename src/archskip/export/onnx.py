@@ -5,7 +5,7 @@
                               output  logits (batch x labels) with a classification head, else
                                       last_hidden_state (batch x sequence x hidden)
     <dir>/onnx_model.json     those names and shapes, the labels, the pooling, the plan, how it was verified
-    <dir>/tokenizer files     when a tokenizer is known
+    <dir>/tokenizer files     when a tokenizer is known; processor files when an image processor is
 
 The graph is traced from the SkipModel itself (its hooks included) with torch's TorchScript-based exporter, then
 run on an input of another batch size and length and compared with the model: with ONNX Runtime when it is
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import PlanError
-from .hf import ONNX_META, ExportError, evaluating, refuse, write_dir
+from .hf import ONNX_META, ExportError, evaluating, preprocessing, refuse, write_dir
 
 OPSET = 17
 
@@ -72,10 +72,11 @@ def example_inputs(model, names: list[str], batch: int, length: int, seed: int) 
     return tuple(by_name[n].to(device) for n in names)
 
 
-def export_onnx(model, out_dir: str | Path, *, task=None, tokenizer=None, opset: int = OPSET,
+def export_onnx(model, out_dir: str | Path, *, task=None, tokenizer=None, processor=None, opset: int = OPSET,
                 check: bool = True) -> dict:
-    """Write `model` (an encoder SkipModel with a plan) as `out_dir/model.onnx`; returns what was written and how it
-    was verified: {"dir", "inputs", "outputs", "verified_with", "max_abs_diff"}."""
+    """Write `model` (an encoder SkipModel with a plan) as `out_dir/model.onnx`, with the tokenizer and processor
+    as `save_pretrained` writes them; returns what was written and how it was verified: {"dir", "inputs",
+    "outputs", "verified_with", "max_abs_diff"}."""
     if model.plan is None:
         raise PlanError("apply_plan(plan) before exporting: the plan decides which blocks are exported")
     if model.is_decoder:
@@ -87,7 +88,7 @@ def export_onnx(model, out_dir: str | Path, *, task=None, tokenizer=None, opset:
     axes = {n: {0: "batch"} if n == "pixel_values" else {0: "batch", 1: "sequence"} for n in names}
     axes[output] = {0: "batch"} if output == "logits" or names == ["pixel_values"] else {0: "batch", 1: "sequence"}
     graph = _Graph(model, task, names)
-    tokenizer = tokenizer if tokenizer is not None else getattr(task, "tokenizer", None)
+    save_preprocessing = preprocessing(task, tokenizer, processor)
 
     def fill(tmp: Path) -> dict:
         path = tmp / "model.onnx"
@@ -109,8 +110,7 @@ def export_onnx(model, out_dir: str | Path, *, task=None, tokenizer=None, opset:
             **verified,
         }
         (tmp / ONNX_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        save_preprocessing(tmp)
         return verified
 
     verified = write_dir(out_dir, fill)
