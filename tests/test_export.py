@@ -543,3 +543,30 @@ def test_onnx_export_of_the_bert_classifier(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     result = export_onnx(model, tmp_path / "onnx", task=task)
     assert result["verified_with"].startswith("onnx.reference") and result["max_abs_diff"] <= 1e-4
+
+
+def test_onnx_export_of_a_vision_encoder_holds_its_image_processor(tmp_path):
+    """A ViT exported as ONNX with its image processor: the directory alone (no archskip, no base model) turns
+    images of another size into the graph's input, and the graph gives the pruned model's hidden states."""
+    pytest.importorskip("onnx")
+    from transformers import AutoImageProcessor, ViTImageProcessor
+
+    torch.manual_seed(0)
+    model = SkipModel(make_tiny("vit"), ADAPTED)
+    perturb_trainable(model, scale=0.1)
+    model.apply_plan(SkipPlan((2,), model.num_candidates))
+    result = export_onnx(model, tmp_path / "onnx", processor=ViTImageProcessor(size={"height": 16, "width": 16}))
+    assert result["inputs"] == ["pixel_values"] and "preprocessor_config.json" in os.listdir(tmp_path / "onnx")
+    pixels = processed(AutoImageProcessor.from_pretrained(tmp_path / "onnx"), None, {})["pixel_values"]
+    assert pixels.shape == (2, 3, 16, 16)
+    with torch.no_grad():
+        want = model.prune()(pixel_values=pixels).last_hidden_state.numpy()
+    try:
+        import onnxruntime
+    except ImportError:
+        from onnx.reference import ReferenceEvaluator
+
+        got = ReferenceEvaluator(str(tmp_path / "onnx" / "model.onnx")).run(None, {"pixel_values": pixels.numpy()})[0]
+    else:
+        got = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx")).run(None, {"pixel_values": pixels.numpy()})[0]
+    assert abs(got - want).max() <= 1e-4
