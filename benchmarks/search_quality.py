@@ -47,10 +47,12 @@ N_TRAIN, EPOCHS, BATCH, LR = 2400, 3, 32, 2e-3
 DISTILL_STEPS = 75  # one epoch of the training examples
 SEARCH_VERSION = 5  # bump when the search code changes: remembered plans of older code are not reused
 VARIANTS = ["plain", "distill", "warm", "warm+distill", "teacher"]  # training switches measured on the default's plan
-# method name as reported -> (registered method, SearchConfig overrides); "default" is `archskip search` as shipped
+# method name as reported -> (registered method, SearchConfig overrides, "train."-prefixed ones override the search's
+# TrainConfig); "default" is `archskip search` as shipped
 SEARCHES = {
     "default": ("das", {}),
-    "verified-uniform": ("das", {"supernet_sampling": "uniform"}),
+    "verified-uniform": ("das", {"supernet_sampling": "uniform"}),  # experiment: every plan trains the supernet alike
+    "verified-4ep": ("das", {"train.epochs": 4}),  # experiment: a supernet trained twice as long ("train." = TrainConfig)
     "das-faithful": ("das", {"mode": "faithful", "gate_lr": 1.0}),
     "das-exact": ("das", {"mode": "exact"}),
     "block-influence": ("block-influence", {}),
@@ -159,8 +161,9 @@ class Bench:
 
     def search(self, model, task, method: str, seed: int):
         registered, overrides = SEARCHES[method]
-        cfg = SearchConfig(k=K, method=registered, **overrides)
-        return METHODS[registered](SearchRun(model, task, self.train, cfg, self.search_train_cfg, seed=seed, progress=False))
+        train_cfg = replace(self.search_train_cfg, **{k[6:]: v for k, v in overrides.items() if k.startswith("train.")})
+        cfg = SearchConfig(k=K, method=registered, **{k: v for k, v in overrides.items() if not k.startswith("train.")})
+        return METHODS[registered](SearchRun(model, task, self.train, cfg, train_cfg, seed=seed, progress=False))
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -194,9 +197,10 @@ def rank_of(plan: tuple, accuracy: dict[tuple, float]) -> int:
 
 
 def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: dict,
-             switch_seeds: list[int] | None = None) -> None:
+             switch_seeds: list[int] | None = None, methods: list[str] | None = None) -> None:
     bench = Bench(name, quick)
-    results: dict[str, dict] = {m: {"plans": [], "ranks": [], "accs": [], "secs": []} for m in [*SEARCHES, "random"]}
+    methods = list(SEARCHES) if methods is None else methods
+    results: dict[str, dict] = {m: {"plans": [], "ranks": [], "accs": [], "secs": []} for m in [*methods, "random"]}
     oracle, no_skip, per_seed, correlation, truths = [], [], [], [], []
     switches: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for seed in seeds:
@@ -208,7 +212,7 @@ def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: 
         per_seed.append({"seed": seed, "best plan": list(best), "best acc": accuracy[best],
                          "worst plan": list(min(accuracy, key=accuracy.get)), "no skip acc": no_skip[-1],
                          "all plans": ", ".join(f"{''.join(map(str, c))}:{a:.3f}" for c, a in sorted(accuracy.items()))})
-        for m in SEARCHES:
+        for m in methods:
             found = bench.plan(m, seed)
             skip = tuple(found["skip"])
             r = results[m]
@@ -297,6 +301,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny budgets (CI smoke run)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--tasks", nargs="+", default=["polarity", "imdb"], choices=["polarity", "imdb"])
+    ap.add_argument("--methods", nargs="+", default=list(SEARCHES), choices=list(SEARCHES),
+                    help="the search methods to run and report (default: all)")
     ap.add_argument("--ground-truth-only", action="store_true", help="only train every plan (fills the resume memo)")
     ap.add_argument("--switch-seeds", type=int, nargs="*", default=None,
                     help="measure the training switches on these seeds only (default: every seed; none: no seed)")
@@ -314,7 +320,7 @@ def main() -> None:
     report = Report(args.out, "Search quality against the ground truth (all-MiniLM-L6-v2, k = 2 of 6)", seeds, args.quick)
     summary = {"default_method": "default", "tasks": {}}
     for t in tasks:
-        run_task(t, seeds, args.quick, report, summary, args.switch_seeds)
+        run_task(t, seeds, args.quick, report, summary, args.switch_seeds, args.methods)
         report.write()  # after every task: a killed run keeps what it finished
         if not args.quick:
             from archskip.io import atomic_write_text

@@ -175,11 +175,11 @@ def export_decoder(name: str, out) -> dict:
     model.apply_plan(SkipPlan(skip, model.num_candidates))
     if when == "after":
         model.prune()
-    if name in PROCESSORS:  # (the module function: SkipModel.save_pretrained has no processor argument)
+    if name in PROCESSORS:
         make_processor, _, _, texts = PROCESSORS[name]
         processor = make_processor()
         tokenizer = None if hasattr(processor, "tokenizer") else tiny_tokenizer()  # a processor saves its own
-        result = save_pretrained(model, out, tokenizer=tokenizer, processor=processor)
+        result = model.save_pretrained(out, tokenizer=tokenizer, processor=processor)
     else:
         result = model.save_pretrained(out, tokenizer=tiny_tokenizer())
     assert not model.pruned or when == "after"  # exporting leaves the model as it was

@@ -431,14 +431,14 @@ class SkipModel(nn.Module):
         """(trainable, total) parameters that exist now (a pruned model has fewer)."""
         return parameter_counts(self)
 
-    def save_pretrained(self, save_directory, *, task=None, tokenizer=None, check: bool = True) -> dict:
+    def save_pretrained(self, save_directory, *, task=None, tokenizer=None, processor=None, check: bool = True) -> dict:
         """Write this model, as its plan prunes it, as a Hugging Face model directory that loads with plain transformers
         (`AutoModel*.from_pretrained(dir, trust_remote_code=True)`, no archskip needed): N - k blocks, adapters, head
-        (give the `task` when the model has one), tokenizer, and the model code. `check` loads it back and compares
-        outputs first. docs/export.md."""
+        (give the `task` when the model has one), tokenizer, processor or image processor (vision models), and the
+        model code. `check` loads it back and compares outputs first. docs/export.md."""
         from .export import save_pretrained
 
-        return save_pretrained(self, save_directory, task=task, tokenizer=tokenizer, check=check)
+        return save_pretrained(self, save_directory, task=task, tokenizer=tokenizer, processor=processor, check=check)
 
 
 def _check_same_layout(mlist: nn.ModuleList, spec: BlockSpec, path: str) -> None:
