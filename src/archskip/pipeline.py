@@ -28,7 +28,7 @@ from .search import METHODS, RESULT_FILE, SearchRun
 from .skipping import SkipModel
 from .tasks import Task, assemble, build_task, task_class, to_device
 from .teacher import TeacherLoss, load_teacher
-from .train import Trainer, is_main_process
+from .train import Trainer, gathered, is_main_process
 
 
 def load_splits(cfg: RunConfig) -> Splits:
@@ -83,11 +83,12 @@ def search(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Se
     result.config = {**result.config, **cfg.to_dict()}  # keeps what the method recorded (e.g. block costs)
     result.base_model = {"name_or_path": model.name_or_path, "fingerprint": model.fingerprint}
     result.wall_time_s = time.perf_counter() - t0
-    if is_main_process():
-        result.save(out / RESULT_FILE)
-        plot_gates(result, out / "gates.png")
-        if result.config.get("supernet"):  # adapters worth starting from (train.warm_start)
-            save_search_adapters(model, out)
+    with gathered(model):  # (FSDP: the adapters are sharded; every process takes part in gathering them)
+        if is_main_process():
+            result.save(out / RESULT_FILE)
+            plot_gates(result, out / "gates.png")
+            if result.config.get("supernet"):  # adapters worth starting from (train.warm_start)
+                save_search_adapters(model, out)
     return result
 
 
@@ -137,6 +138,7 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
         teacher = load_teacher(cfg.train.teacher, model, task, cfg.model.name_or_path)
         taught = TeacherLoss(task, teacher, weight=cfg.train.teacher_weight, temperature=cfg.train.teacher_temperature)
     out = _start(cfg)
+    trainable, total = model.parameter_counts()  # (before FSDP, which would leave each process its shard to count)
     trainer = Trainer(model, taught, cfg.train, seed=cfg.seed, out_dir=out, logger=_logger(out, cfg, resume),
                       progress=progress)
     fit = trainer.fit(splits.train, splits.validation, resume=resume)
@@ -147,7 +149,6 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
             path = write_predictions(model, task, split, out / f"predictions_{name}.json", cfg.train.batch_size)
             test[name]["predictions"] = str(path)
         label_note(test[name])
-    trainable, total = model.parameter_counts()
     metrics = {
         "plan": list(skip_plan.skip), "validation": fit.final_eval, "test": test, "trainable_params": trainable,
         "steps": fit.steps, "train_wall_time_s": round(fit.wall_time_s, 2), "processes": trainer.world,

@@ -13,6 +13,7 @@ import math
 import os
 import time
 import warnings
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -33,7 +34,41 @@ from .tasks.base import Task, to_device
 
 CHECKPOINT = "checkpoint.pt"
 
+_FSDP_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""SkipModel -> the FSDP wrapper `Trainer.fit` prepared it into, so that code holding only the model (evaluation,
+the search's rewards and plan measurements, pipeline.search's adapter file) can gather what FSDP sharded, also
+after the Trainer is gone. (The wrapper refers to its model, so an entry stays for the process's life: one per
+model prepared under FSDP, i.e. one per command.)"""
 
+
+def gathered(model: SkipModel, *, writeback: bool = False, root_only: bool = False):
+    """A context in which `model`'s tensors are whole on every process; nothing to do unless FSDP sharded it.
+
+    FSDP shards every wrapped block (`SkippableLayer`) and, in the root unit, whatever lies outside them
+    (embeddings, final norm, LM / task head). Between optimiser steps everything is sharded, and a direct call
+    of the model (not through the FSDP wrapper) would meet empty embedding and head weights. With
+    `root_only`, only the root unit's tensors are gathered: each wrapped block still gathers its own in its
+    forward and frees them after, so evaluating a sharded model never holds more than one whole block plus the
+    root's tensors (what sharding is for). Collective: every process must enter, and run the same forwards."""
+    engine = _FSDP_ENGINES.get(model)
+    if engine is None:
+        return contextlib.nullcontext()
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return FullyShardedDataParallel.summon_full_params(engine, writeback=writeback, recurse=not root_only)
+
+
+def idle_parameters(model: SkipModel) -> set[int]:
+    """ids of the tensors the current skip configuration leaves out of the forward: a skipped candidate's block and
+    adapters, a kept candidate's replacement (what `SkippableLayer.drop_unused` deletes)."""
+    parts = [m for layer in model.candidates for m in ((layer.block, layer.sites) if layer.skipped else (layer.replacement,))]
+    return {id(p) for m in parts if m is not None for p in m.parameters()}
+
+
+def forward_ready(model: SkipModel):
+    """Around calls of the model outside the training step (evaluation, rewards, plan measurements): `gathered`
+    with only the FSDP root unit's tensors gathered. Every process must call the model alike inside."""
+    return gathered(model, root_only=True)
 
 
 class StepHooks(Protocol):
@@ -75,14 +110,19 @@ def is_main_process() -> bool:
 
 def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
     cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise TrainingError("train.device='cuda' but no CUDA device is available")
     # skipped blocks leave their adapters without gradient in a step: DDP must allow that
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, kwargs_handlers=[ddp])
+    acc = Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, kwargs_handlers=[ddp])
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and acc.distributed_type != DistributedType.FSDP:
+        # accelerate selects FSDP only on a device accelerator: launched on CPU, an FSDP config runs as DDP
+        warnings.warn(f"the accelerate config asks for FSDP, but accelerate runs this launch as "
+                      f"{acc.distributed_type.value} (no GPU): every process holds the whole model", stacklevel=2)
+    return acc
 
 
 def lr_multiplier(name: str, cfg: TrainConfig) -> float:
@@ -175,6 +215,8 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(total_steps, cfg.warmup_ratio, cfg.schedule))
         engine, optimizer = acc.prepare(_LossModule(model, self.task), optimizer)
         self._engine = engine
+        if self.sharded:
+            _FSDP_ENGINES[model] = engine
 
         micro = step = 0
         history: list[dict] = []
@@ -186,6 +228,7 @@ class Trainer:
             torch.manual_seed(self.seed)  # dropout masks
         engine.train()
         running, seen, last_loss = 0.0, 0, float("nan")
+        idle: set[int] | None = None  # FSDP: tensors no micro-batch of this optimiser step has used
         bar = tqdm(total=total_micro, initial=micro, desc=self.desc, disable=not (self.progress and self.is_main),
                    dynamic_ncols=True)
         while micro < total_micro:
@@ -198,6 +241,9 @@ class Trainer:
                 if self.hooks:
                     self.hooks.before_batch(micro, micro / per_epoch)
                 boundary = (micro + 1) % cfg.grad_accum == 0 or micro + 1 == total_micro
+                if self.sharded:
+                    now = idle_parameters(model)
+                    idle = now if idle is None else idle & now
                 # gradients are averaged across processes once per optimiser step, not per micro-batch
                 with acc.autocast(), (contextlib.nullcontext() if boundary else acc.no_sync(engine)):
                     loss = engine(to_device(batch, self.device))
@@ -211,8 +257,23 @@ class Trainer:
                 micro += 1
                 bar.update(1)
                 if boundary:
+                    if idle:
+                        # FSDP hands back a zero gradient (a slice of its flat gradient) for a tensor no forward used,
+                        # where one process or DDP leave it None; AdamW moves a tensor with a zero gradient (momentum,
+                        # weight decay) but skips one without. Without this, the adapters of the blocks a search step
+                        # skipped would drift under FSDP only. (FSDP reads None back as zeros.)
+                        for p in model.trainable_named_parameters().values():
+                            if id(p) in idle:
+                                p.grad = None
+                    idle = None
                     if cfg.max_grad_norm:
-                        acc.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
+                        # FSDP: each process holds a shard of every gradient, so the norm must be FSDP's (all shards);
+                        # accelerate uses it when given all of the wrapped model's parameters (frozen ones have no
+                        # gradient and add nothing). The trainable tensors alone would give each process the norm of
+                        # its own shard and a different clipping factor.
+                        params = list(engine.parameters()) if self.sharded else [
+                            p for g in optimizer.param_groups for p in g["params"]]
+                        acc.clip_grad_norm_(params, cfg.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -241,7 +302,8 @@ class Trainer:
         return FitResult(step, micro, last_loss, history, time.perf_counter() - t0)
 
     def evaluate(self, examples) -> dict[str, float]:
-        with self.accelerator.autocast():
+        # (every process evaluates the whole split, so under FSDP all run the same forwards)
+        with self.accelerator.autocast(), forward_ready(self.model):
             return self.task.evaluate_dataset(self.model, examples, self.cfg.batch_size, self.device, self.cfg.num_workers)
 
     # ---- checkpoints -------------------------------------------------------------------------
@@ -296,16 +358,17 @@ class Trainer:
                           f"micro-batch {micro} (the data order and schedule are continued approximately)", stacklevel=2)
         return micro, step, state["history"]
 
+    @property
+    def sharded(self) -> bool:
+        """Does FSDP shard the model (an accelerate FSDP config)?"""
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type == DistributedType.FSDP
+
     def full_params(self, writeback: bool = False):
         """A context in which every trainable tensor is whole on every process: FSDP shards them (adapters
         live inside the blocks' flat parameters); DDP and single processes need nothing."""
-        from accelerate.utils import DistributedType
-
-        if self.accelerator.distributed_type != DistributedType.FSDP or self._engine is None:
-            return contextlib.nullcontext()
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        return FullyShardedDataParallel.summon_full_params(self._engine, writeback=writeback)
+        return gathered(self.model, writeback=writeback)
 
     def checksum(self) -> list[float]:
         """A fingerprint of the trainable tensors (to check that all processes hold the same adapters)."""

@@ -24,7 +24,7 @@ from ..profile import block_costs as measure_block_costs
 from ..runlog import RunLogger
 from ..skipping import SkipModel
 from ..tasks.base import Task, to_device
-from ..train import Trainer
+from ..train import Trainer, forward_ready
 from .policy import SkipPolicy
 from .registry import SearchRun, register_method
 from .verify import PlanMeter, top_k, verify
@@ -140,7 +140,8 @@ class DASHooks:
     def evaluate_configs(self, configs, batch) -> list[float]:
         """Loss of each configuration on one batch, eval mode (dropout off), no_grad; duplicates scored once."""
         cache: dict[tuple, float] = {}
-        with eval_mode(self.model), self.trainer.accelerator.autocast():
+        # (every process scores the same configurations, in the same order: under FSDP they gather alike)
+        with eval_mode(self.model), self.trainer.accelerator.autocast(), forward_ready(self.model):
             for c in configs:
                 key = tuple(sorted(c))
                 if key not in cache:
@@ -228,11 +229,13 @@ def verify_plans(model: SkipModel, task: Task, held_out, train, cfg: SearchConfi
                       refit_steps=cfg.verify_refit_steps, refit_lr=trainer.cfg.lr * trainer.cfg.head_lr_mult)
     proposals = {"last-k": last_k(n, k).plan.skip}
     if math.comb(n, k) > cfg.shortlist:  # (with every plan measured, proposals add nothing)
-        bi = block_influence(model, task, held_out, k, batch_size=cfg.reward_batch_size or trainer.cfg.batch_size,
-                             reduce=reduce)  # scores summed over processes: every process proposes the same plan
+        with forward_ready(model):
+            bi = block_influence(model, task, held_out, k, batch_size=cfg.reward_batch_size or trainer.cfg.batch_size,
+                                 reduce=reduce)  # summed over processes: every process proposes the same plan
         proposals["block influence"] = bi.plan.skip
     gates = policy.gates.tolist()
-    best, table = verify(meter, n, k, gates, proposals, cfg.shortlist, penalty=penalty)
+    with forward_ready(model):  # (every process measures the same plans, each on its own share of the batches)
+        best, table = verify(meter, n, k, gates, proposals, cfg.shortlist, penalty=penalty)
     return SkipPlan(best, n), {"examples": len(examples), "held_out": len(held_out), "measured": table,
                                "gates_top_k": list(top_k(gates, k)),
                                "head_refit_steps": meter.refit_steps}
