@@ -6,6 +6,9 @@ Everything is measured side by side in one process: the models of a table take t
 1. Inference: the pruned DAS-k model against the frozen base model, k = 1 .. N/3 (the last k blocks),
    next to PEFT LoRA (r = 8, unmerged and merged) on the same model and inputs. Goal: latency ratio
    within 3% of the FLOPs ratio. PEFT has no bottleneck adapter (huggingface/peft#244), so none is shown.
+1b. The exported model: DAS-k (k = N/3) written by SkipModel.save_pretrained and loaded back with plain
+   transformers (AutoModel*.from_pretrained(dir, trust_remote_code=True)), against the frozen base model,
+   both eager and both under torch.compile, in the same rounds. Same goal.
 2. Training: one optimiser step with a fixed plan (frozen backbone; adapters + head, or LoRA + head).
    Goal: step time of DAS-k / LoRA <= (N - k)/N + 0.05. Memory: bytes saved for the backward pass
    (activations) and trainable + optimiser state; CUDA max allocated on a GPU.
@@ -13,6 +16,7 @@ Everything is measured side by side in one process: the models of a table take t
 
     python benchmarks/speed.py                       # CPU, full (writes benchmarks/results/speed.md)
     python benchmarks/speed.py --quick               # CI smoke run
+    python benchmarks/speed.py --sections export --out speed-export   # table 1b only
     python benchmarks/speed.py --device cuda --dtype bfloat16 --out speed-gpu   # see benchmarks/gpu.sh
 """
 
@@ -24,11 +28,14 @@ import copy
 import time
 
 import torch
+import torch._dynamo.exc
+import torch._inductor.exc
 from common import Report, minilm_runs
 
 from archskip import AdapterConfig, ModelConfig, SearchConfig, SkipModel, SkipPlan, TaskConfig, TrainConfig
 from archskip.models.load import load_pretrained
 from archskip.profile import count_flops, measure_latency
+from archskip.report import markdown_table
 from archskip.tasks import build_task
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -182,6 +189,117 @@ def decode(spec, base, tok, task, device, dtype, repeats, quick: bool = False) -
     return rows
 
 
+# ---- 1b. the exported model ---------------------------------------------------------------------------
+# torch.compile's own failures (no working C++ compiler for inductor on a CPU, an op dynamo cannot trace): the
+# compiled rows then say why; any other error is a bug of the model or the benchmark and fails the model's rows
+COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError,
+                  torch._inductor.exc.CppCompileError, torch._inductor.exc.InvalidCxxCompiler)
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "pixel_mask")
+
+
+def export_and_load(m: SkipModel, task, directory: str, dtype: torch.dtype, device: str):
+    """Write `m` with SkipModel.save_pretrained and load it back with plain transformers, as a user would: the auto
+    class config.json's auto_map names first, trust_remote_code=True. Returns (model, why the task head is not in it
+    or None): a head the export refuses (ViLT's VQA MLP) is left out, the backbone and its adapters are exported."""
+    import transformers
+
+    from archskip.export import ExportError
+
+    why = None
+    try:
+        written = m.save_pretrained(directory, task=task if m.head is not None else None)
+    except ExportError as e:
+        if m.head is None:
+            raise
+        why = str(e)
+        m.head = None  # (m is this benchmark's own copy) the same model without its head
+        written = m.save_pretrained(directory)
+    auto = next(a for a in written["classes"] if a != "AutoConfig")
+    model = getattr(transformers, auto).from_pretrained(directory, trust_remote_code=True, dtype=dtype)
+    return model.to(device).eval(), why
+
+
+def exported(spec: dict, device: str, dtype: torch.dtype, repeats: int, compile_: bool) -> list[dict]:
+    """The DAS-k model (k = N/3) exported and loaded with plain transformers, against the frozen base model (the
+    plain transformers model it came from), eager and under torch.compile: all four take turns in the same rounds."""
+    import tempfile
+
+    from archskip.export import ExportError
+
+    base, tok, task = build(spec, dtype)
+    base = base.to(device).eval()
+    batch_size, seq = spec["batch"]
+    x = {k: (v.to(device).to(dtype) if v.is_floating_point() else v.to(device))
+         for k, v in task.example_batch(batch_size, seq).items() if k in MODEL_INPUTS}
+    if base.can_generate():
+        x["use_cache"] = False  # prefill: the logits of every position, no cache to build (the decode rows time that)
+    k = max(1, das(base, task, spec, 0, device, dtype).num_candidates // 3)
+    name = f"DAS k={k}, exported"
+    # (a directory name of its own: transformers keeps the remote code of a local directory under its base name)
+    with tempfile.TemporaryDirectory(prefix="archskip-speed-export-") as tmp:
+        try:
+            loaded, why = export_and_load(das(base, task, spec, k, device, dtype), task, tmp, dtype, device)
+        except ExportError as e:
+            return [{"model": spec["name"], "variant": f"{name}: not exportable ({e})"[:300]}]
+    models = {"base (frozen)": base, name: loaded}
+    rows = [] if why is None else [{"model": spec["name"], "variant": f"task head left out of both: {why}"}]
+    rows += timed_pairs(spec["name"], models, lambda m, eager: lambda: m(**x), compile_, repeats, warmup=2)
+    if spec.get("decode"):
+        ids = torch.randint(100, 20000, (batch_size, seq), device=device)
+        nxt = torch.randint(100, 20000, (batch_size, 1), device=device)
+
+        def stepper(m, eager):
+            with torch.no_grad():  # the prompt's cache, built eagerly: only the per-token step is compiled and timed
+                cache = eager(input_ids=ids, use_cache=True).cache
+
+            def step():
+                m(input_ids=nxt, cache=cache, use_cache=True)
+                cache.crop(-1)  # drop the token just added: every call sees the same cache
+            return step
+
+        rows += timed_pairs(spec["name"].replace("prefill", "decode, per token"), models, stepper, compile_, repeats * 5,
+                            warmup=3)
+    return rows
+
+
+def timed_pairs(label: str, models: dict[str, torch.nn.Module], make, compile_: bool, repeats: int,
+                warmup: int) -> list[dict]:
+    """Rows of every model eager and, with `compile_`, under torch.compile (`make(model to run, eager model)` gives
+    the timed call), as ratios to the first model (the frozen base) in the same mode. FLOPs are counted on the eager
+    models (compiling changes none)."""
+    fns = {(n, "eager"): make(m, m) for n, m in models.items()}
+    why = "not run (--quick: eager only)"
+    if compile_:
+        why, comp = None, {}
+        for n, m in models.items():
+            comp[n, "torch.compile"] = make(torch.compile(m), m)
+            try:
+                with torch.no_grad():
+                    comp[n, "torch.compile"]()  # compiles (not timed)
+            except COMPILE_ERRORS as e:
+                why = f"torch.compile failed: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"[:200]
+                break
+        if why is None:
+            fns.update(comp)
+    with torch.no_grad():
+        flops = {n: count_flops(fns[n, "eager"]) for n in models}
+    lat = measure_latency(fns, warmup=warmup, repeats=repeats)
+    ref = next(iter(models))
+    rows = []
+    for mode in ("eager", "torch.compile"):
+        if (ref, mode) not in lat:
+            rows.append({"model": label, "variant": "all", "run": mode, "latency ratio": why})
+            continue
+        for n in models:
+            fr, lr = flops[n] / flops[ref], lat[n, mode].median_s / lat[ref, mode].median_s
+            gap = lr / fr - 1
+            rows.append({"model": label, "variant": n, "run": mode, "FLOPs ratio": round(fr, 4), "latency ratio": round(lr, 4),
+                         "latency / FLOPs - 1": f"{gap:+.1%}", "spread": f"{lat[n, mode].spread:.1%}",
+                         "compiled / eager": "" if mode == "eager" else round(lat[n, mode].median_s / lat[n, "eager"].median_s, 3),
+                         "goal (within 3%)": "" if n == ref else ("met" if abs(gap) <= TOLERANCE else "NOT met")})
+    return rows
+
+
 # ---- 2. training --------------------------------------------------------------------------------------
 def saved_bytes(fn) -> int:
     """Bytes of the tensors autograd saves for the backward pass while `fn` runs (activation memory)."""
@@ -276,7 +394,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--sections", nargs="+", default=["inference", "training", "search"])
+    ap.add_argument("--sections", nargs="+", default=["inference", "export", "training", "search"],
+                    choices=["inference", "export", "training", "search"])
     ap.add_argument("--out", default="speed")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -284,29 +403,49 @@ def main() -> None:
     report = Report(args.out, f"Speed ({args.device}, {args.dtype})", [0], args.quick)
     specs = zoo(args.quick, args.device)
 
-    def each(fn, specs):
-        """Rows of every model; a model that fails gets a row saying why (the others still run)."""
+    def each(fn, specs, heading: str, columns: list[str], note: str = "") -> None:
+        """One table of the rows of every model; a model that fails gets a row saying why (the others still run).
+        The results file is rewritten after every model, so a run stopped early keeps the rows it measured."""
         rows = []
-        for spec in specs:
+        for done, spec in enumerate(specs, 1):
             try:
                 rows += fn(spec)
             except Exception as e:  # noqa: BLE001 (reported in the table, never hidden)
                 rows.append({"model": spec["name"], "variant": f"failed: {type(e).__name__}: {e}"[:200]})
-            report.write()
-        return rows
+            if done < len(specs):
+                partial = (heading, f"{markdown_table(rows, columns)}\n\n(partial: {done} of {len(specs)} models so far)")
+                report.sections = [x for x in report.sections if x[0] != heading] + [partial]
+                report.write()
+        report.sections = [x for x in report.sections if x[0] != heading]
+        report.table(heading, rows, columns, note=note)
+        report.write()
 
     if "inference" in args.sections:
-        rows = each(lambda spec: inference(spec, args.device, dtype, repeats, args.quick), specs)
-        report.table("1. Inference: pruned DAS-k and PEFT LoRA against the frozen base model", rows,
-                     ["model", "variant", "FLOPs ratio", "latency ratio", "latency / FLOPs - 1", "spread", "goal (within 3%)"],
-                     note="Batches: MiniLM 32 x 64 tokens; SmolLM2 8 x 128 tokens (decode: per new token with a KV cache, "
-                          "8 sequences); ViLT 8 x (40 tokens + 384 x 384 image); METER 384 px + 50 tokens. The DAS rows "
-                          "include their adapters (FLOPs and time). Decode: one new token per sequence against the prompt's KV cache (the LM head included in the FLOPs).")
+        each(lambda spec: inference(spec, args.device, dtype, repeats, args.quick), specs,
+             "1. Inference: pruned DAS-k and PEFT LoRA against the frozen base model",
+             ["model", "variant", "FLOPs ratio", "latency ratio", "latency / FLOPs - 1", "spread", "goal (within 3%)"],
+             note="Batches: MiniLM 32 x 64 tokens; SmolLM2 8 x 128 tokens (decode: per new token with a KV cache, "
+                  "8 sequences); ViLT 8 x (40 tokens + 384 x 384 image); METER 384 px + 50 tokens. The DAS rows "
+                  "include their adapters (FLOPs and time). Decode: one new token per sequence against the prompt's KV cache (the LM head included in the FLOPs).")
+    if "export" in args.sections:
+        # METER is archskip's own model code, which the export refuses. SmolLM2 (prefill and decode, four models
+        # compiled) takes longest: last, so that a run stopped early has the other rows. Quick: MiniLM eager only
+        # (compiling it takes minutes on a CPU, longer than the rest of the smoke run).
+        each(lambda spec: exported(spec, args.device, dtype, repeats, compile_=not args.quick), [specs[0], *specs[2:3], *specs[1:2]],
+             "1b. The exported model (save_pretrained, loaded with plain transformers), eager and torch.compile",
+             ["model", "variant", "run", "FLOPs ratio", "latency ratio", "latency / FLOPs - 1", "spread", "compiled / eager",
+              "goal (within 3%)"],
+             note="DAS k = N/3 written with SkipModel.save_pretrained and loaded back with "
+                  "AutoModel*.from_pretrained(dir, trust_remote_code=True), against the frozen base model (the plain "
+                  "transformers model it was made from, its forward only), both eager and both under torch.compile, all "
+                  "four in the same shuffled rounds (medians); ratios are to the base model in the same run mode. Same "
+                  "batches as table 1; prefill without a KV cache, decode as in table 1. FLOPs count matmuls only: the "
+                  "adapters' norms, activations and adds are not in the FLOPs ratio but are in the time.")
     if "training" in args.sections:
-        rows = each(lambda spec: training(spec, args.device, dtype, repeats), specs[:3])
-        report.table("2. Training: one optimiser step, DAS-k against PEFT LoRA", rows,
-                     ["model", "variant", "step time ratio to LoRA", "goal", "saved for backward MB", "trainable + Adam MB", "spread"],
-                     note="Same batch as the inference table; frozen backbone; the head trains in both.")
+        each(lambda spec: training(spec, args.device, dtype, repeats), specs[:3],
+             "2. Training: one optimiser step, DAS-k against PEFT LoRA",
+             ["model", "variant", "step time ratio to LoRA", "goal", "saved for backward MB", "trainable + Adam MB", "spread"],
+             note="Same batch as the inference table; frozen backbone; the head trains in both.")
     if "search" in args.sections:
         report.table("3. Search overhead over adapter training (same steps)", search_overhead(args.device, args.quick, 1 if args.quick else 3),
                      ["run", "median s", "ratio", "goal (<= 1.35x)"],
