@@ -204,7 +204,7 @@ def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: 
              switch_seeds: list[int] | None = None, methods: list[str] | None = None) -> None:
     bench = Bench(name, quick)
     methods = list(SEARCHES) if methods is None else methods
-    results: dict[str, dict] = {m: {"plans": [], "ranks": [], "accs": [], "secs": []} for m in [*methods, "random"]}
+    results: dict[str, dict] = {m: {"plans": [], "skips": [], "ranks": [], "accs": [], "secs": []} for m in [*methods, "random"]}
     oracle, no_skip, per_seed, truths = [], [], [], []
     verified = [m for m in methods if SEARCHES[m][0] == "das" and SEARCHES[m][1].get("mode", "verified") == "verified"]
     correlation: dict[str, list[float]] = {m: [] for m in verified}  # per verified method, one value per seed
@@ -222,7 +222,8 @@ def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: 
             found = bench.plan(m, seed)
             skip = tuple(found["skip"])
             r = results[m]
-            r["plans"].append("".join(map(str, skip)))
+            r["plans"].append(label(skip))
+            r["skips"].append(skip)
             r["ranks"].append(rank_of(skip, accuracy))
             r["accs"].append(accuracy[skip])
             r["secs"].append(found["seconds"])
@@ -244,7 +245,7 @@ def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: 
     # The seed-averaged ground truth: one test accuracy per plan is noisy (binomial standard error below), so a plan
     # is also ranked against the plans' mean accuracy over the seeds, which is what a user's next run can expect.
     mean_accuracy = {p: statistics.mean(t[p] for t in truths) for p in truths[0]}
-    seed_plans = {m: [tuple(map(int, plan)) for plan in r["plans"]] for m, r in results.items() if m != "random"}
+    seed_plans = {m: r["skips"] for m, r in results.items() if m != "random"}
     rows = [{"method": LABELS.get(m, m), "plan per seed": " / ".join(r["plans"]), "rank of 15 (mean ± sd)": mean_std(r["ranks"]),
              "rank vs seed mean": mean_std([rank_of(p, mean_accuracy) for p in seed_plans[m]]) if m in seed_plans else "",
              "test accuracy": mean_std(r["accs"]), "search s": mean_std(r["secs"])} for m, r in results.items()]
