@@ -45,6 +45,8 @@ METHODS_RUN = {
     "default": ("das", {}),
     "das-faithful": ("das", {"mode": "faithful", "gate_lr": 0.05}),  # LaVIN's gate lr
     "block-influence": ("block-influence", {}),
+    # whole plans measured on the frozen model with their blocks removed (200 training reviews, 16 plans)
+    "removal-loss": ("removal-loss", {"verify_examples": 200}),
     "last-k": ("last-k", {}),
     "random": ("random", {}),
     "reassess": ("reassess", {}),  # last-k's plan, trained with the last 3 kept blocks (and the head) fine-tuned in full
@@ -124,7 +126,9 @@ class Bench:
                            update_every=1 if self.quick else 2, warmup_epochs=0.5 if self.quick else 1.0, **overrides)
         t0 = time.perf_counter()
         r = METHODS[registered](SearchRun(model, task, self.train, cfg, self.search_cfg, seed=self.seed, progress=False))
-        return {"skip": list(r.plan.skip), "seconds": round(time.perf_counter() - t0, 1)}
+        # the verification's measurements too (which plans it measured, and how), to see where it goes wrong
+        return {"skip": list(r.plan.skip), "seconds": round(time.perf_counter() - t0, 1),
+                "verified": r.config.get("verification", {}), "gates": r.scores}
 
     def metrics(self, method: str, plan: SkipPlan) -> dict:
         """Test metrics after training under `plan` with the shared budget (remembered across killed runs)."""

@@ -69,6 +69,7 @@ SEARCHES = {
     "das-faithful": ("das", {"mode": "faithful", "gate_lr": 1.0}),
     "das-exact": ("das", {"mode": "exact"}),
     "block-influence": ("block-influence", {}),
+    "removal-loss": ("removal-loss", {}),  # whole plans on the frozen model, blocks removed, head re-fitted (no training)
     "last-k": ("last-k", {}),
 }
 

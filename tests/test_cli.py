@@ -64,7 +64,7 @@ def test_yaml_recipe_and_baseline_methods(tiny_encoder_dir, data, tmp_path, caps
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     out = run(["search", "--config", str(tmp_path / "r.yaml")], capsys)
     assert "block-influence" in out
-    for method in ("last-k", "random", "exhaustive"):
+    for method in ("last-k", "random", "exhaustive", "removal-loss"):
         run(["search", "--config", str(tmp_path / "r.yaml"), "--search.method", method, "--train.epochs", "1",
              "--output_dir", str(tmp_path / method)], capsys)
         res = json.loads((tmp_path / method / "search_result.json").read_text())

@@ -5,7 +5,7 @@
 """
 
 # isort: off
-from . import das, baselines  # noqa: F401  (register the built-in methods, DAS first)
+from . import das, baselines, removal  # noqa: F401  (register the built-in methods, DAS first)
 # isort: on
 from .baselines import block_influence, exhaustive, last_k, random_plan
 from .das import DASHooks, run_search

@@ -1,0 +1,80 @@
+"""Removal loss: plans measured on the frozen model with their blocks removed (no adapters, no training).
+
+Block influence (ShortGPT) scores each block alone by how little it changes its input; removing several
+blocks together can hurt more or less than their scores add up to. This method measures whole plans
+instead: the task's selection metric (the loss unless the task says otherwise) of the frozen model with
+the plan's blocks skipped as identity maps and every adapter off, on up to `search.verify_examples`
+training examples (the perplexity criterion of "Shortened LLaMA", Kim et al. 2024, applied to plans).
+A model with a trained-from-scratch task head gets the head re-fitted per plan by cross-fitting, as in the
+verified search (search/verify.py): a linear probe of the pruned representation.
+
+Which plans: all of them when there are at most `search.shortlist`; otherwise the block-influence plan and
+last-k, then a greedy local search over one-swap neighbours of the best plan so far (most skippable by
+block influence first) until `search.shortlist` plans are measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+from torch.utils.data import Subset
+
+from ..data.loader import eval_view
+from ..plan import SearchResult, SkipPlan, check_k
+from ..skipping import SkipModel
+from .baselines import block_influence, last_k
+from .registry import SearchRun, register_method
+from .verify import PlanMeter, verify
+
+
+@contextlib.contextmanager
+def removed_as_identity(model: SkipModel):
+    """Inside: the frozen base model in which a skipped block is the identity (replacement adapters output
+    zero, every other adapter bypassed); the adapters' weights are restored on exit."""
+    saved = []
+    with model.adapters_disabled():
+        try:
+            with torch.no_grad():
+                for layer in model.candidates:
+                    if layer.replacement is not None:
+                        for p in layer.replacement.up.parameters():
+                            saved.append((p, p.detach().clone()))
+                            p.zero_()
+            yield model  # (not under no_grad: the head re-fit trains)
+        finally:
+            with torch.no_grad():
+                for p, value in saved:
+                    p.copy_(value)
+
+
+def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 16, batch_size: int = 16,
+                 refit_steps: int = 30, refit_lr: float = 1e-3, seed: int = 0) -> SearchResult:
+    n = model.num_candidates
+    check_k(k, n)
+    t0 = time.perf_counter()
+    device = next(model.parameters()).device
+    bi = block_influence(model, task, examples, k, batch_size=batch_size)
+    with removed_as_identity(model):
+        meter = PlanMeter(model, task, examples, batch_size, device=device, refit_steps=refit_steps, refit_lr=refit_lr)
+        best, table = verify(meter, n, k, bi.scores, {"last-k": last_k(n, k).plan.skip}, shortlist)
+    model.set_skip([])
+    for row in table:  # block influence's plan is what verify() measures first as "gates top-k"
+        row["sources"] = ["block influence" if s == "gates top-k" else s for s in row["sources"]]
+    return SearchResult(plan=SkipPlan(best, n), method="removal-loss", scores=bi.scores, seed=seed,
+                        history=bi.history, config={"verification": {"examples": len(examples), "measured": table,
+                                                                      "head_refit_steps": meter.refit_steps}},
+                        base_model={"name_or_path": model.name_or_path, "fingerprint": model.fingerprint},
+                        wall_time_s=time.perf_counter() - t0)
+
+
+@register_method("removal-loss")
+def removal_loss_method(run: SearchRun) -> SearchResult:
+    cfg, tc = run.search, run.train_cfg
+    # a seeded sample of the training data, read as in evaluation (no augmentation)
+    order = torch.randperm(len(run.train), generator=torch.Generator().manual_seed(run.seed)).tolist()
+    examples = Subset(eval_view(run.train), order[: cfg.verify_examples])
+    return removal_loss(run.model, run.task, examples, cfg.k, shortlist=cfg.shortlist,
+                        batch_size=cfg.reward_batch_size or tc.batch_size, refit_steps=cfg.verify_refit_steps,
+                        refit_lr=tc.lr * tc.head_lr_mult, seed=run.seed)
