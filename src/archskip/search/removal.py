@@ -58,10 +58,9 @@ def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 1
     bi = block_influence(model, task, examples, k, batch_size=batch_size)
     with removed_as_identity(model):
         meter = PlanMeter(model, task, examples, batch_size, device=device, refit_steps=refit_steps, refit_lr=refit_lr)
-        best, table = verify(meter, n, k, bi.scores, {"last-k": last_k(n, k).plan.skip}, shortlist)
+        best, table = verify(meter, n, k, bi.scores, {"last-k": last_k(n, k).plan.skip}, shortlist,
+                             gates_name="block influence")  # block influence's scores steer the local search
     model.set_skip([])
-    for row in table:  # block influence's plan is what verify() measures first as "gates top-k"
-        row["sources"] = ["block influence" if s == "gates top-k" else s for s in row["sources"]]
     return SearchResult(plan=SkipPlan(best, n), method="removal-loss", scores=bi.scores, seed=seed,
                         history=bi.history, config={"verification": {"examples": len(examples), "measured": table,
                                                                       "head_refit_steps": meter.refit_steps}},

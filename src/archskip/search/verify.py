@@ -193,10 +193,11 @@ class PlanMeter:
 
 
 def verify(meter: PlanMeter, n: int, k: int, gates: Sequence[float], proposals: dict[str, Plan],
-           budget: int, penalty: Callable[[Plan], float] | None = None) -> tuple[Plan, list[dict]]:
+           budget: int, penalty: Callable[[Plan], float] | None = None,
+           gates_name: str = "gates top-k") -> tuple[Plan, list[dict]]:
     """(the best measured plan, every measurement with where the plan came from).
 
-    Plans are ranked by the task's selection metric (then the loss); `penalty(plan)` is subtracted from the
+    The top-k plan of `gates` is measured first, recorded as coming from `gates_name`. Plans are ranked by the task's selection metric (then the loss); `penalty(plan)` is subtracted from the
     metric (the FLOPs-aware search's cost of the compute a plan keeps)."""
     sources: dict[Plan, list[str]] = {}
 
@@ -212,7 +213,7 @@ def verify(meter: PlanMeter, n: int, k: int, gates: Sequence[float], proposals: 
         for plan in itertools.combinations(range(n), k):
             measure(plan, "all plans")
     else:
-        measure(top_k(gates, k), "gates top-k")
+        measure(top_k(gates, k), gates_name)
         for name, plan in proposals.items():
             if len(sources) < budget:
                 measure(tuple(sorted(plan)), name)
