@@ -42,7 +42,8 @@ N_LAYERS = 30
 WORDS = ["negative", "positive"]
 # method -> (how its plan is found, training switches); "default" is `archskip search` as shipped
 METHODS_RUN = {
-    "default": ("das", {}),
+    "default": ("das", {}),  # plans measured on the frozen model (search.verify_on='frozen')
+    "supernet-verified": ("das", {"verify_on": "supernet"}),  # the default before: plans measured on the supernet
     "das-faithful": ("das", {"mode": "faithful", "gate_lr": 0.05}),  # LaVIN's gate lr
     "block-influence": ("block-influence", {}),
     # whole plans measured on the frozen model with their blocks removed (200 training reviews, 16 plans)

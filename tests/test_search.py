@@ -2,6 +2,7 @@
 
 import itertools
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -93,14 +94,44 @@ def test_the_default_verified_search_finds_the_planted_blocks():
         table = result.config["verification"]["measured"]
         assert len(table) == 15 and {tuple(m["plan"]) for m in table} == set(itertools.combinations(range(6), 2))
         assert table[0]["plan"] == list(PLANTED) and table[0]["metrics"]["loss"] == min(m["metrics"]["loss"] for m in table)
+        # measured on the frozen model with the blocks removed: the planted blocks are identities there
+        assert result.config["verification"]["measured_on"] == "frozen"
+        assert table[0]["metrics"]["loss"] < 1e-4 < table[1]["metrics"]["loss"]
 
 
-def test_verification_with_a_small_budget_searches_locally():
-    from dataclasses import replace
+def test_frozen_verification_restores_the_supernet_and_measures_with_adapters_off(monkeypatch):
+    from archskip.search import das
 
+    model, task, examples = setup(0, n=128)
+    seen = {}
+    real = das.verify_plans
+
+    def spy(model, *args, **kwargs):
+        seen["before"] = {n: p.detach().clone() for n, p in model.trainable_named_parameters().items()}
+        active = []
+        orig_loss = task.loss
+        monkeypatch.setattr(task, "loss", lambda m, b: active.append(
+            any(s.active for layer in m.candidates for s in layer.sites.values())) or orig_loss(m, b))
+        out = real(model, *args, **kwargs)
+        monkeypatch.setattr(task, "loss", orig_loss)
+        seen["active"] = active
+        return out
+
+    monkeypatch.setattr(das, "verify_plans", spy)
+    run_search(model, task, examples, replace(VERIFIED, shortlist=6), TRAIN, seed=0, progress=False)
+    assert seen["active"] and not any(seen["active"])  # every measurement (and block influence) ran adapters off
+    after = model.trainable_named_parameters()
+    assert all(torch.equal(seen["before"][n], after[n]) for n in after)  # the trained supernet is given back
+    assert any(float(p.detach().abs().sum()) > 0 for n, p in after.items() if ".replacement.up" in n)  # (it had trained)
+
+
+@pytest.mark.parametrize("verify_on", ["frozen", "supernet"])
+def test_verification_with_a_small_budget_searches_locally(verify_on):
     model, task, examples = setup(1)
-    result = run_search(model, task, examples, replace(VERIFIED, shortlist=6), TRAIN, seed=1, progress=False)
+    result = run_search(model, task, examples, replace(VERIFIED, shortlist=6, verify_on=verify_on), TRAIN, seed=1,
+                        progress=False)
     v = result.config["verification"]
+    assert v["measured_on"] == verify_on
     assert len(v["measured"]) == 6  # the budget, not all 15 plans
     sources = {s for m in v["measured"] for s in m["sources"]}
     assert {"gates top-k", "last-k", "block influence"} <= sources and any(s.startswith("one swap") for s in sources)

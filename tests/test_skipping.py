@@ -53,8 +53,14 @@ def test_parallel_adapters_change_output_and_disabling_restores_base(family):
         adapted = fwd(model, x, out)
         with model.adapters_disabled():
             off = fwd(model, x, out)
+            with model.adapters_disabled():  # nested (a frozen measurement calling block influence)
+                pass
+            still_off = fwd(model, x, out)
+        again = fwd(model, x, out)
     assert (adapted - ref).abs().max() > 1e-4  # the adapters are really in the computation
     torch.testing.assert_close(off, ref, rtol=0, atol=0)
+    torch.testing.assert_close(still_off, ref, rtol=0, atol=0)  # the inner exit did not turn the adapters back on
+    torch.testing.assert_close(again, adapted, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

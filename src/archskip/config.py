@@ -242,8 +242,8 @@ class SearchConfig:
     """Number of candidate blocks to skip."""
     mode: Literal["verified", "exact", "faithful"] = "verified"
     """'verified' (default): the bandit with the exact gradient trains the supernet and proposes plans; at the end a
-    shortlist (the bandit's best plans and their one-swap neighbours, last-k, block influence) is measured on
-    held-out training data under the trained supernet and the plan with the lowest loss wins.
+    shortlist (the bandit's top-k plan, last-k, block influence and one-swap neighbours of the best so far) is
+    measured on held-out training data (`verify_on`) and the plan with the lowest loss wins.
     'exact': the bandit alone, REINFORCE with the true log-probability of the without-replacement sampler and a
     leave-one-out baseline; the plan is its top-k gates.
     'faithful': the paper's update g += lr (r - b) p (1 - p) over M distinct samples, top-k gates."""
@@ -252,6 +252,12 @@ class SearchConfig:
     verify_examples: int = 1024
     """'verified': plans are measured on the held-out slice topped up with training examples to this many (a
     measurement on a few hundred examples cannot separate plans whose accuracies differ by a point)."""
+    verify_on: Literal["frozen", "supernet"] = "frozen"
+    """'verified': what a plan is measured on. 'frozen': the frozen base model with the plan's blocks removed as
+    identities and every adapter off (the task head re-fitted per plan); the one-swap local search is steered by
+    block influence. 'supernet': the trained supernet (shared adapters on), steered by the bandit's gates. On
+    SmolLM2 the supernet's measurement misranked plans (a worse plan than block influence's), the frozen one
+    ranked them nearly in their trained order (docs/benchmarks.md)."""
     verify_refit_steps: int = 30
     """'verified': the task head (one head serves every plan in the supernet) is re-fitted to each plan for this
     many micro-batches, the rest frozen, by two-fold cross-fitting on the measurement examples (fit on one half,

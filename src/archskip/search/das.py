@@ -8,6 +8,7 @@ held out of the training data, and a new one is drawn at every update.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..tasks.base import Task, to_device
 from ..train import Trainer, forward_ready
 from .policy import SkipPolicy
 from .registry import SearchRun, register_method
-from .verify import PlanMeter, top_k, verify
+from .verify import PlanMeter, removed_as_identity, top_k, verify
 
 
 class DASHooks:
@@ -217,27 +218,31 @@ def run_search(
 
 def verify_plans(model: SkipModel, task: Task, held_out, train, cfg: SearchConfig, policy: SkipPolicy,
                  trainer: Trainer, penalty=None) -> tuple[SkipPlan, dict]:
-    """Measure a shortlist of plans on the held-out training data under the trained supernet (search/verify.py)."""
+    """Measure a shortlist of plans on the held-out training data (search/verify.py), on the frozen model with the
+    plans' blocks removed (`verify_on='frozen'`) or under the trained supernet ('supernet')."""
     from .baselines import block_influence, last_k  # (here: `das` registers before the baselines do)
 
     n, k, acc = model.num_candidates, cfg.k, trainer.accelerator
+    frozen = cfg.verify_on == "frozen"
+    batch_size = cfg.reward_batch_size or trainer.cfg.batch_size
     reduce = (lambda t: acc.reduce(t, reduction="sum")) if trainer.world > 1 else None
     extra = max(0, cfg.verify_examples - len(held_out))  # the held-out slice, topped up with training examples
     examples = ConcatDataset([held_out, Subset(eval_view(train), range(min(extra, len(train))))]) if extra else held_out
-    meter = PlanMeter(model, task, examples, cfg.reward_batch_size or trainer.cfg.batch_size, device=trainer.device,
-                      autocast=acc.autocast, rank=trainer.rank, world=trainer.world, reduce=reduce,
-                      refit_steps=cfg.verify_refit_steps, refit_lr=trainer.cfg.lr * trainer.cfg.head_lr_mult)
-    proposals = {"last-k": last_k(n, k).plan.skip}
-    if math.comb(n, k) > cfg.shortlist:  # (with every plan measured, proposals add nothing)
-        with forward_ready(model):
-            bi = block_influence(model, task, held_out, k, batch_size=cfg.reward_batch_size or trainer.cfg.batch_size,
-                                 reduce=reduce)  # summed over processes: every process proposes the same plan
-        proposals["block influence"] = bi.plan.skip
     gates = policy.gates.tolist()
-    with forward_ready(model):  # (every process measures the same plans, each on its own share of the batches)
-        best, table = verify(meter, n, k, gates, proposals, cfg.shortlist, penalty=penalty)
+    with forward_ready(model), (removed_as_identity(model) if frozen else contextlib.nullcontext()):
+        # (every process measures the same plans, each on its own share of the batches)
+        meter = PlanMeter(model, task, examples, batch_size, device=trainer.device, autocast=acc.autocast,
+                          rank=trainer.rank, world=trainer.world, reduce=reduce, refit_steps=cfg.verify_refit_steps,
+                          refit_lr=trainer.cfg.lr * trainer.cfg.head_lr_mult)
+        proposals, steer = {"last-k": last_k(n, k).plan.skip}, None
+        if math.comb(n, k) > cfg.shortlist:  # (with every plan measured, proposals add nothing)
+            # summed over processes: every process proposes the same plan; on the frozen model it is ShortGPT's
+            bi = block_influence(model, task, held_out, k, batch_size=batch_size, reduce=reduce)
+            proposals["block influence"] = bi.plan.skip
+            steer = bi.scores if frozen else None  # the frozen measurement's local search follows the frozen model
+        best, table = verify(meter, n, k, gates, proposals, cfg.shortlist, penalty=penalty, steer=steer)
     return SkipPlan(best, n), {"examples": len(examples), "held_out": len(held_out), "measured": table,
-                               "gates_top_k": list(top_k(gates, k)),
+                               "measured_on": cfg.verify_on, "gates_top_k": list(top_k(gates, k)),
                                "head_refit_steps": meter.refit_steps}
 
 

@@ -15,7 +15,6 @@ block influence first) until `search.shortlist` plans are measured.
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
@@ -26,27 +25,7 @@ from ..plan import SearchResult, SkipPlan, check_k
 from ..skipping import SkipModel
 from .baselines import block_influence, last_k
 from .registry import SearchRun, register_method
-from .verify import PlanMeter, verify
-
-
-@contextlib.contextmanager
-def removed_as_identity(model: SkipModel):
-    """Inside: the frozen base model in which a skipped block is the identity (replacement adapters output
-    zero, every other adapter bypassed); the adapters' weights are restored on exit."""
-    saved = []
-    with model.adapters_disabled():
-        try:
-            with torch.no_grad():
-                for layer in model.candidates:
-                    if layer.replacement is not None:
-                        for p in layer.replacement.up.parameters():
-                            saved.append((p, p.detach().clone()))
-                            p.zero_()
-            yield model  # (not under no_grad: the head re-fit trains)
-        finally:
-            with torch.no_grad():
-                for p, value in saved:
-                    p.copy_(value)
+from .verify import PlanMeter, removed_as_identity, verify
 
 
 def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 16, batch_size: int = 16,

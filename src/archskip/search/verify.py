@@ -1,16 +1,23 @@
-"""The verified search's last step: measure plans under the trained supernet and keep the best one.
+"""The verified search's last step: measure whole plans and keep the best one.
 
-The bandit's gates summarise many small, noisy reward batches. At the end of the search the supernet's
-adapters are trained for every candidate, so a plan can be measured directly: its loss on all of the
-held-out training data, in eval mode. A budget of `search.shortlist` plans is measured:
+The bandit's gates summarise many small, noisy reward batches; at the end of the search plans are
+measured directly, in eval mode, by the task's selection metric (by default the loss) on the held-out
+slice topped up with training examples. Two measurements (`search.verify_on`, docs/method.md):
+
+- 'frozen' (default): the frozen base model with the plan's blocks removed as identities and every
+  adapter off (`removed_as_identity`), the task head re-fitted per plan. It predicts a plan's accuracy
+  after its own training better than the supernet does on decoders (docs/benchmarks.md);
+- 'supernet': the trained supernet, whose shared adapters serve every plan.
+
+A budget of `search.shortlist` plans is measured:
 
 1. every plan, when there are no more than the budget (C(N, k) <= shortlist);
 2. otherwise the bandit's top-k plan, last-k and the block-influence plan first, then, while budget
-   remains, the unmeasured one-swap neighbours of the best plan measured so far, most promising
-   (highest gate sum) first: a greedy local search that the gates steer and the measurements decide.
+   remains, the unmeasured one-swap neighbours of the best plan measured so far, most promising first
+   (by the gates, or by block influence when measuring the frozen model): a greedy local search that the
+   measurements decide.
 
-Plans are measured by the task's selection metric (by default the loss) on the held-out slice topped up
-with training examples; the best is the result, every measurement is kept.
+The best measured plan is the result; every measurement is kept.
 """
 
 from __future__ import annotations
@@ -55,6 +62,26 @@ def _moved(x, device):
     if isinstance(x, (tuple, list)):
         return type(x)(_moved(v, device) for v in x)
     return x
+
+
+@contextlib.contextmanager
+def removed_as_identity(model: SkipModel):
+    """Inside: the frozen base model in which a skipped block is the identity (replacement adapters output
+    zero, every other adapter bypassed); the adapters' weights are restored on exit."""
+    saved = []
+    with model.adapters_disabled():
+        try:
+            with torch.no_grad():
+                for layer in model.candidates:
+                    if layer.replacement is not None:
+                        for p in layer.replacement.up.parameters():
+                            saved.append((p, p.detach().clone()))
+                            p.zero_()
+            yield model  # (not under no_grad: the head re-fit trains)
+        finally:
+            with torch.no_grad():
+                for p, value in saved:
+                    p.copy_(value)
 
 
 class PlanMeter:
@@ -194,11 +221,14 @@ class PlanMeter:
 
 def verify(meter: PlanMeter, n: int, k: int, gates: Sequence[float], proposals: dict[str, Plan],
            budget: int, penalty: Callable[[Plan], float] | None = None,
-           gates_name: str = "gates top-k") -> tuple[Plan, list[dict]]:
+           gates_name: str = "gates top-k", steer: Sequence[float] | None = None) -> tuple[Plan, list[dict]]:
     """(the best measured plan, every measurement with where the plan came from).
 
-    The top-k plan of `gates` is measured first, recorded as coming from `gates_name`. Plans are ranked by the task's selection metric (then the loss); `penalty(plan)` is subtracted from the
-    metric (the FLOPs-aware search's cost of the compute a plan keeps)."""
+    The top-k plan of `gates` is measured first, recorded as coming from `gates_name`. The local search tries
+    one-swap neighbours in the order of `steer` (default: `gates`), most skippable first. Plans are ranked by
+    the task's selection metric (then the loss); `penalty(plan)` is subtracted from the metric (the
+    FLOPs-aware search's cost of the compute a plan keeps)."""
+    steer = gates if steer is None else steer
     sources: dict[Plan, list[str]] = {}
 
     def key(plan: Plan) -> tuple:
@@ -219,7 +249,7 @@ def verify(meter: PlanMeter, n: int, k: int, gates: Sequence[float], proposals: 
                 measure(tuple(sorted(plan)), name)
         while len(sources) < budget:
             best = min(sources, key=key)
-            fresh = [p for p in neighbours(best, n, gates) if p not in sources]
+            fresh = [p for p in neighbours(best, n, steer) if p not in sources]
             if not fresh:
                 break
             measure(fresh[0], f"one swap from {list(best)}")
