@@ -5,7 +5,8 @@ Tasks the model can learn here, posed as generation with option scoring: sentenc
 each method's plan (the default search, the same search measuring plans on its supernet as the default did
 before, the paper's faithful DAS, block influence, removal loss, last-k, a random plan, and the "Reassessing
 Layer Pruning" baseline: drop the last k blocks and fine-tune the head and the last 3 kept blocks in full; and
-the default's plan with its replacement adapters distilled from their blocks first), every model is trained with the same budget, pruned and tested: accuracy (greedy answer),
+the default's plan with its replacement adapters distilled from their blocks first, 4x wider, or taught by
+the no-skip model), every model is trained with the same budget, pruned and tested: accuracy (greedy answer),
 choice accuracy (the more likely of the two answers), answer loss, trainable parameters, and seconds per
 answer relative to k = 0 (all models timed side by side). BoolQ and CommonsenseQA stayed inside the
 chance/majority interval at the budgets of 2 CPU cores (see git history of the results file), so they are
@@ -38,6 +39,7 @@ from archskip.profile import compare_generation
 from archskip.search import METHODS, SearchRun, last_k, random_plan
 from archskip.search.baselines import REASSESS_UNFROZEN
 from archskip.tasks import GenerativeQA
+from archskip.teacher import TeacherLoss
 from archskip.train import Trainer
 
 N_LAYERS = 30
@@ -55,7 +57,12 @@ METHODS_RUN = {
     "reassess": ("reassess", {}),  # last-k's plan, trained with the last 3 kept blocks (and the head) fine-tuned in full
     # the default's plan, its replacement adapters first distilled from the blocks they replace (train.distill_steps)
     "default+distill": ("das", {}),
+    # the default's plan, the no-skip model (trained first with the same seed and budget) as its teacher (train.teacher)
+    "default+teacher": ("das", {}),
+    # the default's plan, its replacement adapters WIDE_SKIP_HIDDEN wide instead of LaVIN's 32 (adapter.skip_hidden)
+    "default+wide": ("das", {}),
 }
+WIDE_SKIP_HIDDEN = 128
 DISTILL_EPOCHS = 1.0  # distillation micro-batches: one pass over the training reviews
 SEARCH_VERSION = 3  # 3: searches as long as the training (3 epochs, was 2)
 
@@ -107,9 +114,10 @@ class Bench:
         self.budget = (f"{task}|seed={seed}|train={len(self.train)}|test={len(self.test)}|epochs={epochs}|bs={bs}"
                        f"|lr={self.train_cfg.lr}")
 
-    def fresh(self) -> tuple[SkipModel, Sentiment]:
+    def fresh(self, adapter: AdapterConfig | None = None, trainable=None) -> tuple[SkipModel, Sentiment]:
         torch.manual_seed(self.seed)
-        return SkipModel(copy.deepcopy(self.base), self.adapter, name_or_path="smollm2-135m"), Sentiment(self.tok)
+        return (SkipModel(copy.deepcopy(self.base), adapter or self.adapter, name_or_path="smollm2-135m", trainable=trainable or ()),
+                Sentiment(self.tok))
 
     def plan(self, method: str, k: int) -> dict:
         """A method's plan for k skipped blocks and how long finding it took (remembered across killed runs)."""
@@ -139,24 +147,28 @@ class Bench:
 
     def metrics(self, method: str, plan: SkipPlan) -> dict:
         """Test metrics after training under `plan` with the shared budget (remembered across killed runs)."""
-        recipe = "reassess" if method == "reassess" else "distill" if method.endswith("+distill") else "adapters"
+        recipe = "reassess" if method == "reassess" else method.split("+")[1] if "+" in method else "adapters"
         key = f"{self.budget}|metrics|skip={','.join(map(str, plan.skip))}|{recipe}"
         return self.memo.get(key, lambda: self._metrics(plan, recipe))
 
     def _metrics(self, plan: SkipPlan, recipe: str) -> dict:
-        model, task = self.fresh()
-        if recipe == "reassess":  # the head (tied to the embeddings in SmolLM2) trains too
-            model = SkipModel(copy.deepcopy(self.base), self.adapter, name_or_path="smollm2-135m", trainable=["embed_tokens"])
+        # reassess: the head (tied to the embeddings in SmolLM2) trains too
+        model, task = self.fresh(replace(self.adapter, skip_hidden=WIDE_SKIP_HIDDEN) if recipe == "wide" else None,
+                                 trainable=["embed_tokens"] if recipe == "reassess" else None)
         model.apply_plan(plan)
         if recipe == "reassess":
             model.unfreeze_kept(REASSESS_UNFROZEN)
         cfg = self.train_cfg
         if recipe == "distill":
             cfg = replace(cfg, distill_steps=math.ceil(DISTILL_EPOCHS * len(self.train) / cfg.batch_size))
+        if recipe == "teacher":  # KL to the no-skip model's next-token distributions on the answer, T = 2, weight 1
+            teacher, _ = self.fresh()
+            Trainer(teacher, task, cfg, seed=self.seed, progress=False).fit(self.train)
+            task = TeacherLoss(task, teacher, weight=1.0, temperature=2.0)
         Trainer(model, task, cfg, seed=self.seed, progress=False).fit(self.train)
         trainable = model.parameter_counts()[0]
         model.prune()
-        m = task.evaluate_dataset(model.eval(), self.test, batch_size=16)
+        m = task.evaluate_dataset(model.eval(), self.test, batch_size=16)  # TeacherLoss evaluates as the plain task
         return {"accuracy": m["accuracy"], "choice_accuracy": m["choice_accuracy"], "loss": m["loss"], "trainable": trainable}
 
     def pruned(self, plan: SkipPlan) -> SkipModel:

@@ -125,11 +125,13 @@ def test_boolq_on_a_text_only_llama(llm_dirs, tmp_path, capsys):
     rows = [{"question": f"is it {c}", "passage": f"The square is {c}.", "answer": i % 2 == 0} for i, c in enumerate(COLORS * 4)]
     path = tmp_path / "boolq.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    main(["train", "--model.name_or_path", str(llm_dirs / "llama"), "--task.name", "boolq", "--task.max_new_tokens", "6",
-          "--task.max_length", "256", "--data.train", str(path), "--data.test", str(path), "--plan", "2,5",
-          "--adapter.style", "sequential", "--adapter.hidden", "4", "--adapter.skip_hidden", "16", "--adapter.skip_norm", "block",
-          "--adapter.init", "zero", "--adapter.skip_init", "zero", "--train.batch_size", "4", "--train.epochs", "1",
-          "--output_dir", str(tmp_path / "b")])
+    common = ["--model.name_or_path", str(llm_dirs / "llama"), "--task.name", "boolq", "--task.max_new_tokens", "6",
+              "--task.max_length", "256", "--data.train", str(path), "--data.test", str(path),
+              "--adapter.style", "sequential", "--adapter.hidden", "4", "--adapter.skip_hidden", "16", "--adapter.skip_norm",
+              "block", "--adapter.init", "zero", "--adapter.skip_init", "zero", "--train.batch_size", "4", "--train.epochs", "1"]
+    main(["train", *common, "--plan", "none", "--output_dir", str(tmp_path / "teacher")])
+    # the no-skip model teaches the skipped one (train.teacher on a generative task)
+    main(["train", *common, "--plan", "2,5", "--train.teacher", str(tmp_path / "teacher" / "artifact"), "--output_dir", str(tmp_path / "b")])
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     key = str(path)
     assert metrics["plan"] == [2, 5] and metrics["test"][key]["n"] == 12 and 0 <= metrics["test"][key]["accuracy"] <= 1
@@ -240,3 +242,65 @@ def test_option_choice_with_images_matches_the_models_own_loss(sqa, llm_dirs):
 
     assert task.choose_options(model, items, "ABC", batch_size=3) == [reference(e) for e in items]
     assert task.info()["option_letters"] == "ABC" and task.info()["answer_prefix"] == "The answer is "
+
+
+def test_a_no_skip_teacher_teaches_a_generative_task_on_its_answer_tokens(llm_dirs):
+    """train.teacher on a generative task: the rows are the target's next-token distributions, their
+    cross-entropy is the task's own loss, an identical teacher adds nothing, and a taught student moves
+    towards the teacher while the teacher stays frozen."""
+    import copy
+
+    import torch.nn.functional as F
+    from transformers import AutoTokenizer
+
+    from archskip import TrainConfig
+    from archskip.nn_utils import eval_mode
+    from archskip.skipping import SkipModel
+    from archskip.teacher import TeacherLoss
+    from archskip.train import Trainer
+
+    tok = AutoTokenizer.from_pretrained(llm_dirs / "llama")
+    task = CSQA(tok, max_length=256)
+    rng = random.Random(0)
+    examples = [{"prompt": f"Question: what color is {'the big ' * rng.randrange(4)}square?\nOptions: A. red\nB. green\n",
+                 "target": f"Answer: The answer is {c}.", "answer": c} for c in rng.choices("AB", k=32)]
+    torch.manual_seed(0)
+    teacher = SkipModel(LlamaForCausalLM.from_pretrained(llm_dirs / "llama"), AdapterConfig.lavin(hidden=4))
+    Trainer(teacher, task, TrainConfig(max_steps=10, batch_size=8, lr=1e-2), progress=False).fit(examples)
+    batch = task.collate(examples[:8])
+    with eval_mode(teacher):
+        rows = task.logits(teacher, batch)
+        assert rows.shape == (int((batch["labels"] != -100).sum()), len(tok))  # one row per target token (+ EOS)
+        torch.testing.assert_close(task.logit_loss(rows, batch), task.loss(teacher, batch), atol=1e-5, rtol=0)
+        same = TeacherLoss(task, copy.deepcopy(teacher), weight=3.0)
+        torch.testing.assert_close(same.loss(teacher, batch), task.loss(teacher, batch), atol=1e-5, rtol=0)
+
+    def kl(student) -> float:
+        with torch.no_grad(), eval_mode(student), eval_mode(teacher):
+            s, t = task.logits(student, batch), task.logits(teacher, batch)
+        return float(F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean"))
+
+    student = copy.deepcopy(teacher)
+    student.apply_plan(SkipPlan((2, 3), 6))
+    plain, frozen = copy.deepcopy(student), {n: p.detach().clone() for n, p in teacher.named_parameters()}
+    cfg = TrainConfig(max_steps=15, batch_size=8, lr=5e-3, warmup_ratio=0.0)
+    Trainer(student, TeacherLoss(task, teacher, weight=5.0), cfg, progress=False).fit(examples)
+    Trainer(plain, task, cfg, progress=False).fit(examples)
+    assert all(torch.equal(p, frozen[n]) and p.grad is None for n, p in teacher.named_parameters())
+    assert kl(student) < kl(plain)  # the same steps on the labels alone end further from the teacher
+
+
+def test_a_generative_task_on_lavin_refuses_a_teacher(llm_dirs):
+    """LaVIN puts its prefix and image tokens before the text: the target's rows cannot be found, so a
+    teacher is refused before any training, with what would work instead."""
+    from archskip.config import ConfigError
+    from archskip.models.load import load_pretrained
+    from archskip.tasks import assemble
+    from archskip.teacher import TeacherLoss
+
+    cfg = ModelConfig(name_or_path=str(llm_dirs / "llama"), vision=str(llm_dirs / "clip"), image_tokens=2, projector_hidden=8)
+    base, tok, extras = load_pretrained(cfg)
+    task = ScienceQA(tok, 256, 6, SquareImageSpec(28, "clip"), option_letters="ABC", answer_prefix="The answer is ")
+    model = assemble(base, task, AdapterConfig.lavin(hidden=4, multimodal=True), cfg, extras)
+    with pytest.raises(ConfigError, match="cannot learn from a teacher; plain decoders can"):
+        TeacherLoss(task, model)

@@ -380,7 +380,8 @@ class TrainConfig:
     'Reassessing Layer Pruning' baseline drops the last k blocks and fine-tunes the last 3 kept ones and the head."""
     teacher: str | None = None
     """An artifact of the same base model trained with no skip (`archskip train --plan none`): its predictions
-    teach the skipped model (knowledge distillation; classification tasks). One extra forward pass per batch."""
+    teach the skipped model (knowledge distillation: class logits, or the next-token distributions of a generative
+    task's answer on a plain decoder). One extra forward pass per batch."""
     teacher_weight: float = 1.0
     """Weight of the teacher's term (KL divergence x temperature^2) beside the task loss."""
     teacher_temperature: float = 2.0

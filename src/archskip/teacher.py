@@ -1,7 +1,9 @@
 """A trained no-skip model as the teacher of a skipped one (knowledge distillation, Hinton et al. 2015).
 
 The skipped model's loss gains `weight` x T^2 x KL(teacher || student) on the predictions softened by the
-temperature T: the student learns the teacher's whole output distribution, not only the labels. The teacher
+temperature T: the student learns the teacher's whole output distribution, not only the labels. For a
+classification task the predictions are the class logits; for a generative task, the next-token
+distribution at each token of the target (the prompt's tokens play no part). The teacher
 is an artifact of the same base model trained with no skip (`archskip train --plan none`); it is frozen and
 runs under no_grad next to the student, one extra forward pass per micro-batch (docs/method.md).
 """
@@ -24,6 +26,8 @@ class TeacherLoss(Task):
         if not (callable(getattr(task, "logits", None)) and callable(getattr(task, "logit_loss", None))):
             raise ConfigError(f"the {task.name} task cannot learn from a teacher (it needs `logits` and `logit_loss`); "
                               "leave train.teacher unset")
+        if callable(getattr(task, "check_teachable", None)):  # e.g. generation on a model that shifts positions
+            task.check_teachable(teacher)
         self.task, self.teacher, self.weight, self.temperature = task, teacher.eval(), weight, temperature
         for p in teacher.parameters():
             p.requires_grad_(False)

@@ -16,12 +16,13 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ..config import RunConfig, TaskConfig
 from ..data.images import SquareImageSpec
 from ..data.splits import Splits, named_splits
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models.base import generate_returns_prompt
 from ..nn_utils import eval_mode, pad_rows
 from ..skipping import SkipModel
@@ -124,6 +125,26 @@ class GenerativeQA(Task):
     # ---- training -----------------------------------------------------------------------------------
     def loss(self, model: SkipModel, batch: dict) -> torch.Tensor:
         return model(**self._model_inputs(batch), labels=batch["labels"]).loss
+
+    # ---- a teacher's targets (train.teacher, teacher.py) ---------------------------------------------
+    def check_teachable(self, model: SkipModel) -> None:
+        """Refuse a model whose output positions are not its input positions (LaVIN inserts its prefix and
+        image tokens after BOS), where the target's rows could not be found in the logits."""
+        if not generate_returns_prompt(model.base):
+            raise ConfigError(f"the {self.name} task on a {type(model.base).__name__} model (tokens inserted before the "
+                              "text) cannot learn from a teacher; plain decoders can. Leave train.teacher unset")
+
+    def logits(self, model: SkipModel, batch: dict) -> torch.Tensor:
+        """Next-token logits at the target's tokens, (N, V) for the N target tokens of the batch: the rows on
+        which a teacher's distribution is matched, token by token (sequence-level KD on the answer only)."""
+        out = model(**self._model_inputs(batch)).logits  # (B, T, V)
+        predicts = batch["labels"][:, 1:] != -100  # (B, T-1): position t predicts token t+1
+        return out[:, :-1][predicts].float()  # (N, V)
+
+    def logit_loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The task loss from `logits`' rows: the mean cross-entropy of the target tokens (= `loss`)."""
+        labels = batch["labels"][:, 1:]
+        return F.cross_entropy(logits, labels[labels != -100])
 
     def score(self, model: SkipModel, batch: dict) -> dict[str, float]:
         n = len(batch["input_ids"])
