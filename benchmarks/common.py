@@ -91,6 +91,12 @@ class Memo:
         self.path = RESULTS / "memo" / f"{name}{'-quick' if quick else ''}.json"
         self.values = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
 
+    def has(self, key: str) -> bool:
+        """Whether `key` is finished (here or, by now, in the file another process writes)."""
+        if key not in self.values and self.path.exists():
+            self.values.update(json.loads(self.path.read_text(encoding="utf-8")))
+        return key in self.values
+
     def get(self, key: str, compute):
         if key not in self.values and self.path.exists():  # another process (e.g. running other k) may have it by now
             self.values.update(json.loads(self.path.read_text(encoding="utf-8")))

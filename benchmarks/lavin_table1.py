@@ -67,6 +67,10 @@ DISTILL_EPOCHS = 1.0  # distillation micro-batches: one pass over the training r
 SEARCH_VERSION = 3  # 3: searches as long as the training (3 epochs, was 2)
 
 
+class NotYet(Exception):
+    """--memo-only: a cell no run has finished yet."""
+
+
 class Sentiment(GenerativeQA):
     """A review -> "Sentiment: positive|negative"; choice accuracy ranks the two answers by likelihood."""
 
@@ -94,7 +98,7 @@ def load(name: str, n_train: int, n_test: int, seed: int = 0) -> tuple[list, lis
 
 
 class Bench:
-    def __init__(self, task: str, quick: bool, seed: int, n_train: int, n_test: int, epochs: float):
+    def __init__(self, task: str, quick: bool, seed: int, n_train: int, n_test: int, epochs: float, memo_only: bool = False):
         from transformers import AutoTokenizer, LlamaForCausalLM
 
         path = smollm2()
@@ -110,7 +114,7 @@ class Bench:
         # measures plans less reliably)
         self.search_cfg = replace(self.train_cfg, max_steps=4 if quick else None)
         self.seed, self.quick, self.name = seed, quick, task
-        self.memo = Memo("lavin_table1", quick)
+        self.memo, self.memo_only = Memo("lavin_table1", quick), memo_only
         self.budget = (f"{task}|seed={seed}|train={len(self.train)}|test={len(self.test)}|epochs={epochs}|bs={bs}"
                        f"|lr={self.train_cfg.lr}")
 
@@ -130,7 +134,12 @@ class Bench:
         if registered == "random":
             return {"skip": list(random_plan(N_LAYERS, k, self.seed).plan.skip), "seconds": 0.0}
         key = f"{self.budget}|search|{method}|k={k}|v{SEARCH_VERSION}"
-        return self.memo.get(key, lambda: self._search(registered, overrides, k))
+        return self._get(key, lambda: self._search(registered, overrides, k))
+
+    def _get(self, key: str, compute):
+        if self.memo_only and not self.memo.has(key):
+            raise NotYet(key)
+        return self.memo.get(key, compute)
 
     def _search(self, registered: str, overrides: dict, k: int) -> dict:
         import time
@@ -149,7 +158,7 @@ class Bench:
         """Test metrics after training under `plan` with the shared budget (remembered across killed runs)."""
         recipe = "reassess" if method == "reassess" else method.split("+")[1] if "+" in method else "adapters"
         key = f"{self.budget}|metrics|skip={','.join(map(str, plan.skip))}|{recipe}"
-        return self.memo.get(key, lambda: self._metrics(plan, recipe))
+        return self._get(key, lambda: self._metrics(plan, recipe))
 
     def _metrics(self, plan: SkipPlan, recipe: str) -> dict:
         # reassess: the head (tied to the embeddings in SmolLM2) trains too
@@ -181,15 +190,20 @@ class Bench:
 def run_task(name: str, args, report: Report, summary: dict) -> None:
     ks = [0, 2] if args.quick else sorted(set([0, *args.ks]))
     cells: dict[tuple[int, str], list[dict]] = {}
+    missing: dict[tuple[int, str], list[int]] = {}  # --memo-only: the seeds of a cell not finished yet
     plans: dict[tuple[int, str], list[str]] = {}
     for seed in args.seeds:
-        bench = Bench(name, args.quick, seed, args.n_train, args.n_test, args.epochs)
+        bench = Bench(name, args.quick, seed, args.n_train, args.n_test, args.epochs, memo_only=args.memo_only)
         for k in ks:
             for method in (["default"] if k == 0 else METHODS_RUN):
-                found = bench.plan(method, k)
-                plan = SkipPlan(tuple(found["skip"]), N_LAYERS)
-                m = bench.metrics(method, plan)
-                cells.setdefault((k, method), []).append({**m, "search_s": found["seconds"]})
+                try:
+                    found = bench.plan(method, k)
+                    plan = SkipPlan(tuple(found["skip"]), N_LAYERS)
+                    m = bench.metrics(method, plan)
+                except NotYet:
+                    missing.setdefault((k, method), []).append(seed)
+                    continue
+                cells.setdefault((k, method), []).append({**m, "search_s": found["seconds"], "seed": seed})
                 plans.setdefault((k, method), []).append(",".join(map(str, plan.skip)) or "—")
                 print(name, seed, k, method, plan.skip, m, flush=True)
     timed = {k: bench.pruned(SkipPlan.last(k, N_LAYERS)) for k in ks}  # every plan of one k does the same work
@@ -198,25 +212,29 @@ def run_task(name: str, args, report: Report, summary: dict) -> None:
     speed = compare_generation({f"k={k}": m for k, m in timed.items()}, task, prompts, new_tokens=4,
                                repeats=2 if args.quick else 7)
     rows = []
-    for (k, method), ms in cells.items():
+    order = list(METHODS_RUN)
+    for (k, method), ms in sorted(cells.items(), key=lambda c: (c[0][0], order.index(c[0][1]))):
         ratio = speed[f"k={k}"].median_s / speed["k=0"].median_s
-        rows.append({"k": k, "method": "no skip (adapters)" if k == 0 else method, "plan per seed": " / ".join(plans[(k, method)]),
+        rows.append({"k": k, "method": "no skip (adapters)" if k == 0 else method, "seeds": " ".join(str(m["seed"]) for m in ms),
+                     "plan per seed": " / ".join(plans[(k, method)]),
                      "accuracy %": mean_std([100 * m["accuracy"] for m in ms]),
                      "choice acc %": mean_std([100 * m["choice_accuracy"] for m in ms]),
                      "answer loss": mean_std([m["loss"] for m in ms]), "trainable params": ms[0]["trainable"],
                      "s / answer vs k=0": round(ratio, 3), "search s": mean_std([m["search_s"] for m in ms])})
         summary["tasks"].setdefault(name, {"seeds": args.seeds, "rows": []})["rows"].append(
-            {"k": k, "method": method, "plans": plans[(k, method)], "accuracy": statistics.mean(m["accuracy"] for m in ms),
+            {"k": k, "method": method, "seeds": [m["seed"] for m in ms], "plans": plans[(k, method)], "accuracy": statistics.mean(m["accuracy"] for m in ms),
              "choice_accuracy": statistics.mean(m["choice_accuracy"] for m in ms),
              "loss": statistics.mean(m["loss"] for m in ms), "time_ratio": ratio})
     report.table(f"{name}: SmolLM2-135M-Instruct with LaVIN adapters, k = {'/'.join(map(str, ks))}", rows,
-                 ["k", "method", "plan per seed", "accuracy %", "choice acc %", "answer loss", "trainable params",
+                 ["k", "method", "seeds", "plan per seed", "accuracy %", "choice acc %", "answer loss", "trainable params",
                   "s / answer vs k=0", "search s"],
                  note=f"Budget, every model: {len(bench.train)} training reviews, {bench.train_cfg.epochs:g} epochs of batch "
                       f"{bench.train_cfg.batch_size}, lr {bench.train_cfg.lr} (cosine); searches: the same {bench.search_cfg.epochs:g} "
                       f"epochs of the same reviews (the first a warm-up), a policy update every 2 micro-batches, M = 3. Test {len(bench.test)} reviews (balanced: chance 50%). reassess: the last k blocks "
                       "dropped, the last 3 kept blocks and the head (tied to the embeddings) fine-tuned in full with the "
-                      "adapters. Time: generating 4 tokens for 8 prompts, median of interleaved rounds, relative to k = 0.")
+                      "adapters. Time: generating 4 tokens for 8 prompts, median of interleaved rounds, relative to k = 0."
+                      + ("" if not missing else " Not finished yet (--memo-only: rows over the seeds listed): "
+                         + "; ".join(f"k={k} {method} seed {' '.join(map(str, seeds))}" for (k, method), seeds in missing.items()) + "."))
 
 
 def main() -> None:
@@ -229,6 +247,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 4, 6], choices=range(1, N_LAYERS), metavar="K",
                     help="skipped blocks to compare with k = 0 (a run of some of them resumes into the full table)")
+    ap.add_argument("--memo-only", action="store_true",
+                    help="compute nothing: the table of the cells the resume memo holds, the others listed as not finished")
     ap.add_argument("--out", default="lavin_table1", help="results file name (benchmarks/results/<out>.md/.json)")
     args = ap.parse_args()
     args.seeds = args.seeds or ([0] if args.quick else [0, 1])
