@@ -15,6 +15,7 @@ not run by default.
     python benchmarks/lavin_table1.py                        # full: polarity, 2 seeds (hours on 2 CPU cores)
     python benchmarks/lavin_table1.py --tasks imdb --seeds 0 1
     python benchmarks/lavin_table1.py --seeds 0 --ks 6        # a part of the table first (the memo keeps it)
+    python benchmarks/lavin_table1.py --memo-only --ks 2 4 6  # the table of what has finished so far, nothing computed
     python benchmarks/lavin_table1.py --quick                # CI smoke run
 """
 
@@ -195,7 +196,7 @@ def run_task(name: str, args, report: Report, summary: dict) -> None:
     for seed in args.seeds:
         bench = Bench(name, args.quick, seed, args.n_train, args.n_test, args.epochs, memo_only=args.memo_only)
         for k in ks:
-            for method in (["default"] if k == 0 else METHODS_RUN):
+            for method in (["default"] if k == 0 else args.methods):
                 try:
                     found = bench.plan(method, k)
                     plan = SkipPlan(tuple(found["skip"]), N_LAYERS)
@@ -247,6 +248,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 4, 6], choices=range(1, N_LAYERS), metavar="K",
                     help="skipped blocks to compare with k = 0 (a run of some of them resumes into the full table)")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS_RUN), choices=list(METHODS_RUN), metavar="METHOD",
+                    help=f"rows for k > 0 (default: all of {', '.join(METHODS_RUN)})")
     ap.add_argument("--memo-only", action="store_true",
                     help="compute nothing: the table of the cells the resume memo holds, the others listed as not finished")
     ap.add_argument("--out", default="lavin_table1", help="results file name (benchmarks/results/<out>.md/.json)")
