@@ -189,14 +189,16 @@ def record_block0(model: SkipModel, name: str, x: dict, active: set[str]) -> dic
         rec.inputs("h", block.get_submodule(mlp_in[0]))
     for site_name, site in layer.sites.items():
         site.active = site_name in active
-        rec.inputs(f"in_{site_name}", site.adapter)
-        rec.outputs(f"d_{site_name}", site.adapter)
+        rec.inputs(f"in_{site_name}", site.adapter.norm)  # the adapter's input (its first step is its norm)
     try:
         run(model, name, x)
     finally:
         rec.remove()
         for site in layer.sites.values():
             site.active = True
+    with torch.no_grad():  # what the adapter adds: f(its input) (a site runs it fused with the add)
+        for site_name in active:
+            rec.got[f"d_{site_name}"] = layer.sites[site_name].adapter(rec.got[f"in_{site_name}"])
     return {k: v.reshape(-1, v.shape[-1]) for k, v in rec.got.items()}
 
 

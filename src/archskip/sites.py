@@ -18,6 +18,14 @@ def run_adapter(adapter: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return adapter(x.to(w.dtype)).to(x.dtype) if x.dtype != w.dtype else adapter(x)
 
 
+def add_adapter(adapter: nn.Module, target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """target + adapter(x), fused (`Bottleneck.add_to`), in the adapter's dtype and returned in target's."""
+    w = adapter.up.weight
+    if x.dtype == w.dtype and target.dtype == w.dtype:
+        return adapter.add_to(target, x)
+    return adapter.add_to(target.to(w.dtype), x.to(w.dtype)).to(target.dtype)
+
+
 class Site(nn.Module):
     """One adapter attached to a frozen block by forward hooks (bound methods: safe under deepcopy)."""
 
@@ -46,7 +54,7 @@ class ParallelAdapterSite(Site):
     def __init__(self, adapter: nn.Module, spec: ParallelSite):
         super().__init__(adapter)
         self.spec = spec
-        self._pending: torch.Tensor | None = None
+        self._pending: torch.Tensor | None = None  # the tap's input, until the branch's output is known
 
     def attach(self, block: nn.Module) -> None:
         tap, branch = get_submodule(block, self.spec.tap), get_submodule(block, self.spec.branch)
@@ -58,17 +66,17 @@ class ParallelAdapterSite(Site):
         if not self.active:
             return
         x = args[0] if args else kwargs["hidden_states"] if "hidden_states" in kwargs else next(iter(kwargs.values()))
-        self._pending = run_adapter(self.adapter, x)
+        self._pending = x  # (the adapter runs at the branch: its up-projection adds straight into the output)
 
     def _on_branch(self, module, args, output):
         if not self.active:
             return
-        delta, self._pending = self._pending, None
-        if delta is None:
+        x, self._pending = self._pending, None
+        if x is None:
             raise RuntimeError(f"adapter site {self.spec.name!r}: {self.spec.branch!r} ran before {self.spec.tap!r}")
         if isinstance(output, tuple):
-            return (output[0] + delta, *output[1:])
-        return output + delta
+            return (add_adapter(self.adapter, output[0], x), *output[1:])
+        return add_adapter(self.adapter, output, x)
 
 
 class ResidualAdapterSite(Site):
@@ -88,9 +96,9 @@ class ResidualAdapterSite(Site):
             return
         if len(args) >= 2:
             x = args[1]
-            return (args[0], x + run_adapter(self.adapter, x), *args[2:]), kwargs
+            return (args[0], add_adapter(self.adapter, x, x), *args[2:]), kwargs
         x = kwargs["input_tensor"]
-        return args, {**kwargs, "input_tensor": x + run_adapter(self.adapter, x)}
+        return args, {**kwargs, "input_tensor": add_adapter(self.adapter, x, x)}
 
 
 class SequentialAdapterSite(Site):
