@@ -254,3 +254,29 @@ def test_extra_trainable_parameters_are_saved_under_base_names():
     model = SkipModel(make_bert(), BERT_INIT, trainable=["pooler"])
     names = model.trainable_named_parameters()
     assert "base.pooler.dense.weight" in names and names["base.pooler.dense.weight"].requires_grad
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.3])
+def test_fused_adapter_add_equals_the_plain_formula(scale):
+    """Sites add an adapter into its target with one addmm (`add_to`): same values and gradients as
+    target + scale * up(relu(down(norm(x)))), also for a non-contiguous target and a bf16 backbone."""
+    from archskip.adapters import Bottleneck
+    from archskip.sites import add_adapter
+
+    torch.manual_seed(0)
+    ad = Bottleneck(12, 5, scale=scale)
+    x = torch.randn(3, 4, 12)
+    target = torch.randn(3, 12, 4).transpose(1, 2)  # (3, 4, 12), not contiguous
+    fused = ad.add_to(target, x)
+    plain = target + ad(x)
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+    assert fused.shape == target.shape
+    g_fused = torch.autograd.grad(fused.square().sum(), list(ad.parameters()))
+    g_plain = torch.autograd.grad((target + ad(x)).square().sum(), list(ad.parameters()))
+    for a, b in zip(g_fused, g_plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # a bf16 stream: the adapter (float32) adds in float32 and the sum comes back in bf16
+    got = add_adapter(ad, target.bfloat16(), x.bfloat16())
+    assert got.dtype == torch.bfloat16
+    want = (target.bfloat16().float() + ad(x.bfloat16().float())).bfloat16()
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
