@@ -51,7 +51,10 @@ def processes(quick: bool) -> list[dict]:
                "--search.k", "2", "--search.update_every", "2", "--search.warmup_epochs", "0.0", "--train.batch_size", "16",
                "--train.max_steps", str(steps), "--train.log_every", "1000", "--output_dir", str(tmp / f"p{n}")]
         t0 = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:  # its output is captured: show why it failed
+            sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
+            raise SystemExit(f"the {n}-process search exited with status {done.returncode}: {' '.join(cmd)}")
         wall = time.perf_counter() - t0
         result = json.loads((tmp / f"p{n}" / "search_result.json").read_text())
         search_s = result["wall_time_s"]

@@ -245,6 +245,22 @@ def test_search_errors():
         run_search(model, task, examples, SearchConfig(k=1, warmup_epochs=5.0), TrainConfig(epochs=1), progress=False)
 
 
+def test_a_reward_slice_too_small_for_every_process_is_refused_before_training(monkeypatch):
+    """60 examples x 0.1 = 6 reward examples: one batch of 16, none for a second process. The reward stream
+    would loop over empty passes for ever (a 2-process search hung at its first update): refuse it instead."""
+    from archskip.train import Trainer
+
+    model, task, examples = setup(0, n=60)
+    monkeypatch.setattr(Trainer, "world", property(lambda self: 2))
+    monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    with pytest.raises(ConfigError, match=r"6 reward examples: not one batch of 16 for each of 2 processes"):
+        run_search(model, task, examples, SearchConfig(k=1), TrainConfig(batch_size=16), progress=False)
+    # a smaller reward batch gives each process one
+    monkeypatch.setattr(Trainer, "fit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("reached training")))
+    with pytest.raises(RuntimeError, match="reached training"):
+        run_search(model, task, examples, SearchConfig(k=1, reward_batch_size=3), TrainConfig(batch_size=16), progress=False)
+
+
 def test_search_trains_the_adapters_of_the_supernet():
     """Adapters trained under sampled configurations lower the mean loss over all configurations."""
     model, task, examples = setup(0, n=256)

@@ -91,7 +91,7 @@ class DASHooks:
     # ---- policy update ---------------------------------------------------------------------------
     def _next_reward_batch(self) -> dict:
         """The next batch of the held-out slice; reshuffled every pass, so it changes at every update."""
-        per_pass = max(1, batches_per_rank(len(self.reward_examples), self.batch_size, self.trainer.world))
+        per_pass = batches_per_rank(len(self.reward_examples), self.batch_size, self.trainer.world)  # >= 1: run_search
         if self._reward_iter is None:
             p, start = divmod(self.reward_batches_used, per_pass)
             self._reward_iter = self._passes(p, start)
@@ -183,10 +183,18 @@ def run_search(
         )
     t0 = time.perf_counter()
     trainer = Trainer(model, task, train_cfg, seed=seed, out_dir=out_dir, logger=logger, progress=progress, desc="search")
+    reward_batch = cfg.reward_batch_size or train_cfg.batch_size
+    if batches_per_rank(len(reward_examples), reward_batch, trainer.world) == 0:
+        # (each process scores its own reward batches; with none, the reward stream would never yield)
+        raise ConfigError(
+            f"search.reward_fraction={cfg.reward_fraction} of {len(train)} training examples leaves "
+            f"{len(reward_examples)} reward examples: not one batch of {reward_batch} for each of {trainer.world} "
+            "processes; raise search.reward_fraction, lower search.reward_batch_size or use fewer processes"
+        )
     if logger is None:
         trainer.logger = logger = RunLogger(out_dir if trainer.is_main else None, resume=resume)
     hooks = DASHooks(
-        model, task, policy, cfg, reward_examples, cfg.reward_batch_size or train_cfg.batch_size,
+        model, task, policy, cfg, reward_examples, reward_batch,
         seed=seed, trainer=trainer, logger=logger, block_costs=block_costs,
     )
     if cfg.cost_weight and block_costs is None:  # FLOPs-aware reward: measure what each block costs
