@@ -49,7 +49,26 @@ def one_line_errors(kind, error, tb) -> None:
         sys.__excepthook__(kind, error, tb)
 
 
+# glibc's malloc serves a large tensor (an activation of a few MB) with mmap and returns the heap's free top to
+# the kernel, so the next one of that size page-faults fresh zeroed pages: 1-2 ms for a (2048, 384) float32
+# tensor on these machines, more than the matmul that fills it, and landing on whichever op allocates next. CPU
+# inference guides swap the allocator (jemalloc, tcmalloc) for this reason; the benchmarks keep freed memory in
+# the process instead (the largest mmap threshold glibc takes, no trimming), for every model alike. Set before
+# the process starts (glibc reads them once): a benchmark script re-executes itself with them.
+STEADY_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+
+
+def allocator() -> str:
+    """How this process's allocator is set, for the results file's machine line."""
+    if all(os.environ.get(k) == v for k, v in STEADY_ALLOCATOR.items()):
+        return "glibc malloc keeping freed memory (" + ", ".join(f"{k}={v}" for k, v in STEADY_ALLOCATOR.items()) + ")"
+    return "glibc malloc defaults"
+
+
 if sys.argv and Path(sys.argv[0]).resolve().parent == Path(__file__).resolve().parent:  # a benchmark script runs
+    if sys.platform.startswith("linux") and "ARCHSKIP_BENCH_DEFAULT_MALLOC" not in os.environ and any(
+            os.environ.get(k) != v for k, v in STEADY_ALLOCATOR.items()):
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **STEADY_ALLOCATOR})
     sys.excepthook = one_line_errors
     if message := setup_message(Path(sys.argv[0]).as_posix()):
         print(message, file=sys.stderr)
@@ -66,7 +85,7 @@ RESULTS = Path(__file__).parent / "results"
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{platform.system()} {cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}{gpu}"
+    return f"{platform.system()} {cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}{gpu}, {allocator()}"
 
 
 def mean_std(values: list[float]) -> str:
@@ -139,9 +158,10 @@ class Report:
 
     def write(self) -> Path:
         wall = time.perf_counter() - self.t0
+        script = f"benchmarks/{Path(sys.argv[0]).name}"  # (whichever directory it ran from)
         head = [
             f"# {self.title}", "",
-            f"- command: `{' '.join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}`",
+            f"- command: `{' '.join(shlex.quote(a) for a in [script, *sys.argv[1:]])}`",
             f"- seeds: {self.seeds}", f"- wall time: {wall / 60:.1f} min{self._reuse()}", f"- machine: {machine()}",
             f"- mode: {'quick (smoke test, numbers meaningless)' if self.quick else 'full'}", "",
         ]
