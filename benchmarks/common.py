@@ -54,7 +54,8 @@ def one_line_errors(kind, error, tb) -> None:
 # tensor on these machines, more than the matmul that fills it, and landing on whichever op allocates next. CPU
 # inference guides swap the allocator (jemalloc, tcmalloc) for this reason; the benchmarks keep freed memory in
 # the process instead (the largest mmap threshold glibc takes, no trimming), for every model alike. Set before
-# the process starts (glibc reads them once): a benchmark script re-executes itself with them.
+# the process starts (glibc reads them once): a benchmark script re-executes itself with them, unless
+# ARCHSKIP_BENCH_DEFAULT_MALLOC is set (to time with glibc's defaults; the machine line then says so).
 STEADY_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 
