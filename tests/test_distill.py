@@ -84,7 +84,7 @@ def test_warm_start_loads_the_search_adapters_of_the_plan(tiny_encoder_dir, tmp_
     data = str(text_data.write_csv(tmp_path / "train.csv", classification_examples(120, seed=3)))
     common = ["--model.name_or_path", str(tiny_encoder_dir), "--data.train", data, "--adapter.hidden", "8",
               "--adapter.skip_hidden", "16", "--train.batch_size", "16"]
-    main(["search", *common, "--search.k", "2", "--search.update_every", "1", "--train.epochs", "2",
+    main(["search", *common, "--search.k", "2", "--search.update_every", "1", "--search.supernet", "on", "--train.epochs", "2",
           "--output_dir", str(tmp_path / "s")])
     saved = load_file(str(tmp_path / "s" / SEARCH_ADAPTERS))
     plan = json.loads((tmp_path / "s" / "search_result.json").read_text())["plan"]

@@ -41,7 +41,7 @@ def run(cmd: list[str]) -> None:
 
 def test_search_on_two_processes_keeps_one_policy(model_dir, data, tmp_path):  # noqa: F811
     out = tmp_path / "search"
-    run(torchrun("search", *common(model_dir, data, out), "--search.k", "1", "--search.update_every", "2",
+    run(torchrun("search", *common(model_dir, data, out), "--search.k", "1", "--search.update_every", "2", "--search.supernet", "on",
                  "--search.warmup_epochs", "0.5", "--train.epochs", "2"))
     result = json.loads((out / "search_result.json").read_text())
     assert result["config"]["world_size"] == 2 and len(result["history"]) >= 5
@@ -53,6 +53,23 @@ def test_search_on_two_processes_keeps_one_policy(model_dir, data, tmp_path):  #
     assert len(verification["measured"]) == 4 and list(plan.skip) == verification["measured"][0]["plan"]
     rows = (out / "policy.csv").read_text().splitlines()
     assert len(rows) == 1 + len(result["history"])  # one writer: no row written twice
+
+
+def test_the_default_search_on_two_processes_measures_as_one_process_does(model_dir, data, tmp_path):  # noqa: F811
+    """No supernet: each process measures its share of the examples and the sums decide, so the plans, their order
+    and their losses are those of one process (with no head re-fit, whose fit would see each process's share)."""
+    results = {}
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}"
+        argv = [*common(model_dir, data, out), "--search.k", "2", "--search.verify_refit_steps", "0"]
+        run(torchrun("search", *argv) if procs == 2 else [sys.executable, "-m", "archskip.cli", "search", *argv])
+        results[procs] = json.loads((out / "search_result.json").read_text())
+    one, two = results[1], results[2]
+    assert two["config"]["world_size"] == 2 and two["config"]["supernet"] is False and not (tmp_path / "p2" / "policy.csv").exists()
+    assert two["plan"] == one["plan"] and two["scores"] == pytest.approx(one["scores"], rel=1e-5)
+    m1, m2 = one["config"]["verification"]["measured"], two["config"]["verification"]["measured"]
+    assert len(m1) == 6 and [m["plan"] for m in m2] == [m["plan"] for m in m1]
+    assert [m["metrics"]["loss"] for m in m2] == pytest.approx([m["metrics"]["loss"] for m in m1], rel=1e-5)
 
 
 def test_training_on_two_processes_ends_with_identical_adapters(model_dir, data, tmp_path):  # noqa: F811
@@ -68,7 +85,7 @@ def test_training_on_two_processes_ends_with_identical_adapters(model_dir, data,
 
 def test_two_process_search_killed_then_resumed_with_one_process(model_dir, data, tmp_path):  # noqa: F811
     out = tmp_path / "search"
-    argv = [*common(model_dir, data, out), "--search.k", "1", "--search.update_every", "2", "--search.warmup_epochs", "0.5",
+    argv = [*common(model_dir, data, out), "--search.k", "1", "--search.update_every", "2", "--search.supernet", "on", "--search.warmup_epochs", "0.5",
             "--train.epochs", "4", "--train.checkpoint_every", "1"]
     # the writer SIGKILLs itself right after the checkpoint of step 25, the launcher stops the other worker
     script = tmp_path / "child.py"

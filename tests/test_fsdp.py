@@ -102,7 +102,7 @@ def commands(model_dir, data, out: Path, batch: int) -> list[list[str]]:
     common = ["--model.name_or_path", str(model_dir), "--data.train", data, "--task.name", "causal_lm",
               "--adapter.hidden", "8", "--adapter.skip_hidden", "16", "--train.batch_size", str(batch),
               "--train.lr", "0.003", "--train.log_every", "1", "--seed", "3"]
-    search = ["search", *common, "--output_dir", str(out / "search"), "--search.k", "1", "--search.update_every", "2",
+    search = ["search", *common, "--output_dir", str(out / "search"), "--search.k", "1", "--search.update_every", "2", "--search.supernet", "on",
               "--search.warmup_epochs", "0.5", "--search.reward_fraction", "0.2", "--train.epochs", "3"]
     # from the search's plan and adapters (written from the shards); gradients clipped (every step at 0.05) with the
     # last kept block fine-tuned in full: its tensors lie in both processes' shards, so a norm of one shard would

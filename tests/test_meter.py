@@ -167,8 +167,7 @@ def test_cli_search_train_eval(meter_dir, arrows, tmp_path, capsys, task, train,
               "--task.image_size", "32", "--task.image_resize", "square", "--task.image_norm", "clip", "--task.max_length", "16",
               "--adapter.hidden", "8", "--adapter.skip_hidden", "16", "--model.trainable", "[pooler,token4classifier]",
               "--train.batch_size", "2", "--train.lr_mult", '{"sites": 5, "pooler": 5}', *extra]
-    main(["search", *common, "--search.k", "2", "--search.update_every", "1", "--search.reward_fraction", "0.25",
-          "--search.cost_weight", "0.1", "--train.epochs", "2", "--output_dir", str(tmp_path / "s")])
+    main(["search", *common, "--search.k", "2", "--search.reward_fraction", "0.25", "--search.cost_weight", "0.1", "--train.epochs", "2", "--output_dir", str(tmp_path / "s")])
     result = json.loads((tmp_path / "s" / "search_result.json").read_text())
     assert len(result["plan"]["skip"]) == 2 and len(result["config"]["block_costs"]) == 6
     main(["train", *common, "--plan", str(tmp_path / "s" / "search_result.json"), "--data.test", test, "--train.epochs", "1",

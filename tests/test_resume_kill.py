@@ -58,7 +58,7 @@ def args(stage, model_dir, data, out):
               "--train.log_every", "1", "--train.lr", "0.003", "--seed", "3", "--output_dir", str(out)]
     if stage == "train":
         return ["train", *common, "--plan", "1", "--train.epochs", str(EPOCHS)]
-    return ["search", *common, "--search.k", "1", "--search.update_every", "2", "--search.warmup_epochs", "1.0",
+    return ["search", *common, "--search.k", "1", "--search.update_every", "2", "--search.supernet", "on", "--search.warmup_epochs", "1.0",
             "--train.epochs", str(EPOCHS)]
 
 

@@ -73,6 +73,7 @@ def setup(seed: int, n: int = 256):
 
 SEARCH = SearchConfig(k=2, samples=3, update_every=1, warmup_epochs=1.0, mode="faithful")
 VERIFIED = SearchConfig(k=2, samples=3, update_every=1, warmup_epochs=1.0, reward_fraction=0.25)  # the default mode
+WITH_SUPERNET = replace(VERIFIED, supernet="on")  # the default mode, its bandit's supernet trained anyway
 TRAIN = TrainConfig(epochs=3, batch_size=32, lr=3e-3, log_every=1000)
 
 
@@ -85,11 +86,18 @@ def test_planted_redundancy_is_found_in_at_least_9_of_10_seeds():
     assert sum(hits) >= 9, f"planted blocks {PLANTED} found in {sum(hits)}/10 seeds: {hits}"
 
 
-def test_the_default_verified_search_finds_the_planted_blocks():
-    assert SearchConfig().mode == "verified"
+def test_the_default_verified_search_finds_the_planted_blocks(monkeypatch):
+    from archskip.train import Trainer
+
+    assert SearchConfig().mode == "verified" and not SearchConfig().trains_supernet
+    # the default reads no supernet, so it trains none: plans are measured on the frozen model only
+    monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("the default search trained a supernet"))
     for seed in range(5):
         model, task, examples = setup(seed)
+        before = {n: p.detach().clone() for n, p in model.trainable_named_parameters().items()}
         result = run_search(model, task, examples, VERIFIED, TRAIN, seed=seed, progress=False)
+        assert result.config["supernet"] is False and result.method == "das-verified"
+        assert all(torch.equal(before[n], p) for n, p in model.trainable_named_parameters().items())
         assert result.plan.skip == PLANTED, (seed, result.config["verification"]["measured"][:3])
         table = result.config["verification"]["measured"]
         assert len(table) == 15 and {tuple(m["plan"]) for m in table} == set(itertools.combinations(range(6), 2))
@@ -118,23 +126,24 @@ def test_frozen_verification_restores_the_supernet_and_measures_with_adapters_of
         return out
 
     monkeypatch.setattr(das, "verify_plans", spy)
-    run_search(model, task, examples, replace(VERIFIED, shortlist=6), TRAIN, seed=0, progress=False)
+    run_search(model, task, examples, replace(WITH_SUPERNET, shortlist=6), TRAIN, seed=0, progress=False)
     assert seen["active"] and not any(seen["active"])  # every measurement (and block influence) ran adapters off
     after = model.trainable_named_parameters()
     assert all(torch.equal(seen["before"][n], after[n]) for n in after)  # the trained supernet is given back
     assert any(float(p.detach().abs().sum()) > 0 for n, p in after.items() if ".replacement.up" in n)  # (it had trained)
 
 
-@pytest.mark.parametrize("verify_on", ["frozen", "supernet"])
-def test_verification_with_a_small_budget_searches_locally(verify_on):
+@pytest.mark.parametrize("verify_on,supernet", [("frozen", "auto"), ("frozen", "on"), ("supernet", "auto")])
+def test_verification_with_a_small_budget_searches_locally(verify_on, supernet):
     model, task, examples = setup(1)
-    result = run_search(model, task, examples, replace(VERIFIED, shortlist=6, verify_on=verify_on), TRAIN, seed=1,
-                        progress=False)
+    cfg = replace(VERIFIED, shortlist=6, verify_on=verify_on, supernet=supernet)
+    result = run_search(model, task, examples, cfg, TRAIN, seed=1, progress=False)
     v = result.config["verification"]
-    assert v["measured_on"] == verify_on
+    assert v["measured_on"] == verify_on and result.config["supernet"] == cfg.trains_supernet
     assert len(v["measured"]) == 6  # the budget, not all 15 plans
     sources = {s for m in v["measured"] for s in m["sources"]}
-    assert {"gates top-k", "last-k", "block influence"} <= sources and any(s.startswith("one swap") for s in sources)
+    assert {"last-k", "block influence"} <= sources and any(s.startswith("one swap") for s in sources)
+    assert ("gates top-k" in sources) == cfg.trains_supernet  # the bandit proposes a plan only when it ran
     assert list(result.plan.skip) == v["measured"][0]["plan"]  # the lowest measured loss wins
     assert result.plan.skip == PLANTED
     metric, ranked = measured_plans(v)  # the reader the demo and the benchmark use
@@ -194,7 +203,8 @@ def test_reward_batches_come_from_held_out_training_data_and_change(monkeypatch)
     monkeypatch.setattr(task, "collate", spy)
     monkeypatch.setattr(task, "loss", loss)
     monkeypatch.setattr(DASHooks, "_next_reward_batch", next_batch)
-    run_search(model, task, examples, SearchConfig(k=1, update_every=3, warmup_epochs=0.5, reward_batch_size=8),
+    run_search(model, task, examples, SearchConfig(k=1, update_every=3, warmup_epochs=0.5, reward_batch_size=8,
+                                                   supernet="on"),
                TrainConfig(epochs=2, batch_size=16), seed=0, progress=False)
     assert len(seen_reward_texts) >= 5
     assert len(set(seen_reward_texts)) == len(seen_reward_texts), "a reward batch was reused"
@@ -214,7 +224,8 @@ def test_reward_evaluation_runs_in_eval_mode_without_grad(monkeypatch):
         return orig(m, batch)
 
     monkeypatch.setattr(task, "loss", loss)
-    run_search(model, task, examples, SearchConfig(k=1, update_every=2, warmup_epochs=0.0), TrainConfig(epochs=1, batch_size=16),
+    run_search(model, task, examples, SearchConfig(k=1, update_every=2, warmup_epochs=0.0, supernet="on"),
+               TrainConfig(epochs=1, batch_size=16),
                progress=False)
     assert modes and not any(modes)
 
@@ -231,7 +242,7 @@ def test_nan_reward_loss_skips_the_candidate_and_keeps_gates_finite(monkeypatch)
 
     monkeypatch.setattr(task, "loss", loss)
     with pytest.warns(UserWarning, match="non-finite reward loss"):
-        result = run_search(model, task, examples, SearchConfig(k=2, update_every=2, warmup_epochs=0.0),
+        result = run_search(model, task, examples, SearchConfig(k=2, update_every=2, warmup_epochs=0.0, supernet="on"),
                             TrainConfig(epochs=1, batch_size=16), progress=False)
     assert all(torch.isfinite(torch.tensor(h["gates"])).all() for h in result.history)
     assert all(0 not in c for h in result.history for c in h["configs"])
@@ -242,7 +253,12 @@ def test_search_errors():
     with pytest.raises(ConfigError, match="search.k=0"):
         run_search(model, task, examples, SearchConfig(k=0), TRAIN, progress=False)
     with pytest.raises(ConfigError, match="made no policy update"):
-        run_search(model, task, examples, SearchConfig(k=1, warmup_epochs=5.0), TrainConfig(epochs=1), progress=False)
+        run_search(model, task, examples, SearchConfig(k=1, warmup_epochs=5.0, supernet="on"), TrainConfig(epochs=1),
+                   progress=False)
+    with pytest.raises(ConfigError, match="supernet='off' with search.mode='faithful'"):
+        SearchConfig(mode="faithful", supernet="off")
+    with pytest.raises(ConfigError, match="verify_on='supernet'"):
+        SearchConfig(verify_on="supernet", supernet="off")
 
 
 def test_a_reward_slice_too_small_for_every_process_is_refused_before_training(monkeypatch):
@@ -254,11 +270,12 @@ def test_a_reward_slice_too_small_for_every_process_is_refused_before_training(m
     monkeypatch.setattr(Trainer, "world", property(lambda self: 2))
     monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
     with pytest.raises(ConfigError, match=r"6 reward examples: not one batch of 16 for each of 2 processes"):
-        run_search(model, task, examples, SearchConfig(k=1), TrainConfig(batch_size=16), progress=False)
+        run_search(model, task, examples, SearchConfig(k=1, supernet="on"), TrainConfig(batch_size=16), progress=False)
     # a smaller reward batch gives each process one
     monkeypatch.setattr(Trainer, "fit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("reached training")))
     with pytest.raises(RuntimeError, match="reached training"):
-        run_search(model, task, examples, SearchConfig(k=1, reward_batch_size=3), TrainConfig(batch_size=16), progress=False)
+        run_search(model, task, examples, SearchConfig(k=1, reward_batch_size=3, supernet="on"), TrainConfig(batch_size=16),
+                   progress=False)
 
 
 def test_search_trains_the_adapters_of_the_supernet():
@@ -329,7 +346,7 @@ def test_uniform_supernet_sampling_trains_every_plan_and_still_finds_the_planted
         return drawn[-1]
 
     monkeypatch.setattr(SkipPolicy, "sample_uniform", record)
-    cfg = replace(VERIFIED, supernet_sampling="uniform")
+    cfg = replace(WITH_SUPERNET, supernet_sampling="uniform")
     for seed in range(2):
         model, task, examples = setup(seed)
         before = len(drawn)
@@ -340,3 +357,19 @@ def test_uniform_supernet_sampling_trains_every_plan_and_still_finds_the_planted
     assert len(set(drawn)) >= 12  # spread over the 15 plans of C(6, 2) (36 draws), not concentrated where the gates point
     with pytest.raises(ConfigError, match="supernet_sampling"):
         SearchConfig(supernet_sampling="gates")
+
+
+def test_the_default_search_without_a_supernet_measures_plans_as_removal_loss_does():
+    """With no supernet the default search is the removal-loss measurement on the same examples: the same
+    plan and the same measured table (on any task, not only where the planted blocks make it obvious)."""
+    from archskip.search import METHODS, SearchRun
+
+    results = []
+    for method in ("das", "removal-loss"):
+        model, task, examples = setup(2, n=160)
+        cfg = replace(VERIFIED, method=method, shortlist=5, verify_examples=96)
+        results.append(METHODS[method](SearchRun(model, task, examples, cfg, TRAIN, seed=2, progress=False)))
+    das, removal = results
+    assert das.plan == removal.plan and das.scores == removal.scores
+    assert das.config["verification"]["measured"] == removal.config["verification"]["measured"]
+    assert len(das.config["verification"]["measured"]) == 5 and das.config["verification"]["examples"] == 96

@@ -287,7 +287,7 @@ def test_cli_search_train_eval(vilt_dir, arrows, tmp_path, capsys, task, train, 
     common = ["--model.name_or_path", str(vilt_dir), "--task.name", task, "--data.root", str(arrows), "--data.train", train,
               "--adapter.hidden", "8", "--adapter.skip_hidden", "16", "--model.trainable", "[pooler]", "--train.batch_size", "2",
               *IMAGE_FLAGS, *extra]
-    main(["search", *common, "--search.k", "1", "--search.update_every", "1", "--search.reward_fraction", "0.25",
+    main(["search", *common, "--search.k", "1", "--search.update_every", "1", "--search.supernet", "on", "--search.reward_fraction", "0.25",
           "--train.epochs", "2", "--output_dir", str(tmp_path / "s")])
     result = json.loads((tmp_path / "s" / "search_result.json").read_text())
     assert len(result["plan"]["skip"]) == 1 and result["history"]

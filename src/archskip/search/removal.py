@@ -28,20 +28,33 @@ from .registry import SearchRun, register_method
 from .verify import PlanMeter, removed_as_identity, verify
 
 
+def measurement_examples(train, count: int, seed: int) -> Subset:
+    """A seeded sample of `count` training examples, read as in evaluation (no augmentation)."""
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(eval_view(train), order[:count])
+
+
 def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 16, batch_size: int = 16,
-                 refit_steps: int = 30, refit_lr: float = 1e-3, seed: int = 0) -> SearchResult:
+                 refit_steps: int = 30, refit_lr: float = 1e-3, seed: int = 0, device=None, autocast=None,
+                 rank: int = 0, world: int = 1, reduce=None, penalty=None) -> SearchResult:
+    """Measure plans on the frozen model and return the best. With several processes, each measures its share of
+    `examples` and `reduce` sums across them, so every process decides alike; `penalty(plan)` is subtracted from
+    the selection metric (the FLOPs-aware search's cost)."""
     n = model.num_candidates
     check_k(k, n)
     t0 = time.perf_counter()
-    device = next(model.parameters()).device
-    bi = block_influence(model, task, examples, k, batch_size=batch_size)
+    device = device or next(model.parameters()).device
+    # (block influence reads the first batches of `examples` on every process and sums them: one plan everywhere)
+    bi = block_influence(model, task, examples, k, batch_size=batch_size, reduce=reduce)
     with removed_as_identity(model):
-        meter = PlanMeter(model, task, examples, batch_size, device=device, refit_steps=refit_steps, refit_lr=refit_lr)
-        best, table = verify(meter, n, k, bi.scores, {"last-k": last_k(n, k).plan.skip}, shortlist,
+        meter = PlanMeter(model, task, examples, batch_size, device=device, autocast=autocast, rank=rank, world=world,
+                          reduce=reduce, refit_steps=refit_steps, refit_lr=refit_lr)
+        best, table = verify(meter, n, k, bi.scores, {"last-k": last_k(n, k).plan.skip}, shortlist, penalty=penalty,
                              gates_name="block influence")  # block influence's scores steer the local search
     model.set_skip([])
     return SearchResult(plan=SkipPlan(best, n), method="removal-loss", scores=bi.scores, seed=seed,
                         history=bi.history, config={"verification": {"examples": len(examples), "measured": table,
+                                                                      "measured_on": "frozen",
                                                                       "head_refit_steps": meter.refit_steps}},
                         base_model={"name_or_path": model.name_or_path, "fingerprint": model.fingerprint},
                         wall_time_s=time.perf_counter() - t0)
@@ -50,9 +63,7 @@ def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 1
 @register_method("removal-loss")
 def removal_loss_method(run: SearchRun) -> SearchResult:
     cfg, tc = run.search, run.train_cfg
-    # a seeded sample of the training data, read as in evaluation (no augmentation)
-    order = torch.randperm(len(run.train), generator=torch.Generator().manual_seed(run.seed)).tolist()
-    examples = Subset(eval_view(run.train), order[: cfg.verify_examples])
+    examples = measurement_examples(run.train, cfg.verify_examples, run.seed)
     return removal_loss(run.model, run.task, examples, cfg.k, shortlist=cfg.shortlist,
                         batch_size=cfg.reward_batch_size or tc.batch_size, refit_steps=cfg.verify_refit_steps,
                         refit_lr=tc.lr * tc.head_lr_mult, seed=run.seed)
