@@ -55,7 +55,7 @@ SEARCH_VERSION = 5  # bump when the search code changes: remembered plans of old
 # how the results table names a method: the searches see the training data for 2 epochs unless a method says otherwise
 LABELS = {"default": "default (plans measured on the frozen model, no supernet)",
           "default+supernet": "the same, its supernet trained 3 epochs (the default before)",
-          "supernet-verified": "plans measured on the 3-epoch supernet (the default before)",
+          "supernet-verified": "plans measured on the 3-epoch supernet (the default before the frozen measurement)",
           "verified-2ep": "measured on a 2-epoch supernet", "verified-4ep": "measured on a 4-epoch supernet",
           "verified-uniform": "measured on a 2-epoch supernet, uniform sampling",
           "verified-heldout": "measured on the supernet, held-out examples only"}
