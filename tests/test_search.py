@@ -1,6 +1,7 @@
 """The DAS search loop: determinism, planted redundancy, reward data, NaN rewards, the result file."""
 
 import itertools
+import json
 import random
 from dataclasses import replace
 
@@ -373,3 +374,41 @@ def test_the_default_search_without_a_supernet_measures_plans_as_removal_loss_do
     assert das.plan == removal.plan and das.scores == removal.scores
     assert das.config["verification"]["measured"] == removal.config["verification"]["measured"]
     assert len(das.config["verification"]["measured"]) == 5 and das.config["verification"]["examples"] == 96
+
+
+def test_a_killed_default_search_resumes_without_measuring_a_plan_twice(tmp_path, monkeypatch):
+    """Each plan's measurement is written as it is made; --resume measures only the rest and ends with the
+    table of an uninterrupted run. Other settings are refused on resume."""
+    from archskip.search.verify import PlanMeter
+
+    cfg = replace(VERIFIED, verify_examples=96)
+    model, task, examples = setup(4, n=128)
+    whole = run_search(model, task, examples, cfg, TRAIN, seed=4, progress=False)
+
+    calls = []
+    real = PlanMeter._scores
+
+    def dies_after_5(self, batches):
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(self, batches)
+
+    monkeypatch.setattr(PlanMeter, "_scores", dies_after_5)
+    model, task, examples = setup(4, n=128)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(model, task, examples, cfg, TRAIN, seed=4, progress=False, out_dir=tmp_path)
+    saved = json.loads((tmp_path / "measured_plans.json").read_text())
+    assert len(saved["measured"]) == 5
+
+    calls.clear()
+    monkeypatch.setattr(PlanMeter, "_scores", lambda self, b: calls.append(1) or real(self, b))
+    model, task, examples = setup(4, n=128)
+    resumed = run_search(model, task, examples, cfg, TRAIN, seed=4, progress=False, out_dir=tmp_path, resume=True)
+    assert len(calls) == 15 - 5  # only the plans the killed run had not measured
+    assert resumed.plan == whole.plan
+    assert resumed.config["verification"]["measured"] == whole.config["verification"]["measured"]
+
+    model, task, examples = setup(4, n=128)
+    with pytest.raises(ConfigError, match=r"other settings \(seed: 4 then, 5 now\)"):
+        run_search(model, task, examples, cfg, TRAIN, seed=5, progress=False, out_dir=tmp_path, resume=True)

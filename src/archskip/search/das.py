@@ -180,7 +180,8 @@ def run_search(
     if cfg.k < 1:
         raise ConfigError(f"search.k={cfg.k}: a search needs k >= 1 blocks to skip")
     if not cfg.trains_supernet:
-        return frozen_search(model, task, train, cfg, train_cfg, seed=seed, block_costs=block_costs)
+        return frozen_search(model, task, train, cfg, train_cfg, seed=seed, block_costs=block_costs, out_dir=out_dir,
+                             resume=resume)
     policy = SkipPolicy(model.num_candidates, cfg.k, lr=cfg.gate_step, mode=cfg.update_rule, reward=cfg.reward_kind,
                         seed=seed)
     reward_examples, rest = split_examples(train, (cfg.reward_fraction,), seed)
@@ -234,11 +235,13 @@ def run_search(
 
 
 def frozen_search(model: SkipModel, task: Task, train: list[dict], cfg: SearchConfig, train_cfg: TrainConfig, *,
-                  seed: int = 0, block_costs: list[float] | None = None) -> SearchResult:
+                  seed: int = 0, block_costs: list[float] | None = None, out_dir: str | Path | None = None,
+                  resume: bool = False) -> SearchResult:
     """The verified search without a supernet (`search.supernet`): plans measured on the frozen model with their
     blocks removed, as `removal-loss` does (search/removal.py), on `search.verify_examples` training examples, on
-    any number of processes (each measures its share)."""
-    from .removal import measurement_examples, removal_loss  # (here: `das` registers before the baselines do)
+    any number of processes (each measures its share). Each measurement is written to out_dir as it is made;
+    `resume` measures only the plans a killed run had not."""
+    from .removal import MeasurementLog, measurement_examples, removal_loss  # (`das` registers before the baselines)
 
     t0 = time.perf_counter()
     acc = make_accelerator(train_cfg)
@@ -249,11 +252,19 @@ def frozen_search(model: SkipModel, task: Task, train: list[dict], cfg: SearchCo
             block_costs = measure_block_costs(model, task, to_device(task.collate([train[0]]), acc.device))
         penalty = lambda plan: kept_cost(cfg.cost_weight, block_costs, plan)  # noqa: E731
     reduce = (lambda t: acc.reduce(t, reduction="sum")) if acc.num_processes > 1 else None
+    examples = measurement_examples(train, cfg.verify_examples, seed)
+    batch_size, refit_lr = cfg.reward_batch_size or train_cfg.batch_size, train_cfg.lr * train_cfg.head_lr_mult
+    # what a plan's measurement depends on: a resumed run must match it
+    settings = {"base_model": model.fingerprint, "task": type(task).__name__, "candidates": model.num_candidates,
+                "k": cfg.k, "examples": len(examples), "seed": seed, "batch_size": batch_size,
+                "refit_steps": cfg.verify_refit_steps, "refit_lr": refit_lr, "processes": acc.num_processes,
+                "mixed_precision": train_cfg.mixed_precision}
+    log = MeasurementLog(out_dir, settings, resume=resume, write=acc.is_main_process)
     result = removal_loss(
-        model, task, measurement_examples(train, cfg.verify_examples, seed), cfg.k, shortlist=cfg.shortlist,
-        batch_size=cfg.reward_batch_size or train_cfg.batch_size, refit_steps=cfg.verify_refit_steps,
-        refit_lr=train_cfg.lr * train_cfg.head_lr_mult, seed=seed, device=acc.device, autocast=acc.autocast,
-        rank=acc.process_index, world=acc.num_processes, reduce=reduce, penalty=penalty,
+        model, task, examples, cfg.k, shortlist=cfg.shortlist, batch_size=batch_size,
+        refit_steps=cfg.verify_refit_steps, refit_lr=refit_lr, seed=seed, device=acc.device, autocast=acc.autocast,
+        rank=acc.process_index, world=acc.num_processes, reduce=reduce, penalty=penalty, known=log.measured,
+        on_measured=log.record,
     )
     result.method = f"das-{cfg.mode}"
     result.config = {"search": cfg.__dict__, "train": train_cfg.__dict__, "block_costs": block_costs,

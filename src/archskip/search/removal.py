@@ -15,17 +15,50 @@ block influence first) until `search.shortlist` plans are measured.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import Subset
 
 from ..data.loader import eval_view
+from ..errors import ConfigError
+from ..io import atomic_write_text
 from ..plan import SearchResult, SkipPlan, check_k
 from ..skipping import SkipModel
 from .baselines import block_influence, last_k
 from .registry import SearchRun, register_method
-from .verify import PlanMeter, removed_as_identity, verify
+from .verify import Plan, PlanMeter, removed_as_identity, verify
+
+MEASURED_FILE = "measured_plans.json"
+
+
+class MeasurementLog:
+    """Plan measurements written to `measured_plans.json` in the run's directory as they are made, so that a killed
+    search resumed with the same settings measures only the plans it had not (on a large model one plan is a
+    forward pass over every measurement example)."""
+
+    def __init__(self, out_dir: str | Path | None, settings: dict, *, resume: bool, write: bool):
+        self.path = Path(out_dir) / MEASURED_FILE if out_dir else None
+        self.settings = json.loads(json.dumps(settings))  # (as it reads back)
+        self.write = write and self.path is not None
+        self.measured: dict[Plan, dict] = {}
+        if resume and self.path is not None and self.path.is_file():
+            saved = json.loads(self.path.read_text())
+            then = saved.get("settings", {})
+            changed = sorted(k for k in then.keys() | self.settings.keys() if then.get(k) != self.settings.get(k))
+            if changed:
+                raise ConfigError(f"resume: {self.path} holds measurements made with other settings ("
+                                  + "; ".join(f"{k}: {then.get(k)!r} then, {self.settings.get(k)!r} now" for k in changed)
+                                  + "); resume with the same settings, or start again without --resume")
+            self.measured = {tuple(m["plan"]): m["metrics"] for m in saved["measured"]}
+
+    def record(self, plan: Plan, metrics: dict) -> None:
+        self.measured[plan] = metrics
+        if self.write:
+            rows = [{"plan": list(p), "metrics": m} for p, m in self.measured.items()]
+            atomic_write_text(self.path, json.dumps({"settings": self.settings, "measured": rows}, indent=1))
 
 
 def measurement_examples(train, count: int, seed: int) -> Subset:
@@ -36,10 +69,11 @@ def measurement_examples(train, count: int, seed: int) -> Subset:
 
 def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 16, batch_size: int = 16,
                  refit_steps: int = 30, refit_lr: float = 1e-3, seed: int = 0, device=None, autocast=None,
-                 rank: int = 0, world: int = 1, reduce=None, penalty=None) -> SearchResult:
+                 rank: int = 0, world: int = 1, reduce=None, penalty=None, known=None, on_measured=None) -> SearchResult:
     """Measure plans on the frozen model and return the best. With several processes, each measures its share of
     `examples` and `reduce` sums across them, so every process decides alike; `penalty(plan)` is subtracted from
-    the selection metric (the FLOPs-aware search's cost)."""
+    the selection metric (the FLOPs-aware search's cost). `known`: plan -> metrics measured before (a resumed
+    run), not measured again; `on_measured(plan, metrics)` is called after each new measurement."""
     n = model.num_candidates
     check_k(k, n)
     t0 = time.perf_counter()
@@ -48,7 +82,7 @@ def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 1
     bi = block_influence(model, task, examples, k, batch_size=batch_size, reduce=reduce)
     with removed_as_identity(model):
         meter = PlanMeter(model, task, examples, batch_size, device=device, autocast=autocast, rank=rank, world=world,
-                          reduce=reduce, refit_steps=refit_steps, refit_lr=refit_lr)
+                          reduce=reduce, refit_steps=refit_steps, refit_lr=refit_lr, known=known, on_measured=on_measured)
         best, table = verify(meter, n, k, bi.scores, {"last-k": last_k(n, k).plan.skip}, shortlist, penalty=penalty,
                              gates_name="block influence")  # block influence's scores steer the local search
     model.set_skip([])

@@ -98,7 +98,8 @@ class PlanMeter:
 
     def __init__(self, model: SkipModel, task: Task, examples, batch_size: int, *, device, autocast=None,
                  rank: int = 0, world: int = 1, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 refit_steps: int = 0, refit_lr: float = 1e-3):
+                 refit_steps: int = 0, refit_lr: float = 1e-3, known: dict[Plan, dict] | None = None,
+                 on_measured: Callable[[Plan, dict], None] | None = None):
         self.model, self.task, self.device = model, task, device
         # batches and recorded outputs stay on the CPU and move to the device when used (images x 1024 examples)
         self.batches = list(make_loader(examples, task.collate, batch_size, rank=rank, world=world))
@@ -106,7 +107,8 @@ class PlanMeter:
             raise ValueError(f"no measurement batches on process {rank} of {world}: {len(examples)} examples for "
                              f"batches of {batch_size}; raise search.verify_examples")
         self.autocast, self.reduce = autocast, reduce
-        self.metrics: dict[Plan, dict[str, float]] = {}
+        self.metrics: dict[Plan, dict[str, float]] = dict(known or {})  # (a resumed run's earlier measurements)
+        self.on_measured = on_measured  # called after each new measurement (a resumable run records it)
         self.refit_steps = refit_steps if model.head is not None and len(self.batches) >= 2 else 0
         self.refit_lr = refit_lr
 
@@ -119,6 +121,8 @@ class PlanMeter:
                 total = self.reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device))
                 sums = dict(zip(keys, total.tolist()))
             self.metrics[plan] = self.task.finalize(sums)
+            if self.on_measured is not None:
+                self.on_measured(plan, self.metrics[plan])
         return self.metrics[plan]
 
     def selection(self, plan: Plan) -> tuple[float, float]:
