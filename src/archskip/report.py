@@ -9,7 +9,8 @@ from .plan import SearchResult
 
 
 def plot_gates(result: SearchResult, path: str | Path) -> Path:
-    """Gates over the policy updates (left) and the final skip probability per candidate (right)."""
+    """Left: the gates over the policy updates, or, for a search that measured plans without a bandit, each measured
+    plan's selection metric (best first). Right: the final score per candidate (gates, or block influence)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,6 +31,22 @@ def plot_gates(result: SearchResult, path: str | Path) -> Path:
         ax1.set_title(f"{result.method}: gates over the search")
         if n <= 32:
             ax1.legend(title="block", ncol=2 if n > 12 else 1, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    elif result.config.get("verification", {}).get("measured"):
+        from .search.verify import measured_plans
+
+        metric, measured = measured_plans(result.config["verification"])  # best first
+        labels = [",".join(map(str, plan)) for plan, _ in measured]
+        ax1.barh(range(len(measured)), [value for _, value in measured],
+                 color=["tab:red" if plan == result.plan.skip else "tab:gray" for plan, _ in measured])
+        ax1.set_yticks(range(len(measured)), labels, fontsize=7 if len(measured) > 16 else 9)
+        values = [value for _, value in measured]
+        lo, hi = min(values), max(values)
+        if hi > lo:  # (the differences are what matters, not the distance from zero)
+            ax1.set_xlim(lo - 0.25 * (hi - lo), hi + 0.05 * (hi - lo))
+        ax1.invert_yaxis()
+        ax1.set_xlabel(f"measured {metric} ({'lower' if metric == 'loss' else 'higher'} is better)")
+        ax1.set_ylabel("plan (skipped blocks)")
+        ax1.set_title(f"{result.method}: {len(measured)} plans measured")
     else:
         ax1.text(0.5, 0.5, f"{result.method}: no gate history", ha="center", va="center")
         ax1.set_axis_off()
@@ -37,7 +54,8 @@ def plot_gates(result: SearchResult, path: str | Path) -> Path:
     colors = ["tab:red" if i in result.plan.skip else "tab:gray" for i in range(n)]
     ax2.bar(range(n), scores, color=colors)
     ax2.set_xlabel("candidate block")
-    ax2.set_ylabel("final score (skippability)")
+    gated = bool(result.history and "gates" in result.history[0])
+    ax2.set_ylabel("final gate (skippability)" if gated else "score (higher = more skippable)")
     ax2.set_title(f"plan: skip {list(result.plan.skip)}")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
