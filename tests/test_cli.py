@@ -39,7 +39,7 @@ def test_search_train_eval_profile(tiny_encoder_dir, data, tmp_path, capsys):
     with pytest.raises(SystemExit):  # nothing to warm-start from: refused before any work
         main(["train", *common, "--plan", str(tmp_path / "s" / "search_result.json"), "--train.warm_start",
               str(tmp_path / "s"), "--output_dir", str(tmp_path / "w")])
-    assert "trained no supernet" in capsys.readouterr().err and not (tmp_path / "w").exists()
+    assert "no search adapters" in capsys.readouterr().err and not (tmp_path / "w").exists()
 
     out = run(["train", *common, "--plan", str(tmp_path / "s" / "search_result.json"), "--train.epochs", "3",
                "--train.lr", "0.01", "--output_dir", str(tmp_path / "t")], capsys)

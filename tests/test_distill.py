@@ -151,3 +151,20 @@ def test_reassess_method_gives_last_k_and_train_fine_tunes_the_last_three_kept_b
     main(["train", *common, "--plan", str(tmp_path / "s" / "search_result.json"), "--train.max_steps", "2",
           "--train.unfreeze_kept", "1", "--output_dir", str(tmp_path / "u")])
     assert json.loads((tmp_path / "u" / "artifact" / "archskip.json").read_text())["base_model"]["unfrozen_blocks"] == [2]
+
+
+def test_a_default_search_over_a_supernet_search_leaves_nothing_to_warm_start_from(tiny_encoder_dir, tmp_path, capsys):
+    """The default search trains no supernet: in a directory where a supernet search ran, it removes the earlier
+    adapters (they no longer match the record), and warm-starting from it is refused before any work."""
+    data = str(text_data.write_csv(tmp_path / "train.csv", classification_examples(120, seed=3)))
+    common = ["--model.name_or_path", str(tiny_encoder_dir), "--data.train", data, "--adapter.hidden", "8",
+              "--adapter.skip_hidden", "16", "--train.batch_size", "16", "--output_dir", str(tmp_path / "s")]
+    main(["search", *common, "--search.k", "1", "--search.update_every", "1", "--search.supernet", "on"])
+    assert (tmp_path / "s" / SEARCH_ADAPTERS).is_file()
+    main(["search", *common, "--search.k", "1"])
+    assert not (tmp_path / "s" / SEARCH_ADAPTERS).exists()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["train", *common[:-2], "--plan", str(tmp_path / "s" / "search_result.json"), "--train.warm_start",
+              str(tmp_path / "s"), "--output_dir", str(tmp_path / "t")])
+    assert "no search adapters" in capsys.readouterr().err and not (tmp_path / "t").exists()

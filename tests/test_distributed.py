@@ -55,21 +55,18 @@ def test_search_on_two_processes_keeps_one_policy(model_dir, data, tmp_path):  #
     assert len(rows) == 1 + len(result["history"])  # one writer: no row written twice
 
 
-def test_the_default_search_on_two_processes_measures_as_one_process_does(model_dir, data, tmp_path):  # noqa: F811
-    """No supernet: each process measures its share of the examples and the sums decide, so the plans, their order
-    and their losses are those of one process (with no head re-fit, whose fit would see each process's share)."""
-    results = {}
-    for procs in (1, 2):
-        out = tmp_path / f"p{procs}"
-        argv = [*common(model_dir, data, out), "--search.k", "2", "--search.verify_refit_steps", "0"]
-        run(torchrun("search", *argv) if procs == 2 else [sys.executable, "-m", "archskip.cli", "search", *argv])
-        results[procs] = json.loads((out / "search_result.json").read_text())
-    one, two = results[1], results[2]
-    assert two["config"]["world_size"] == 2 and two["config"]["supernet"] is False and not (tmp_path / "p2" / "policy.csv").exists()
-    assert two["plan"] == one["plan"] and two["scores"] == pytest.approx(one["scores"], rel=1e-5)
-    m1, m2 = one["config"]["verification"]["measured"], two["config"]["verification"]["measured"]
-    assert len(m1) == 6 and [m["plan"] for m in m2] == [m["plan"] for m in m1]
-    assert [m["metrics"]["loss"] for m in m2] == pytest.approx([m["metrics"]["loss"] for m in m1], rel=1e-5)
+def test_the_default_search_on_two_processes_measures_every_plan_once(model_dir, data, tmp_path):  # noqa: F811
+    """No supernet: each process measures its share, the sums decide, one process writes. (That two processes
+    measure what one does is checked on a decoder, without a head re-fit, in test_fsdp.py.)"""
+    out = tmp_path / "default"
+    run(torchrun("search", *common(model_dir, data, out), "--search.k", "2"))
+    result = json.loads((out / "search_result.json").read_text())
+    assert result["config"]["world_size"] == 2 and result["config"]["supernet"] is False
+    measured = result["config"]["verification"]["measured"]
+    assert len(measured) == 6 and result["plan"]["skip"] == measured[0]["plan"]
+    log = json.loads((out / "measured_plans.json").read_text())  # written as measured, by the main process
+    assert log["settings"]["processes"] == 2 and sorted(m["plan"] for m in log["measured"]) == sorted(m["plan"] for m in measured)
+    assert not (out / "policy.csv").exists() and not (out / "search_adapters.safetensors").exists()
 
 
 def test_training_on_two_processes_ends_with_identical_adapters(model_dir, data, tmp_path):  # noqa: F811

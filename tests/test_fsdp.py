@@ -70,7 +70,18 @@ def fit_and_record(self, *args, **kwargs):
     (self.out_dir / f"fsdp-{self.desc}-{self.rank}.json").write_text(json.dumps(record))
     return result
 
-train.make_accelerator, train.Trainer.fit = make_fsdp, fit_and_record
+shard = train.Trainer.shard
+
+def shard_and_record(self):  # the default search shards for its measurements only
+    shard(self)
+    units = FullyShardedDataParallel.fsdp_modules(self._engine)
+    record = {"units": len(units), "wrapped": sorted({type(u.module).__name__ for u in units}),
+              "local": sum(p.numel() for p in self.model.parameters())}
+    with self.full_params():
+        record["full"] = sum(p.numel() for p in self.model.parameters())
+    (self.out_dir / f"fsdp-measure-{self.rank}.json").write_text(json.dumps(record))
+
+train.make_accelerator, train.Trainer.fit, train.Trainer.shard = make_fsdp, fit_and_record, shard_and_record
 # Both commands in one launch (half the start-up time): between them every rank waits (the next command reads
 # what the writer wrote), and the process group is ended once, after the last.
 end, cli.end_process_group = cli.end_process_group, torch.distributed.barrier
@@ -110,7 +121,9 @@ def commands(model_dir, data, out: Path, batch: int) -> list[list[str]]:
     train = ["train", *common, "--output_dir", str(out / "train"), "--plan", str(out / "search" / "search_result.json"),
              "--train.warm_start", str(out / "search"), "--train.epochs", "2", "--train.max_grad_norm", "0.05",
              "--train.unfreeze_kept", "1"]
-    return [search, train]
+    # the default search: no supernet, plans measured on the frozen model (sharded under FSDP)
+    default = ["search", *common, "--output_dir", str(out / "default"), "--search.k", "1"]
+    return [search, train, default]
 
 
 # Tolerances: the runs differ only in float reduction order (sums over 8 or 16 examples, FSDP's reduce-scatter),
@@ -135,8 +148,8 @@ def test_fsdp_search_and_train_match_one_process(model_dir, data, tmp_path):
         main(argv)
 
     # the two processes really sharded the model: one FSDP unit per block plus the root, each process holding a part
-    for stage in ("search", "train"):
-        records = [json.loads((two / stage / f"fsdp-{stage}-{r}.json").read_text()) for r in (0, 1)]
+    for stage, name in (("search", "search"), ("train", "train"), ("default", "measure")):
+        records = [json.loads((two / stage / f"fsdp-{name}-{r}.json").read_text()) for r in (0, 1)]
         assert all(r["units"] == 1 + LAYERS and "SkippableLayer" in r["wrapped"] for r in records), records
         assert all(r["local"] < r["full"] for r in records), records
         assert records[0]["local"] + records[1]["local"] >= records[0]["full"], records  # (shards are padded)
@@ -155,6 +168,13 @@ def test_fsdp_search_and_train_match_one_process(model_dir, data, tmp_path):
         assert m2["metrics"]["loss"] == pytest.approx(m1["metrics"]["loss"], rel=1e-5)
     assert_same_tensors(load_file(two / "search" / "search_adapters.safetensors"),
                         load_file(one / "search" / "search_adapters.safetensors"), "search adapters")
+
+    # the default search (no supernet) measures the same plans with the same losses, and ships the same plan
+    d2, d1 = (json.loads((d / "default" / "search_result.json").read_text()) for d in (two, one))
+    assert d2["config"]["supernet"] is False and d2["config"]["world_size"] == 2 and d2["plan"] == d1["plan"]
+    m2, m1 = d2["config"]["verification"]["measured"], d1["config"]["verification"]["measured"]
+    assert [m["plan"] for m in m2] == [m["plan"] for m in m1] and len(m1) == LAYERS
+    assert [m["metrics"]["loss"] for m in m2] == pytest.approx([m["metrics"]["loss"] for m in m1], rel=1e-5)
 
     t2, t1 = (json.loads((d / "train" / "metrics.json").read_text()) for d in (two, one))
     assert t2["processes"] == 2 and t2["plan"] == t1["plan"] == list(SkipPlan.from_dict(s1["plan"]).skip)

@@ -410,5 +410,7 @@ def test_a_killed_default_search_resumes_without_measuring_a_plan_twice(tmp_path
     assert resumed.config["verification"]["measured"] == whole.config["verification"]["measured"]
 
     model, task, examples = setup(4, n=128)
-    with pytest.raises(ConfigError, match=r"other settings \(seed: 4 then, 5 now\)"):
+    with pytest.raises(ConfigError, match=r"other settings \(.*seed: 4 then, 5 now\)"):
         run_search(model, task, examples, cfg, TRAIN, seed=5, progress=False, out_dir=tmp_path, resume=True)
+    with pytest.raises(ConfigError, match=r"other settings \(examples_digest: '\w+' then, '\w+' now\)"):  # other data
+        run_search(model, task, examples[::-1], cfg, TRAIN, seed=4, progress=False, out_dir=tmp_path, resume=True)

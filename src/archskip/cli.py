@@ -41,14 +41,17 @@ def search(
 
     Args:
         model: the frozen backbone (hub id or local path).
-        data: training data; the search holds out search.reward_fraction of it for rewards.
-        search: the method (a name in archskip.search.METHODS), k and the policy settings.
+        data: training data; plans are measured on search.verify_examples of it (a search that trains the
+            bandit's supernet holds out search.reward_fraction of it for rewards).
+        search: the method (a name in archskip.search.METHODS), k, the measurement and the policy settings.
         task: head and loss.
         adapter: adapter shapes and initialisations.
-        train: optimisation of adapters + head during the search (epochs = search length).
+        train: optimisation of adapters + head in a search that trains (epochs = search length); the batch
+            size and the head re-fit's learning rate (lr x head_lr_mult) of plan measurements.
         seed: seeds data order, policy sampling and initialisation.
         output_dir: where results, logs and checkpoints go.
-        resume: continue from output_dir/checkpoint.pt.
+        resume: continue from output_dir: a trained search from its checkpoint.pt, plan measurements from
+            measured_plans.json.
     """
     from . import pipeline
 

@@ -251,8 +251,9 @@ class SearchConfig:
     shortlist: int = 16
     """'verified': at most this many plans are measured (every one of the C(N, k) plans when there are no more)."""
     verify_examples: int = 1024
-    """'verified': plans are measured on the held-out slice topped up with training examples to this many (a
-    measurement on a few hundred examples cannot separate plans whose accuracies differ by a point)."""
+    """'verified' and `removal-loss`: plans are measured on this many training examples (a measurement on a few
+    hundred examples cannot separate plans whose accuracies differ by a point): drawn with the run's seed, or,
+    with a supernet, the held-out reward slice topped up with training examples."""
     verify_on: Literal["frozen", "supernet"] = "frozen"
     """'verified': what a plan is measured on. 'frozen': the frozen base model with the plan's blocks removed as
     identities and every adapter off (the task head re-fitted per plan); the one-swap local search is steered by
@@ -262,7 +263,7 @@ class SearchConfig:
     verify_refit_steps: int = 30
     """'verified': the task head (one head serves every plan in the supernet) is re-fitted to each plan for this
     many micro-batches, the rest frozen, by two-fold cross-fitting on the measurement examples (fit on one half,
-    score the other); 0 = measure the supernet as it is. Models without a separate head (decoders'
+    score the other); 0 = measure the supernet's head as it is (refused without a supernet: the head is untrained). Models without a separate head (decoders'
     language-model heads are frozen) are measured as they are."""
     supernet: Literal["auto", "on", "off"] = "auto"
     """Whether the search trains the bandit's supernet (shared adapters trained under sampled plans, gates moved by
@@ -294,9 +295,10 @@ class SearchConfig:
     reward_fraction: float = 0.1
     """Share of the training data held out for reward batches (never validation or test data)."""
     reward_batch_size: int | None = None
-    """Examples per reward batch; defaults to the training batch size."""
+    """Examples per reward batch and per plan-measurement batch; defaults to the training batch size."""
     cost_weight: float = 0.0
-    """Optional FLOPs-aware reward: r - cost_weight * (candidate's share of the skippable compute kept)."""
+    """Optional FLOPs-aware search: r - cost_weight * (the configuration's share of the skippable compute kept) as
+    the bandit's reward, and the same term added to a measured plan's loss when plans are measured."""
 
     def __post_init__(self) -> None:
         _validate_literals(self)

@@ -128,7 +128,8 @@ def run_demo(output_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool
 
     plot_accuracy_latency(rows[1:], out / "accuracy_latency.png")
     atomic_write_text(out / "results.json", json.dumps({"rows": rows, "plan": list(result.plan.skip),
-                                                          "gates": result.scores, "wall_time_s": wall}, indent=2))
+                                                          "search_scores": result.scores,
+                                                          "search_scores_are": score_name(result), "wall_time_s": wall}, indent=2))
     write_report(out / "report.md", "archskip demo: DAS on all-MiniLM-L6-v2, sentence polarity", [
         ("Setup", f"Model `{MODEL}` (6 blocks, frozen). Data: Pang & Lee sentence polarity, {len(examples)} sentences, "
                   f"split 80/10/10 with seed {seed}. Search: the default mode on {budget.search_examples} training "

@@ -89,6 +89,8 @@ def search(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Se
             plot_gates(result, out / "gates.png")
             if result.config.get("supernet"):  # adapters worth starting from (train.warm_start)
                 save_search_adapters(model, out)
+            else:  # (an earlier search's adapters in this directory would no longer match its record)
+                (out / SEARCH_ADAPTERS).unlink(missing_ok=True)
     return result
 
 
@@ -103,15 +105,14 @@ def check_plan_source(spec, model: SkipModel) -> None:
 
 
 def check_warm_start(path: str) -> None:
-    """`train.warm_start` names a search that trained a supernet (the default search trains none: its adapters
-    would be untrained)."""
+    """`train.warm_start` names a search that trained a supernet and kept its adapters (the default search trains
+    none); a search directory's record decides, so adapters an earlier search left there are never taken."""
     p = Path(path)
     record = p / RESULT_FILE
-    if p.is_dir() and not (p / SEARCH_ADAPTERS).is_file() and record.is_file():
-        if not SearchResult.load(record).config.get("supernet"):
-            raise ConfigError(f"train.warm_start={path!r}: that search trained no supernet, so it has no adapters to "
-                              "start from (the default search measures plans on the frozen model); run the search "
-                              "with --search.supernet on to keep its adapters, or leave train.warm_start unset")
+    if p.is_dir() and record.is_file() and not SearchResult.load(record).config.get("supernet"):
+        raise ConfigError(f"train.warm_start={path!r}: that search has no search adapters to start from (it trained "
+                          "no supernet; the default search measures plans on the frozen model); run the search with "
+                          "--search.supernet on to keep its adapters, or leave train.warm_start unset")
     if not (p / SEARCH_ADAPTERS if p.is_dir() else p).is_file():
         raise ConfigError(f"train.warm_start={path!r}: expected a search output directory holding {SEARCH_ADAPTERS} "
                           "(a search run with a supernet) or that file itself")
@@ -133,7 +134,7 @@ def _unfrozen(cfg: RunConfig, plan) -> int:
 def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool = False, progress: bool = True) -> dict:
     """Train adapters + head with a fixed plan; writes the artifact into output_dir. Returns metrics."""
     source = load_plan_source(plan)  # before any work: a missing or broken plan fails at once (read once, too)
-    if cfg.train.warm_start:
+    if cfg.train.warm_start and not resume:  # (a resumed training restores its own checkpoint instead)
         check_warm_start(cfg.train.warm_start)
     check_writable(cfg.output_dir)
     torch.manual_seed(cfg.seed)  # (before the adapters and the head are initialised)

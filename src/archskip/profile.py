@@ -123,6 +123,13 @@ def _base_params(m: SkipModel) -> int:
     return sum(p.numel() for p in {id(p): p for p in m.parameters()}.values() if id(p) not in adapters | head)
 
 
+def kept_cost(weight: float, costs: list[float], skip) -> float:
+    """`weight` x the share of the candidates' compute (`costs`, one per candidate) that skipping `skip` keeps: the
+    FLOPs-aware search's cost of a plan (`search.cost_weight`)."""
+    skipped = set(skip)
+    return weight * sum(c for i, c in enumerate(costs) if i not in skipped) / sum(costs)
+
+
 @torch.no_grad()
 def block_costs(model: SkipModel, task, batch: dict) -> list[float]:
     """FLOPs each candidate costs on `batch`: FLOPs with nothing skipped minus FLOPs with it skipped.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from .io import atomic_write, atomic_write_text
@@ -36,11 +37,12 @@ def plot_gates(result: SearchResult, path: str | Path) -> Path:
 
         metric, measured = measured_plans(result.config["verification"])  # best first
         labels = [",".join(map(str, plan)) for plan, _ in measured]
-        ax1.barh(range(len(measured)), [value for _, value in measured],
+        values = [value for _, value in measured]
+        finite = [v for v in values if math.isfinite(v)]  # (a plan can overflow: inf is drawn to the edge)
+        lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+        ax1.barh(range(len(measured)), [v if math.isfinite(v) else (hi + (hi - lo) if v > 0 else lo) for v in values],
                  color=["tab:red" if plan == result.plan.skip else "tab:gray" for plan, _ in measured])
         ax1.set_yticks(range(len(measured)), labels, fontsize=7 if len(measured) > 16 else 9)
-        values = [value for _, value in measured]
-        lo, hi = min(values), max(values)
         if hi > lo:  # (the differences are what matters, not the distance from zero)
             ax1.set_xlim(lo - 0.25 * (hi - lo), hi + 0.05 * (hi - lo))
         ax1.invert_yaxis()

@@ -365,6 +365,13 @@ class Trainer:
 
         return self.accelerator.distributed_type == DistributedType.FSDP
 
+    def shard(self) -> None:
+        """Under an FSDP config, wrap the model for forwards only, without training it (a search that measures plans
+        on the frozen model): its forwards then run sharded inside `forward_ready`, as after `fit`."""
+        if self.sharded and self._engine is None:
+            self._engine = self.accelerator.prepare(_LossModule(self.model, self.task))
+            _FSDP_ENGINES[self.model] = self._engine
+
     def full_params(self, writeback: bool = False):
         """A context in which every trainable tensor is whole on every process: FSDP shards them (adapters
         live inside the blocks' flat parameters); DDP and single processes need nothing."""

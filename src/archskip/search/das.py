@@ -6,7 +6,7 @@ under no_grad, and the gates move. Unlike the authors' code (B5, B6), reward bat
 held out of the training data, and a new one is drawn at every update.
 
 The default (mode 'verified', plans measured on the frozen model) reads no supernet, so it trains
-none (`search.supernet`): `frozen_search` measures the plans directly, as `removal-loss` does.
+none (`search.supernet`): `frozen_search` (search/removal.py) measures the plans directly, as `removal-loss` does.
 """
 
 from __future__ import annotations
@@ -25,19 +25,14 @@ from ..data.text import split_examples
 from ..nn_utils import eval_mode
 from ..plan import SearchResult, SkipPlan
 from ..profile import block_costs as measure_block_costs
+from ..profile import kept_cost
 from ..runlog import RunLogger
 from ..skipping import SkipModel
 from ..tasks.base import Task, to_device
-from ..train import Trainer, forward_ready, make_accelerator
+from ..train import Trainer, forward_ready
 from .policy import SkipPolicy
 from .registry import SearchRun, register_method
 from .verify import PlanMeter, removed_as_identity, top_k, verify
-
-
-def kept_cost(weight: float, costs: list[float], config) -> float:
-    """`weight` x the share of the candidates' compute (`costs`, one per candidate) that `config` does not skip."""
-    skipped = set(config)
-    return weight * sum(c for i, c in enumerate(costs) if i not in skipped) / sum(costs)
 
 
 class DASHooks:
@@ -179,9 +174,11 @@ def run_search(
     """Run the DAS search and return its result (out_dir: where its checkpoints and logs go)."""
     if cfg.k < 1:
         raise ConfigError(f"search.k={cfg.k}: a search needs k >= 1 blocks to skip")
-    if not cfg.trains_supernet:
-        return frozen_search(model, task, train, cfg, train_cfg, seed=seed, block_costs=block_costs, out_dir=out_dir,
-                             resume=resume)
+    if not cfg.trains_supernet:  # nothing reads a supernet: measure plans on the frozen model (search/removal.py)
+        from .removal import frozen_search  # (`das` registers before the baselines do)
+
+        return frozen_search(model, task, train, cfg, train_cfg, method=f"das-{cfg.mode}", seed=seed, out_dir=out_dir,
+                             resume=resume, progress=progress, block_costs=block_costs)
     policy = SkipPolicy(model.num_candidates, cfg.k, lr=cfg.gate_step, mode=cfg.update_rule, reward=cfg.reward_kind,
                         seed=seed)
     reward_examples, rest = split_examples(train, (cfg.reward_fraction,), seed)
@@ -232,45 +229,6 @@ def run_search(
         config=config, base_model={"name_or_path": model.name_or_path, "fingerprint": model.fingerprint},
         wall_time_s=time.perf_counter() - t0,
     )
-
-
-def frozen_search(model: SkipModel, task: Task, train: list[dict], cfg: SearchConfig, train_cfg: TrainConfig, *,
-                  seed: int = 0, block_costs: list[float] | None = None, out_dir: str | Path | None = None,
-                  resume: bool = False) -> SearchResult:
-    """The verified search without a supernet (`search.supernet`): plans measured on the frozen model with their
-    blocks removed, as `removal-loss` does (search/removal.py), on `search.verify_examples` training examples, on
-    any number of processes (each measures its share). Each measurement is written to out_dir as it is made;
-    `resume` measures only the plans a killed run had not."""
-    from .removal import MeasurementLog, measurement_examples, removal_loss  # (`das` registers before the baselines)
-
-    t0 = time.perf_counter()
-    acc = make_accelerator(train_cfg)
-    model.to(acc.device)
-    penalty = None
-    if cfg.cost_weight:  # FLOPs-aware: a plan's measured loss pays for the compute it keeps
-        if block_costs is None:
-            block_costs = measure_block_costs(model, task, to_device(task.collate([train[0]]), acc.device))
-        penalty = lambda plan: kept_cost(cfg.cost_weight, block_costs, plan)  # noqa: E731
-    reduce = (lambda t: acc.reduce(t, reduction="sum")) if acc.num_processes > 1 else None
-    examples = measurement_examples(train, cfg.verify_examples, seed)
-    batch_size, refit_lr = cfg.reward_batch_size or train_cfg.batch_size, train_cfg.lr * train_cfg.head_lr_mult
-    # what a plan's measurement depends on: a resumed run must match it
-    settings = {"base_model": model.fingerprint, "task": type(task).__name__, "candidates": model.num_candidates,
-                "k": cfg.k, "examples": len(examples), "seed": seed, "batch_size": batch_size,
-                "refit_steps": cfg.verify_refit_steps, "refit_lr": refit_lr, "processes": acc.num_processes,
-                "mixed_precision": train_cfg.mixed_precision}
-    log = MeasurementLog(out_dir, settings, resume=resume, write=acc.is_main_process)
-    result = removal_loss(
-        model, task, examples, cfg.k, shortlist=cfg.shortlist, batch_size=batch_size,
-        refit_steps=cfg.verify_refit_steps, refit_lr=refit_lr, seed=seed, device=acc.device, autocast=acc.autocast,
-        rank=acc.process_index, world=acc.num_processes, reduce=reduce, penalty=penalty, known=log.measured,
-        on_measured=log.record,
-    )
-    result.method = f"das-{cfg.mode}"
-    result.config = {"search": cfg.__dict__, "train": train_cfg.__dict__, "block_costs": block_costs,
-                     "world_size": acc.num_processes, "supernet": False, **result.config}
-    result.wall_time_s = time.perf_counter() - t0
-    return result
 
 
 def verify_plans(model: SkipModel, task: Task, held_out, train, cfg: SearchConfig, policy: SkipPolicy,

@@ -11,22 +11,33 @@ verified search (search/verify.py): a linear probe of the pruned representation.
 Which plans: all of them when there are at most `search.shortlist`; otherwise the block-influence plan and
 last-k, then a greedy local search over one-swap neighbours of the best plan so far (most skippable by
 block influence first) until `search.shortlist` plans are measured.
+
+`frozen_search` runs it as a search: on accelerate's devices and processes, resumable plan by plan. The
+default DAS search (mode 'verified', plans measured on the frozen model) is this measurement when it trains
+no supernet (`search.supernet`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import Subset
 
-from ..data.loader import eval_view
+from ..config import SearchConfig, TrainConfig
+from ..data.loader import batches_per_rank, eval_view
 from ..errors import ConfigError
 from ..io import atomic_write_text
 from ..plan import SearchResult, SkipPlan, check_k
+from ..profile import block_costs as measure_block_costs
+from ..profile import kept_cost
 from ..skipping import SkipModel
+from ..tasks.base import Task, to_device
+from ..train import CHECKPOINT, Trainer, forward_ready
 from .baselines import block_influence, last_k
 from .registry import SearchRun, register_method
 from .verify import Plan, PlanMeter, removed_as_identity, verify
@@ -37,7 +48,7 @@ MEASURED_FILE = "measured_plans.json"
 class MeasurementLog:
     """Plan measurements written to `measured_plans.json` in the run's directory as they are made, so that a killed
     search resumed with the same settings measures only the plans it had not (on a large model one plan is a
-    forward pass over every measurement example)."""
+    forward pass over every measurement example). Every process reads the file: `output_dir` must be shared."""
 
     def __init__(self, out_dir: str | Path | None, settings: dict, *, resume: bool, write: bool):
         self.path = Path(out_dir) / MEASURED_FILE if out_dir else None
@@ -59,6 +70,30 @@ class MeasurementLog:
         if self.write:
             rows = [{"plan": list(p), "metrics": m} for p, m in self.measured.items()]
             atomic_write_text(self.path, json.dumps({"settings": self.settings, "measured": rows}, indent=1))
+
+
+def digest(obj, h=None) -> str:
+    """A stable hash of examples or tensors (what a resumed measurement must see again)."""
+    top = h is None
+    h = h or hashlib.sha256()
+    if isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            h.update(str(k).encode())
+            digest(obj[k], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[%d" % len(obj))
+        for v in obj:
+            digest(v, h)
+    elif isinstance(obj, torch.Tensor):
+        h.update(str((obj.dtype, tuple(obj.shape))).encode())
+        h.update(obj.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, (str, int, float, bool, type(None))):
+        h.update(repr(obj).encode())
+    elif hasattr(obj, "tobytes"):  # numpy arrays, PIL images
+        h.update(obj.tobytes())
+    else:  # (never repr(): it may hold a memory address)
+        h.update(type(obj).__name__.encode())
+    return h.hexdigest()[:16] if top else ""
 
 
 def measurement_examples(train, count: int, seed: int) -> Subset:
@@ -94,10 +129,74 @@ def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 1
                         wall_time_s=time.perf_counter() - t0)
 
 
+def frozen_search(model: SkipModel, task: Task, train, cfg: SearchConfig, train_cfg: TrainConfig, *, method: str,
+                  seed: int = 0, out_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
+                  block_costs: list[float] | None = None) -> SearchResult:
+    """`removal_loss` as a search run: on `search.verify_examples` seeded training examples, on the devices and
+    processes accelerate gives (each process measures its share; under an FSDP config the model is sharded for
+    the forwards), with the FLOPs penalty of `search.cost_weight`, each measurement written to out_dir as it is
+    made so that `resume` measures only the plans a killed run had not."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    if model.head is not None and cfg.verify_refit_steps == 0:
+        raise ConfigError("search.verify_refit_steps=0 with no trained supernet would measure every plan through the "
+                          "task head as initialised (untrained); set it > 0 (the head is re-fitted to each plan), or "
+                          "train the supernet's head with --search.supernet on")
+    trainer = Trainer(model, task, train_cfg, seed=seed, out_dir=out_dir, progress=False, desc="search")
+    acc, world = trainer.accelerator, trainer.world
+    examples = measurement_examples(train, cfg.verify_examples, seed)
+    batch_size = cfg.reward_batch_size or train_cfg.batch_size
+    if batches_per_rank(len(examples), batch_size, world) == 0:
+        raise ConfigError(f"search.verify_examples={cfg.verify_examples}: {len(examples)} training examples make no "
+                          f"measurement batch of {batch_size} for each of {world} processes; use more examples, a "
+                          "smaller search.reward_batch_size or fewer processes")
+    if resume and out_dir and not (Path(out_dir) / MEASURED_FILE).is_file():
+        if (Path(out_dir) / CHECKPOINT).is_file():
+            raise ConfigError(f"resume: {out_dir} holds the checkpoint of a search that trained a supernet; resume it "
+                              "with --search.supernet on, or start again without --resume")
+        if trainer.is_main:
+            print(f"resume: no {MEASURED_FILE} in {out_dir} yet; measuring every plan")
+    # what a plan's measurement depends on: a resumed run must match it
+    refit_lr = train_cfg.lr * train_cfg.head_lr_mult
+    settings = {"base_model": model.name_or_path, "architecture": model.fingerprint,
+                "dtype": str(next(model.parameters()).dtype), "task": type(task).__name__, "k": cfg.k,
+                "examples": len(examples), "examples_digest": digest([examples[i] for i in range(len(examples))]),
+                "initial_adapters_and_head": digest(model.trainable_state_dict()), "seed": seed,
+                "batch_size": batch_size, "refit_steps": cfg.verify_refit_steps, "refit_lr": refit_lr,
+                "processes": world, "mixed_precision": train_cfg.mixed_precision}
+    log = MeasurementLog(out_dir, settings, resume=resume, write=trainer.is_main)
+    model.to(trainer.device)
+    penalty = None
+    if cfg.cost_weight:  # FLOPs-aware: a plan's measured loss pays for the compute it keeps
+        if block_costs is None:
+            block_costs = measure_block_costs(model, task, to_device(task.collate([train[0]]), trainer.device))
+        penalty = lambda plan: kept_cost(cfg.cost_weight, block_costs, plan)  # noqa: E731
+    if trainer.sharded:
+        trainer.shard()
+    total = min(math.comb(model.num_candidates, cfg.k), cfg.shortlist)
+    bar = tqdm(total=total, initial=len(log.measured), desc="measuring plans", disable=not (progress and trainer.is_main))
+
+    def measured(plan: Plan, metrics: dict) -> None:
+        log.record(plan, metrics)
+        bar.update(1)
+
+    reduce = (lambda t: acc.reduce(t, reduction="sum")) if world > 1 else None
+    with forward_ready(model), bar:  # (every process measures the same plans in the same order)
+        result = removal_loss(
+            model, task, examples, cfg.k, shortlist=cfg.shortlist, batch_size=batch_size,
+            refit_steps=cfg.verify_refit_steps, refit_lr=refit_lr, seed=seed, device=trainer.device,
+            autocast=acc.autocast, rank=trainer.rank, world=world, reduce=reduce, penalty=penalty, known=log.measured,
+            on_measured=measured,
+        )
+    result.method = method
+    result.config = {"search": cfg.__dict__, "train": train_cfg.__dict__, "block_costs": block_costs,
+                     "world_size": world, "supernet": False, **result.config}
+    result.wall_time_s = time.perf_counter() - t0
+    return result
+
+
 @register_method("removal-loss")
 def removal_loss_method(run: SearchRun) -> SearchResult:
-    cfg, tc = run.search, run.train_cfg
-    examples = measurement_examples(run.train, cfg.verify_examples, run.seed)
-    return removal_loss(run.model, run.task, examples, cfg.k, shortlist=cfg.shortlist,
-                        batch_size=cfg.reward_batch_size or tc.batch_size, refit_steps=cfg.verify_refit_steps,
-                        refit_lr=tc.lr * tc.head_lr_mult, seed=run.seed)
+    return frozen_search(run.model, run.task, run.train, run.search, run.train_cfg, method="removal-loss", seed=run.seed,
+                         out_dir=run.out_dir, resume=run.resume, progress=run.progress)
