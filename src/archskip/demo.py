@@ -32,7 +32,7 @@ from .plan import SkipPlan
 from .profile import compare_models
 from .report import markdown_table, plot_gates, write_report
 from .search import RESULT_FILE, block_influence, run_search
-from .search.verify import measured_plans
+from .search.verify import measured_plans, top_k
 from .skipping import SkipModel
 from .tasks import build_task, evaluate
 from .train import Trainer
@@ -172,7 +172,7 @@ def how_chosen(result) -> str:
         alone, by = v["gates_top_k"], "The bandit's gates alone"
     else:
         first = f"The search trained nothing: it measured {plans} by their {metric} on {v['examples']} training sentences"
-        alone, by = sorted(range(len(result.scores)), key=lambda i: (-result.scores[i], i))[: result.plan.k], "Block influence"
+        alone, by = top_k(result.scores, result.plan.k), "Block influence"
     agree = "the same plan" if sorted(alone) == list(result.plan.skip) else f"({','.join(map(str, sorted(alone)))})"
     return (f"{first}, on {on}, the head re-fitted to each plan ({v['head_refit_steps']} steps), and kept the best: "
             f"skip {list(result.plan.skip)}. Best {metric}: {ranking}. {by} alone would have chosen {agree}.")

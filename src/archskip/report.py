@@ -20,7 +20,8 @@ def plot_gates(result: SearchResult, path: str | Path) -> Path:
 
     n = result.plan.num_candidates
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
-    if result.history and "gates" in result.history[0]:
+    gated = bool(result.history and "gates" in result.history[0])
+    if gated:
         steps = [h["micro_step"] for h in result.history]
         gates = np.array([h["gates"] for h in result.history])  # (updates, N)
         cmap = plt.get_cmap("tab20" if n > 10 else "tab10")
@@ -56,7 +57,6 @@ def plot_gates(result: SearchResult, path: str | Path) -> Path:
     colors = ["tab:red" if i in result.plan.skip else "tab:gray" for i in range(n)]
     ax2.bar(range(n), scores, color=colors)
     ax2.set_xlabel("candidate block")
-    gated = bool(result.history and "gates" in result.history[0])
     ax2.set_ylabel("final gate (skippability)" if gated else "score (higher = more skippable)")
     ax2.set_title(f"plan: skip {list(result.plan.skip)}")
     fig.tight_layout()
