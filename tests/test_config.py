@@ -31,6 +31,7 @@ def test_yaml_roundtrip(tmp_path):
         ({"train": {"batch_size": 0}}, "train.batch_size=0 must be >= 1"),
         ({"data": {"val_fraction": 0.6, "test_fraction": 0.5}}, "must be < 1"),
         ({"search": {"reward_fraction": 1.5}}, r"search.reward_fraction=1.5 must be in \(0, 1\)"),
+        ({"search": {"prefix_states_mb": -1}}, r"search.prefix_states_mb=-1.0 must be >= 0"),
         ({"task": "classification"}, "task. must be a mapping"),
     ],
 )

@@ -66,6 +66,8 @@ def test_the_default_search_on_two_processes_measures_every_plan_once(model_dir,
     assert len(measured) == 6 and result["plan"]["skip"] == measured[0]["plan"]
     log = json.loads((out / "measured_plans.json").read_text())  # written as measured, by the main process
     assert log["settings"]["processes"] == 2 and sorted(m["plan"] for m in log["measured"]) == sorted(m["plan"] for m in measured)
+    n = log["settings"]["examples"]  # drawn; the batches (of 8) that do not divide between the 2 processes are not measured
+    assert result["config"]["verification"]["examples"] == min(n, (-(-n // 8) // 2) * 16)
     assert not (out / "policy.csv").exists() and not (out / "search_adapters.safetensors").exists()
 
 

@@ -414,3 +414,12 @@ def test_a_killed_default_search_resumes_without_measuring_a_plan_twice(tmp_path
         run_search(model, task, examples, cfg, TRAIN, seed=5, progress=False, out_dir=tmp_path, resume=True)
     with pytest.raises(ConfigError, match=r"other settings \(examples_digest: '\w+' then, '\w+' now\)"):  # other data
         run_search(model, task, examples[::-1], cfg, TRAIN, seed=4, progress=False, out_dir=tmp_path, resume=True)
+
+
+def test_the_measurement_counts_the_examples_every_process_measures():
+    from archskip.search.verify import PlanMeter
+
+    model, task, examples = setup(0, n=13)
+    assert PlanMeter(model, task, examples, 4, device="cpu").examples == 13
+    assert PlanMeter(model, task, examples, 4, device="cpu", rank=1, world=2).examples == 13  # 4 batches, 2 each
+    assert PlanMeter(model, task, examples[:11], 4, device="cpu", world=2).examples == 8  # 3 batches: 1 each

@@ -265,6 +265,11 @@ class SearchConfig:
     many micro-batches, the rest frozen, by two-fold cross-fitting on the measurement examples (fit on one half,
     score the other); 0 = measure the supernet's head as it is (refused without a supernet: the head is untrained). Models without a separate head (decoders'
     language-model heads are frozen) are measured as they are."""
+    prefix_states_mb: float = 2048.0
+    """'verified' and `removal-loss`: CPU memory (MB) for the hidden states entering the first skipped block of
+    measured plans, kept per measurement batch, so that a later plan starts there instead of at the first block (on
+    a decoder whose plans skip middle blocks that halves the measurement). Exact: each place is checked once against
+    the whole forward pass and dropped if they differ (search/prefix.py). 0 = off. Unused under FSDP."""
     supernet: Literal["auto", "on", "off"] = "auto"
     """Whether the search trains the bandit's supernet (shared adapters trained under sampled plans, gates moved by
     rewards). 'auto': only where something reads it, i.e. modes 'exact' and 'faithful' (the plan is the top-k gates)
@@ -312,6 +317,7 @@ class SearchConfig:
         _check(self.gate_lr is None or self.gate_lr > 0, f"search.gate_lr={self.gate_lr!r} must be > 0")
         _check(self.shortlist >= 1, f"search.shortlist={self.shortlist!r} must be >= 1")
         _check(self.verify_examples >= 1, f"search.verify_examples={self.verify_examples!r} must be >= 1")
+        _check(self.prefix_states_mb >= 0, f"search.prefix_states_mb={self.prefix_states_mb!r} must be >= 0")
         _check(self.verify_refit_steps >= 0, f"search.verify_refit_steps={self.verify_refit_steps!r} must be >= 0")
         _check(0.0 < self.reward_fraction < 1.0, f"search.reward_fraction={self.reward_fraction!r} must be in (0, 1)")
         _check(self.cost_weight >= 0, f"search.cost_weight={self.cost_weight!r} must be >= 0")

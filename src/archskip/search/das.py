@@ -248,7 +248,8 @@ def verify_plans(model: SkipModel, task: Task, held_out, train, cfg: SearchConfi
         # (every process measures the same plans, each on its own share of the batches)
         meter = PlanMeter(model, task, examples, batch_size, device=trainer.device, autocast=acc.autocast,
                           rank=trainer.rank, world=trainer.world, reduce=reduce, refit_steps=cfg.verify_refit_steps,
-                          refit_lr=trainer.cfg.lr * trainer.cfg.head_lr_mult)
+                          refit_lr=trainer.cfg.lr * trainer.cfg.head_lr_mult,
+                          prefix_mb=0.0 if trainer.sharded else cfg.prefix_states_mb)
         proposals, steer = {"last-k": last_k(n, k).plan.skip}, None
         if math.comb(n, k) > cfg.shortlist:  # (with every plan measured, proposals add nothing)
             # summed over processes: every process proposes the same plan; on the frozen model it is ShortGPT's
@@ -256,9 +257,9 @@ def verify_plans(model: SkipModel, task: Task, held_out, train, cfg: SearchConfi
             proposals["block influence"] = bi.plan.skip
             steer = bi.scores if frozen else None  # the frozen measurement's local search follows the frozen model
         best, table = verify(meter, n, k, gates, proposals, cfg.shortlist, penalty=penalty, steer=steer)
-    return SkipPlan(best, n), {"examples": len(examples), "held_out": len(held_out), "measured": table,
+    return SkipPlan(best, n), {"examples": meter.examples, "held_out": len(held_out), "measured": table,
                                "measured_on": cfg.verify_on, "gates_top_k": list(top_k(gates, k)),
-                               "head_refit_steps": meter.refit_steps}
+                               "head_refit_steps": meter.refit_steps, "prefix_states": meter.prefix.summary()}
 
 
 @register_method("das")

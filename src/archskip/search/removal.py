@@ -104,11 +104,13 @@ def measurement_examples(train, count: int, seed: int) -> Subset:
 
 def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 16, batch_size: int = 16,
                  refit_steps: int = 30, refit_lr: float = 1e-3, seed: int = 0, device=None, autocast=None,
-                 rank: int = 0, world: int = 1, reduce=None, penalty=None, known=None, on_measured=None) -> SearchResult:
+                 rank: int = 0, world: int = 1, reduce=None, penalty=None, known=None, on_measured=None,
+                 prefix_mb: float = 0.0) -> SearchResult:
     """Measure plans on the frozen model and return the best. With several processes, each measures its share of
     `examples` and `reduce` sums across them, so every process decides alike; `penalty(plan)` is subtracted from
     the selection metric (the FLOPs-aware search's cost). `known`: plan -> metrics measured before (a resumed
-    run), not measured again; `on_measured(plan, metrics)` is called after each new measurement."""
+    run), not measured again; `on_measured(plan, metrics)` is called after each new measurement; `prefix_mb`: memory
+    for hidden states that let a plan start at its first skipped block (search/prefix.py)."""
     n = model.num_candidates
     check_k(k, n)
     t0 = time.perf_counter()
@@ -117,14 +119,16 @@ def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 1
     bi = block_influence(model, task, examples, k, batch_size=batch_size, reduce=reduce)
     with removed_as_identity(model):
         meter = PlanMeter(model, task, examples, batch_size, device=device, autocast=autocast, rank=rank, world=world,
-                          reduce=reduce, refit_steps=refit_steps, refit_lr=refit_lr, known=known, on_measured=on_measured)
+                          reduce=reduce, refit_steps=refit_steps, refit_lr=refit_lr, known=known, on_measured=on_measured,
+                          prefix_mb=prefix_mb)
         best, table = verify(meter, n, k, bi.scores, {"last-k": last_k(n, k).plan.skip}, shortlist, penalty=penalty,
                              gates_name="block influence")  # block influence's scores steer the local search
     model.set_skip([])
     return SearchResult(plan=SkipPlan(best, n), method="removal-loss", scores=bi.scores, seed=seed,
-                        history=bi.history, config={"verification": {"examples": len(examples), "measured": table,
+                        history=bi.history, config={"verification": {"examples": meter.examples, "measured": table,
                                                                       "measured_on": "frozen",
-                                                                      "head_refit_steps": meter.refit_steps}},
+                                                                      "head_refit_steps": meter.refit_steps,
+                                                                      "prefix_states": meter.prefix.summary()}},
                         base_model={"name_or_path": model.name_or_path, "fingerprint": model.fingerprint},
                         wall_time_s=time.perf_counter() - t0)
 
@@ -187,8 +191,8 @@ def frozen_search(model: SkipModel, task: Task, train, cfg: SearchConfig, train_
             model, task, examples, cfg.k, shortlist=cfg.shortlist, batch_size=batch_size,
             refit_steps=cfg.verify_refit_steps, refit_lr=refit_lr, seed=seed, device=trainer.device,
             autocast=acc.autocast, rank=trainer.rank, world=world, reduce=reduce, penalty=penalty, known=log.measured,
-            on_measured=measured,
-        )
+            on_measured=measured, prefix_mb=0.0 if trainer.sharded else cfg.prefix_states_mb,
+        )  # (sharded: every process must run the same blocks, and prefix states are each process's own)
     result.method = method
     result.config = {"search": cfg.__dict__, "train": train_cfg.__dict__, "block_costs": block_costs,
                      "world_size": world, "supernet": False, **result.config}

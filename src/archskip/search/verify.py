@@ -30,10 +30,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..data.loader import make_loader
+from ..data.loader import batches_per_rank, make_loader
 from ..nn_utils import eval_mode
 from ..skipping import SkipModel
 from ..tasks.base import Task, to_device
+from .prefix import NotAPrefix, PrefixStates, same_outputs
 
 Plan = tuple[int, ...]
 
@@ -94,28 +95,40 @@ class PlanMeter:
     cross-fitting: the backbone runs once over the measurement batches (its outputs are recorded), a
     head fitted for `refit_steps` micro-batches on one half's recorded outputs (everything else frozen)
     is scored on the other half and vice versa, then the head is restored. The backbone never runs for
-    the re-fit, so a plan costs one forward pass over the measurement examples."""
+    the re-fit, so a plan costs one forward pass over the measurement examples, or less: with `prefix_mb`, a plan
+    starts at its first skipped block from hidden states kept from an earlier plan (search/prefix.py)."""
 
     def __init__(self, model: SkipModel, task: Task, examples, batch_size: int, *, device, autocast=None,
                  rank: int = 0, world: int = 1, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  refit_steps: int = 0, refit_lr: float = 1e-3, known: dict[Plan, dict] | None = None,
-                 on_measured: Callable[[Plan, dict], None] | None = None):
+                 on_measured: Callable[[Plan, dict], None] | None = None, prefix_mb: float = 0.0):
         self.model, self.task, self.device = model, task, device
         # batches and recorded outputs stay on the CPU and move to the device when used (images x 1024 examples)
         self.batches = list(make_loader(examples, task.collate, batch_size, rank=rank, world=world))
         if not self.batches:
             raise ValueError(f"no measurement batches on process {rank} of {world}: {len(examples)} examples for "
                              f"batches of {batch_size}; raise search.verify_examples")
+        # the examples measured on all processes together (several processes leave out the batches that do not
+        # divide among them)
+        self.examples = min(len(examples), batches_per_rank(len(examples), batch_size, world) * world * batch_size)
         self.autocast, self.reduce = autocast, reduce
         self.metrics: dict[Plan, dict[str, float]] = dict(known or {})  # (a resumed run's earlier measurements)
         self.on_measured = on_measured  # called after each new measurement (a resumable run records it)
         self.refit_steps = refit_steps if model.head is not None and len(self.batches) >= 2 else 0
         self.refit_lr = refit_lr
+        self.prefix = PrefixStates(model, prefix_mb)
 
     def __call__(self, plan: Plan) -> dict[str, float]:
         if plan not in self.metrics:
             self.model.set_skip(plan)
-            sums = self._cross_fitted() if self.refit_steps else self._scores([(b, None) for b in self.batches])
+            try:
+                start = self._start(plan)
+                with self.prefix.running(plan, start=start):
+                    sums = self._measure()
+            except NotAPrefix:  # the task's score generates: every plan runs the whole model
+                self.prefix.disable()
+                start, sums = 0, self._measure()
+            self.prefix.measured(plan, start, len(self.batches))
             if self.reduce is not None:  # every process measured its share: add them up, in a fixed key order
                 keys = sorted(sums)
                 total = self.reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device))
@@ -124,6 +137,22 @@ class PlanMeter:
             if self.on_measured is not None:
                 self.on_measured(plan, self.metrics[plan])
         return self.metrics[plan]
+
+    def _measure(self) -> dict[str, float]:
+        return self._cross_fitted() if self.refit_steps else self._scores([(b, None) for b in self.batches])
+
+    def _start(self, plan: Plan) -> int:
+        """Where `plan` starts (search/prefix.py). The first plan to start at a boundary checks it: the model's
+        outputs on the first batch must be those of the whole forward pass, or the boundary is dropped."""
+        start = self.prefix.start(plan)
+        while self.prefix.needs_check(start):
+            self.prefix.batch = 0
+            whole = self._recorded(self.batches[0])
+            with self.prefix.running(plan, start=start, record=False):
+                short = self._recorded(self.batches[0])
+            self.prefix.checked(start, same_outputs(whole, short))
+            start = self.prefix.start(plan)
+        return start
 
     def selection(self, plan: Plan) -> tuple[float, float]:
         """(the task's selection metric, higher is better; minus the loss): how plans are ranked."""
@@ -181,14 +210,18 @@ class PlanMeter:
     def _scores(self, batches: list) -> dict[str, float]:
         sums: dict[str, float] = {}
         with eval_mode(self.model), self._autocast():
-            for batch, outputs in batches:
+            for i, (batch, outputs) in enumerate(batches):
+                self.prefix.batch = i  # (only read when the model runs: outputs None)
                 with self._replaying(outputs):
                     for k, v in self.task.score(self.model, to_device(batch, self.device)).items():
                         sums[k] = sums.get(k, 0.0) + float(v)
         return sums
 
     def _cross_fitted(self) -> dict[str, float]:
-        recorded = [(b, self._recorded(b)) for b in self.batches]
+        recorded = []
+        for i, b in enumerate(self.batches):
+            self.prefix.batch = i
+            recorded.append((b, self._recorded(b)))
         halves = recorded[0::2], recorded[1::2]
         sums: dict[str, float] = {}
         for fit, score in (halves, halves[::-1]):
