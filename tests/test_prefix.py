@@ -35,16 +35,18 @@ class OutputEnergy(Task):
 
     name = "output_energy"
 
-    def __init__(self, every_layer: bool = False, generate: bool = False):
-        self.every_layer, self.generates_in_score = every_layer, generate
+    def __init__(self, every_layer: bool = False, generate: bool = False, use_cache: bool = True, output: str | None = None):
+        self.every_layer, self.generates_in_score, self.use_cache, self.output = every_layer, generate, use_cache, output
 
     def collate(self, examples):
         return {k: torch.stack([e[k] for e in examples]) for k in examples[0]}
 
     def _per_example(self, model, batch) -> torch.Tensor:
         if self.generates_in_score:  # (greedy continuation with a KV cache, then a forward over it)
-            ids = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=0)
+            ids = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=0, use_cache=self.use_cache)
             batch = {"input_ids": ids}
+        if self.output:  # (a model whose output is no ModelOutput: METER's namespace)
+            return getattr(model(**batch), self.output).float().square().flatten(1).mean(1)
         out = model(**batch, output_hidden_states=self.every_layer)
         if self.every_layer:  # (L + 1, B, T, C)
             return torch.stack(out.hidden_states).float().square().mean(dim=(0, 2, 3))
@@ -91,7 +93,7 @@ def assert_same(a: dict, b: dict) -> None:
 def test_plans_measured_from_kept_states_equal_whole_forward_passes_with_fewer_blocks_run(name):
     torch.manual_seed(0)
     model = SkipModel(make_tiny(name), ADAPTER)
-    task, examples = OutputEnergy(), examples_for(name)
+    task, examples = OutputEnergy(), examples_for(name, n=32)  # (8 batches: the saving outweighs the checks)
     calls = count_block_calls(model)
     whole, _ = measure_all(model, task, examples, 1, prefix_mb=0)
     whole_calls, calls[0] = calls[0], 0
@@ -126,14 +128,35 @@ def test_a_task_reading_every_layer_rejects_the_shortcut_and_still_measures_righ
     assert summary["rejected"] and summary["block_passes_saved"] == 0  # (boundaries kept later: never checked)
 
 
-def test_a_task_that_generates_in_its_score_runs_every_plan_whole():
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_task_that_generates_in_its_score_runs_every_plan_whole(use_cache):
+    """Each plan generates its own tokens: the states entering a block differ between plans after the prompt
+    (with a KV cache, or without one: then the calls' inputs differ)."""
     torch.manual_seed(0)
     model = SkipModel(make_tiny("llama"), ADAPTER)
-    task, examples = OutputEnergy(generate=True), examples_for("llama", n=8)
+    task, examples = OutputEnergy(generate=True, use_cache=use_cache), examples_for("llama", n=12)
     whole, _ = measure_all(model, task, examples, 1, prefix_mb=0)
     short, meter = measure_all(model, task, examples, 1, prefix_mb=64)
     assert_same(short, whole)
-    assert meter.prefix.summary()["block_passes_saved"] == 0 and not meter.prefix.enabled
+    summary = meter.prefix.summary()
+    assert not meter.prefix.enabled and summary["off"] and summary["boundaries"] == []
+
+
+def test_a_model_whose_candidates_are_not_one_chain_is_never_shortcut():
+    """METER interleaves its two streams' blocks (0, 3, 1, 4, 2, 5) and cross-attends between them."""
+    from test_meter import inputs, tiny_meter
+
+    batch = inputs(8)
+    examples = [{k: v[i] for k, v in batch.items()} for i in range(8)]
+    task = OutputEnergy(output="pooler_output")
+    measured = []
+    for mb in (0, 64):
+        model = SkipModel(tiny_meter(), ADAPTER)
+        with removed_as_identity(model):
+            meter = PlanMeter(model, task, examples, 4, device="cpu", prefix_mb=mb)
+            measured.append({p: meter(p) for p in [(1, 4), (2, 4), (2, 5)]})
+    assert_same(*measured)
+    assert "in order" in meter.prefix.summary()["off"] and meter.prefix.summary()["block_passes_saved"] == 0
 
 
 def test_a_budget_too_small_for_one_boundary_keeps_nothing():
@@ -163,3 +186,15 @@ def test_a_budget_for_one_boundary_keeps_the_most_recently_used_one_and_measures
     short, meter = measure_all(model, task, examples, 1, prefix_mb=20 / 1024)
     assert_same(short, whole)
     assert len(meter.prefix.summary()["boundaries"]) == 1
+
+
+def test_outputs_compare_through_namespaces_and_never_agree_on_nothing():
+    from types import SimpleNamespace
+
+    from archskip.search.prefix import same_outputs
+
+    t = torch.ones(2, 3)
+    assert same_outputs(SimpleNamespace(a=t, b=None), SimpleNamespace(a=t.clone(), b=None))
+    assert not same_outputs(SimpleNamespace(a=t), SimpleNamespace(a=t + 1e-2))
+    assert not same_outputs(SimpleNamespace(b=None), SimpleNamespace(b=None))  # (nothing compared)
+    assert not same_outputs((t,), (t, t))

@@ -8,14 +8,18 @@ block: the blocks before that boundary are skipped and the boundary's input is r
 decoder whose good plans skip blocks in the middle, a plan then costs about half a forward pass.
 
 That is exact only where candidate f's input is the chain of the candidates before it and nothing else reads an
-earlier block's output (a model with two towers, e.g. METER, is no such chain). So each boundary is checked
-once, the first time a plan would start there: the model's outputs on the first measurement batch with and
-without the shortcut must agree, or the boundary is dropped and never used.
+earlier block's output. So the shortcut is used only where a whole forward pass calls the candidates in order
+0..N-1 (a model with two towers, e.g. METER, calls them interleaved: never), and each boundary b is checked
+once, the first time a plan would start there: the model's outputs on the first measurement batch under plan
+(b,) (every later block runs, so any block reading a replaced output would show) with and without the shortcut
+must agree, or the boundary is dropped and never used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from types import SimpleNamespace
 
 import torch
 
@@ -33,11 +37,18 @@ class NotAPrefix(RuntimeError):
     the tokens generated so far, so they are not the same for every plan."""
 
 
-def _check_fresh(module, args: tuple, kwargs: dict) -> None:
-    """(A pre-hook on the first candidate, before any block of this call wrote to the cache.)"""
+def _check_fresh(args: tuple, kwargs: dict) -> None:
+    """(Called on the first candidate, before any block of this call wrote to the cache.)"""
     caches = [kwargs.get(k) for k in CACHE_KWARGS] + list(args[1:])
     if any(hasattr(c, "get_seq_length") and c.get_seq_length() > 0 for c in caches):
         raise NotAPrefix("a model call continued a KV cache")
+
+
+def _fingerprint(x: torch.Tensor) -> tuple:
+    """What the first candidate's input of a model call looks like: a kept state is replayed only into a call whose
+    input matches the call it was kept from (a task generating without a cache feeds each plan its own tokens)."""
+    x = x.detach().double()
+    return tuple(x.shape), float(x.sum()), float(x.abs().sum())
 
 
 def _flat_tensors(x) -> list[torch.Tensor]:
@@ -47,13 +58,16 @@ def _flat_tensors(x) -> list[torch.Tensor]:
         return [t for k in sorted(x.keys(), key=str) for t in _flat_tensors(x[k])]
     if isinstance(x, (tuple, list)):
         return [t for v in x for t in _flat_tensors(v)]
-    return []
+    if isinstance(x, SimpleNamespace) or (dataclasses.is_dataclass(x) and not isinstance(x, type)):  # (METER's outputs)
+        return _flat_tensors(vars(x))
+    return []  # (e.g. a KV cache: which of its layers hold entries differs by design)
 
 
 def same_outputs(a, b) -> bool:
-    """Whether two recorded model outputs (tensors, ModelOutputs, tuples) agree to float rounding."""
+    """Whether two recorded model outputs (tensors, ModelOutputs, tuples, namespaces) agree to float rounding;
+    outputs with no tensor to compare never agree."""
     ta, tb = _flat_tensors(a), _flat_tensors(b)
-    if len(ta) != len(tb):
+    if not ta or len(ta) != len(tb):
         return False
     for x, y in zip(ta, tb):
         if x.shape != y.shape:
@@ -71,17 +85,20 @@ class PrefixStates:
     """The hidden states entering some candidate blocks, per (measurement batch, model call), of the model as it
     is now (callers make a new one whenever the weights change)."""
 
-    def __init__(self, model: SkipModel, budget_mb: float):
-        self.model, self.budget = model, budget_mb * 2**20
-        self.states: dict[int, dict[tuple[int, int], torch.Tensor]] = {}  # boundary -> (batch, call) -> (B, T, C)
+    def __init__(self, model: SkipModel, budget_mb: float, batches: int = 1):
+        self.model, self.budget, self.batches = model, budget_mb * 2**20, batches
+        # boundary -> (batch, call) -> (the call's fingerprint, the state entering the boundary (B, T, C))
+        self.states: dict[int, dict[tuple[int, int], tuple[tuple, torch.Tensor]]] = {}
         self.usable: dict[int, bool] = {}  # boundary -> the check's verdict (absent: not checked yet)
         self.recent: list[int] = []  # boundaries, least recently used first
         self.batch = 0  # the measurement batch the model runs on now (the meter sets it)
-        self.passes = [0, 0]  # (candidate-block passes run, passes saved by starting later), over measured plans
+        self.passes = [0, 0]  # (candidate-block passes run, passes saved by starting later), checks included
+        self.off = None if budget_mb > 0 else "search.prefix_states_mb is 0"  # why nothing is kept
+        self.in_order: bool | None = None  # whether a whole pass calls the candidates 0..N-1 (None: not seen yet)
 
     @property
     def enabled(self) -> bool:
-        return self.budget > 0
+        return self.off is None
 
     def start(self, plan: Plan) -> int:
         """The boundary `plan` would start at: the latest kept one at or before its first skipped block (0: none)."""
@@ -90,8 +107,8 @@ class PrefixStates:
         first = min(plan)
         return max((b for b in self.states if b <= first and self.usable.get(b, True)), default=0)
 
-    def disable(self) -> None:
-        self.budget, self.states, self.recent = 0, {}, []
+    def disable(self, why: str) -> None:
+        self.off, self.states, self.recent = why, {}, []
 
     def needs_check(self, boundary: int) -> bool:
         return boundary > 0 and boundary not in self.usable
@@ -118,29 +135,41 @@ class PrefixStates:
             calls[key] = calls.get(key, -1) + 1
             return self.batch, calls[key]
 
+        entered = [None]  # the fingerprint of the current model call's input to the first candidate
+
+        def enter(module, args, kwargs):
+            _check_fresh(args, kwargs)
+            entered[0] = _fingerprint(_hidden(args, kwargs))
+
         def replay(module, args, kwargs):
-            state = self.states[start][call_index("replay")]
-            state = state.to(_hidden(args, kwargs).device)
+            hidden = _hidden(args, kwargs)
+            fingerprint, state = self.states[start].get(call_index("replay"), (None, None))
+            if fingerprint != entered[0] or state.shape != hidden.shape or state.dtype != hidden.dtype:
+                raise NotAPrefix("a model call differs from the one its states were kept from")
+            state = state.to(hidden.device, copy=True)  # (a block may change its input in place)
             if args:
                 return (state, *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": state}
 
-        kept: dict[tuple[int, int], torch.Tensor] = {}
+        kept: dict[tuple[int, int], tuple] = {}
         size = [0]  # bytes kept; -1: over the budget, nothing more kept
 
         def keep(module, args, kwargs):
             if size[0] < 0:
                 return
-            state = _hidden(args, kwargs).detach().to("cpu", copy=True)
-            size[0] += state.numel() * state.element_size()
-            if size[0] > self.budget:  # one boundary would not fit: keep none (cheaper than copying and dropping)
+            hidden = _hidden(args, kwargs)
+            size[0] += hidden.numel() * hidden.element_size()
+            # one boundary would not fit (judged by its first batch): keep none, now or later (every boundary of a
+            # chain holds states of one shape)
+            if max(size[0], size[0] * self.batches // max(1, self.batch + 1)) > self.budget:
                 kept.clear()
                 size[0] = -1
+                self.disable(f"one boundary's states exceed search.prefix_states_mb={self.budget / 2**20:g}")
             else:
-                kept[call_index("keep")] = state
+                kept[call_index("keep")] = (entered[0], hidden.detach().to("cpu", copy=True))
 
         if start > 0 or record:
-            hooks.append(candidates[0].register_forward_pre_hook(_check_fresh, with_kwargs=True))
+            hooks.append(candidates[0].register_forward_pre_hook(enter, with_kwargs=True))
         if start > 0:
             hooks.append(candidates[start].register_forward_pre_hook(replay, with_kwargs=True))
         if record:
@@ -155,8 +184,25 @@ class PrefixStates:
         if start > 0:  # (used now: the last to be forgotten)
             self.recent.remove(start)
             self.recent.append(start)
-        if record and kept:
+        if record and kept and self.enabled:
             self._keep(first, kept)
+
+    @contextlib.contextmanager
+    def watching_order(self):
+        """Inside: a whole pass; on exit `in_order` says whether every model call ran the candidates 0..N-1, and a
+        model that did not is never shortcut."""
+        order: list[int] = []
+        hooks = [layer.register_forward_pre_hook(lambda m, a, i=layer.index: order.append(i))
+                 for layer in self.model.candidates]
+        try:
+            yield
+        finally:
+            for h in hooks:
+                h.remove()
+        n = self.model.num_candidates
+        self.in_order = bool(order) and order == list(range(n)) * (len(order) // n)
+        if not self.in_order:
+            self.disable("a whole pass does not run the candidate blocks in order, one chain")
 
     def measured(self, plan: Plan, start: int, batches: int) -> None:
         """Count a measured plan's candidate positions: run through, and saved by starting at `start`."""
@@ -170,11 +216,11 @@ class PrefixStates:
             self.states.pop(self.recent.pop(0))
 
     def _bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for s in self.states.values() for t in s.values())
+        return sum(t.numel() * t.element_size() for s in self.states.values() for _, t in s.values())
 
     def summary(self) -> dict:
         run, saved = self.passes
-        return {"budget_mb": self.budget / 2**20, "boundaries": sorted(self.states),
+        return {"budget_mb": self.budget / 2**20, "off": self.off, "boundaries": sorted(self.states),
                 "rejected": sorted(b for b, ok in self.usable.items() if not ok),
                 "block_passes_saved": round(saved / (run + saved), 4) if run + saved else 0.0}
 

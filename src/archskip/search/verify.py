@@ -116,7 +116,7 @@ class PlanMeter:
         self.on_measured = on_measured  # called after each new measurement (a resumable run records it)
         self.refit_steps = refit_steps if model.head is not None and len(self.batches) >= 2 else 0
         self.refit_lr = refit_lr
-        self.prefix = PrefixStates(model, prefix_mb)
+        self.prefix = PrefixStates(model, prefix_mb, batches=len(self.batches))
 
     def __call__(self, plan: Plan) -> dict[str, float]:
         if plan not in self.metrics:
@@ -125,8 +125,9 @@ class PlanMeter:
                 start = self._start(plan)
                 with self.prefix.running(plan, start=start):
                     sums = self._measure()
-            except NotAPrefix:  # the task's score generates: every plan runs the whole model
-                self.prefix.disable()
+            except NotAPrefix as e:  # e.g. the task's score generates: every plan runs the whole model
+                self.prefix.disable(str(e))
+                self.model.set_skip(plan)
                 start, sums = 0, self._measure()
             self.prefix.measured(plan, start, len(self.batches))
             if self.reduce is not None:  # every process measured its share: add them up, in a fixed key order
@@ -147,10 +148,15 @@ class PlanMeter:
         start = self.prefix.start(plan)
         while self.prefix.needs_check(start):
             self.prefix.batch = 0
-            whole = self._recorded(self.batches[0])
-            with self.prefix.running(plan, start=start, record=False):
-                short = self._recorded(self.batches[0])
-            self.prefix.checked(start, same_outputs(whole, short))
+            self.model.set_skip((start,))  # (every later block runs: one reading a replaced output would show)
+            with self.prefix.watching_order():
+                whole = self._recorded(self.batches[0])
+            if self.prefix.enabled:
+                with self.prefix.running((start,), start=start, record=False):
+                    short = self._recorded(self.batches[0])
+                self.prefix.checked(start, same_outputs(whole, short))
+            self.prefix.passes[0] += 2 * self.model.num_candidates - start  # (the check's cost, on one batch)
+            self.model.set_skip(plan)
             start = self.prefix.start(plan)
         return start
 
@@ -211,7 +217,8 @@ class PlanMeter:
         sums: dict[str, float] = {}
         with eval_mode(self.model), self._autocast():
             for i, (batch, outputs) in enumerate(batches):
-                self.prefix.batch = i  # (only read when the model runs: outputs None)
+                if outputs is None:  # (the model runs on self.batches[i]; with recorded outputs it does not run)
+                    self.prefix.batch = i
                 with self._replaying(outputs):
                     for k, v in self.task.score(self.model, to_device(batch, self.device)).items():
                         sums[k] = sums.get(k, 0.0) + float(v)
