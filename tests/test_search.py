@@ -423,3 +423,21 @@ def test_the_measurement_counts_the_examples_every_process_measures():
     assert PlanMeter(model, task, examples, 4, device="cpu").examples == 13
     assert PlanMeter(model, task, examples, 4, device="cpu", rank=1, world=2).examples == 13  # 4 batches, 2 each
     assert PlanMeter(model, task, examples[:11], 4, device="cpu", world=2).examples == 8  # 3 batches: 1 each
+
+
+def test_the_default_search_reads_each_measurement_example_once_besides_block_influence():
+    """The examples are collated once (their digest for --resume is taken from the batches), not read again to be
+    hashed; block influence reads its first 8 batches on its own."""
+    from archskip.search import METHODS, SearchRun
+
+    model, task, examples = setup(2, n=160)
+    reads: dict[int, int] = {}
+
+    class Counted(list):
+        def __getitem__(self, i):
+            reads[i] = reads.get(i, 0) + 1
+            return super().__getitem__(i)
+
+    cfg = replace(VERIFIED, shortlist=5, verify_examples=96, reward_batch_size=8)
+    METHODS["das"](SearchRun(model, task, Counted(examples), cfg, TRAIN, seed=2, progress=False))
+    assert len(reads) == 96 and sorted(reads.values()) == [1] * 32 + [2] * 64  # (8 batches of 8 also for block influence)

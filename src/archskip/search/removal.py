@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from torch.utils.data import Subset
 
 from ..config import SearchConfig, TrainConfig
-from ..data.loader import batches_per_rank, eval_view
+from ..data.loader import batches_per_rank, eval_view, make_loader
 from ..errors import ConfigError
 from ..io import atomic_write_text
 from ..plan import SearchResult, SkipPlan, check_k
@@ -105,12 +106,13 @@ def measurement_examples(train, count: int, seed: int) -> Subset:
 def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 16, batch_size: int = 16,
                  refit_steps: int = 30, refit_lr: float = 1e-3, seed: int = 0, device=None, autocast=None,
                  rank: int = 0, world: int = 1, reduce=None, penalty=None, known=None, on_measured=None,
-                 prefix_mb: float = 0.0) -> SearchResult:
+                 prefix_mb: float = 0.0, batches: list | None = None) -> SearchResult:
     """Measure plans on the frozen model and return the best. With several processes, each measures its share of
     `examples` and `reduce` sums across them, so every process decides alike; `penalty(plan)` is subtracted from
     the selection metric (the FLOPs-aware search's cost). `known`: plan -> metrics measured before (a resumed
     run), not measured again; `on_measured(plan, metrics)` is called after each new measurement; `prefix_mb`: memory
-    for hidden states that let a plan start at its first skipped block (search/prefix.py)."""
+    for hidden states that let a plan start at its first skipped block (search/prefix.py); `batches`: this process's
+    share of `examples`, already collated."""
     n = model.num_candidates
     check_k(k, n)
     t0 = time.perf_counter()
@@ -120,7 +122,7 @@ def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 1
     with removed_as_identity(model):
         meter = PlanMeter(model, task, examples, batch_size, device=device, autocast=autocast, rank=rank, world=world,
                           reduce=reduce, refit_steps=refit_steps, refit_lr=refit_lr, known=known, on_measured=on_measured,
-                          prefix_mb=prefix_mb)
+                          prefix_mb=prefix_mb, batches=batches)
         best, table = verify(meter, n, k, bi.scores, {"last-k": last_k(n, k).plan.skip}, shortlist, penalty=penalty,
                              gates_name="block influence")  # block influence's scores steer the local search
     model.set_skip([])
@@ -161,11 +163,14 @@ def frozen_search(model: SkipModel, task: Task, train, cfg: SearchConfig, train_
                               "with --search.supernet on, or start again without --resume")
         if trainer.is_main:
             print(f"resume: no {MEASURED_FILE} in {out_dir} yet; measuring every plan")
-    # what a plan's measurement depends on: a resumed run must match it
+    # what a plan's measurement depends on: a resumed run must match it. The examples are read (images decoded) and
+    # collated once, here; their digest covers every process's share.
+    batches = list(make_loader(examples, task.collate, batch_size, rank=trainer.rank, world=world))
+    shares = gather_object([digest(batches)]) if world > 1 else [digest(batches)]
     refit_lr = train_cfg.lr * train_cfg.head_lr_mult
     settings = {"base_model": model.name_or_path, "architecture": model.fingerprint,
                 "dtype": str(next(model.parameters()).dtype), "task": type(task).__name__, "k": cfg.k,
-                "examples": len(examples), "examples_digest": digest([examples[i] for i in range(len(examples))]),
+                "examples": len(examples), "examples_digest": digest(shares),
                 "initial_adapters_and_head": digest(model.trainable_state_dict()), "seed": seed,
                 "batch_size": batch_size, "refit_steps": cfg.verify_refit_steps, "refit_lr": refit_lr,
                 "processes": world, "mixed_precision": train_cfg.mixed_precision}
@@ -191,7 +196,7 @@ def frozen_search(model: SkipModel, task: Task, train, cfg: SearchConfig, train_
             model, task, examples, cfg.k, shortlist=cfg.shortlist, batch_size=batch_size,
             refit_steps=cfg.verify_refit_steps, refit_lr=refit_lr, seed=seed, device=trainer.device,
             autocast=acc.autocast, rank=trainer.rank, world=world, reduce=reduce, penalty=penalty, known=log.measured,
-            on_measured=measured, prefix_mb=0.0 if trainer.sharded else cfg.prefix_states_mb,
+            on_measured=measured, prefix_mb=0.0 if trainer.sharded else cfg.prefix_states_mb, batches=batches,
         )  # (sharded: every process must run the same blocks, and prefix states are each process's own)
     result.method = method
     result.config = {"search": cfg.__dict__, "train": train_cfg.__dict__, "block_costs": block_costs,

@@ -101,10 +101,13 @@ class PlanMeter:
     def __init__(self, model: SkipModel, task: Task, examples, batch_size: int, *, device, autocast=None,
                  rank: int = 0, world: int = 1, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  refit_steps: int = 0, refit_lr: float = 1e-3, known: dict[Plan, dict] | None = None,
-                 on_measured: Callable[[Plan, dict], None] | None = None, prefix_mb: float = 0.0):
+                 on_measured: Callable[[Plan, dict], None] | None = None, prefix_mb: float = 0.0,
+                 batches: list | None = None):
         self.model, self.task, self.device = model, task, device
-        # batches and recorded outputs stay on the CPU and move to the device when used (images x 1024 examples)
-        self.batches = list(make_loader(examples, task.collate, batch_size, rank=rank, world=world))
+        # batches and recorded outputs stay on the CPU and move to the device when used (images x 1024 examples);
+        # `batches`: this process's share already collated (by a caller that hashed them)
+        self.batches = batches if batches is not None else list(
+            make_loader(examples, task.collate, batch_size, rank=rank, world=world))
         if not self.batches:
             raise ValueError(f"no measurement batches on process {rank} of {world}: {len(examples)} examples for "
                              f"batches of {batch_size}; raise search.verify_examples")
