@@ -120,11 +120,10 @@ class PrefixStates:
             self.recent.remove(boundary)
 
     @contextlib.contextmanager
-    def running(self, plan: Plan, *, start: int | None = None, record: bool = True):
-        """Inside: calls of the model run `plan` from boundary `start` (default: `self.start(plan)`; its earlier
-        blocks are skipped, their output replaced by the kept state) and, with `record`, keep the states entering
-        the plan's first skipped block. The model's plan is `plan` again on exit."""
-        start = self.start(plan) if start is None else start
+    def running(self, plan: Plan, *, start: int, record: bool = True):
+        """Inside: calls of the model run `plan` from boundary `start` (from `self.start(plan)`; its earlier blocks
+        are skipped, their output replaced by the kept state) and, with `record`, keep the states entering the
+        plan's first skipped block. The model's plan is `plan` again on exit."""
         first = min(plan) if plan else 0
         record = record and self.enabled and first > start and first not in self.states and self.usable.get(first, True)
         hooks, calls = [], {}
@@ -203,6 +202,10 @@ class PrefixStates:
         self.in_order = bool(order) and order == list(range(n)) * (len(order) // n)
         if not self.in_order:
             self.disable("a whole pass does not run the candidate blocks in order, one chain")
+
+    def counted_check(self, start: int) -> None:
+        """Count a boundary check's cost: a whole pass and a pass from `start`, on one batch."""
+        self.passes[0] += 2 * self.model.num_candidates - start
 
     def measured(self, plan: Plan, start: int, batches: int) -> None:
         """Count a measured plan's candidate positions: run through, and saved by starting at `start`."""

@@ -158,7 +158,7 @@ class PlanMeter:
                 with self.prefix.running((start,), start=start, record=False):
                     short = self._recorded(self.batches[0])
                 self.prefix.checked(start, same_outputs(whole, short))
-            self.prefix.passes[0] += 2 * self.model.num_candidates - start  # (the check's cost, on one batch)
+            self.prefix.counted_check(start)
             self.model.set_skip(plan)
             start = self.prefix.start(plan)
         return start
