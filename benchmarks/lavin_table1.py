@@ -5,8 +5,8 @@ Tasks the model can learn here, posed as generation with option scoring: sentenc
 each method's plan (the default search, which measures plans on the frozen model and trains no supernet, the
 same search measuring plans on its supernet as the default did before, the paper's faithful DAS, block influence, removal loss, last-k, a random plan, and the "Reassessing
 Layer Pruning" baseline: drop the last k blocks and fine-tune the head and the last 3 kept blocks in full; and
-the default's plan with its replacement adapters distilled from their blocks first, 4x wider, or taught by
-the no-skip model), every model is trained with the same budget, pruned and tested: accuracy (greedy answer),
+the default's plan with its replacement adapters distilled from their blocks first, 4x wider, taught by
+the no-skip model, or both distilled and taught), every model is trained with the same budget, pruned and tested: accuracy (greedy answer),
 choice accuracy (the more likely of the two answers), answer loss, trainable parameters, and seconds per
 answer relative to k = 0 (all models timed side by side). BoolQ and CommonsenseQA stayed inside the
 chance/majority interval at the budgets of 2 CPU cores (see git history of the results file), so they are
@@ -62,6 +62,8 @@ METHODS_RUN = {
     "default+teacher": ("das", {}),
     # the default's plan, its replacement adapters WIDE_SKIP_HIDDEN wide instead of LaVIN's 32 (adapter.skip_hidden)
     "default+wide": ("das", {}),
+    # the default's plan, distilled first and then trained with the no-skip teacher (both switches together)
+    "default+teacher+distill": ("das", {}),
 }
 WIDE_SKIP_HIDDEN = 128
 DISTILL_EPOCHS = 1.0  # distillation micro-batches: one pass over the training reviews
@@ -159,7 +161,7 @@ class Bench:
 
     def metrics(self, method: str, plan: SkipPlan) -> dict:
         """Test metrics after training under `plan` with the shared budget (remembered across killed runs)."""
-        recipe = "reassess" if method == "reassess" else method.split("+")[1] if "+" in method else "adapters"
+        recipe = "reassess" if method == "reassess" else method.partition("+")[2] or "adapters"
         key = f"{self.budget}|metrics|skip={','.join(map(str, plan.skip))}|{recipe}"
         return self._get(key, lambda: self._metrics(plan, recipe))
 
@@ -171,11 +173,12 @@ class Bench:
         if recipe == "reassess":
             model.unfreeze_kept(REASSESS_UNFROZEN)
         cfg = self.train_cfg
-        if recipe == "distill":
+        switches = recipe.split("+")
+        if "distill" in switches:
             cfg = replace(cfg, distill_steps=math.ceil(DISTILL_EPOCHS * len(self.train) / cfg.batch_size))
-        if recipe == "teacher":  # KL to the no-skip model's next-token distributions on the answer, T = 2, weight 1
+        if "teacher" in switches:  # KL to the no-skip model's next-token distributions on the answer, T = 2, weight 1
             teacher, _ = self.fresh()
-            Trainer(teacher, task, cfg, seed=self.seed, progress=False).fit(self.train)
+            Trainer(teacher, task, self.train_cfg, seed=self.seed, progress=False).fit(self.train)
             task = TeacherLoss(task, teacher, weight=1.0, temperature=2.0)
         Trainer(model, task, cfg, seed=self.seed, progress=False).fit(self.train)
         trainable = model.parameter_counts()[0]
