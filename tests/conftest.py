@@ -19,6 +19,7 @@ import random
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from torch import nn
 from transformers import (
     BertConfig,
     BertModel,
@@ -328,3 +329,58 @@ def assert_a_step_moves_only_trainables(model, loss_fn) -> None:
     frozen = {n: t for n, t in model.base.state_dict().items() if ".sites." not in n and ".replacement." not in n}
     assert frozen.keys() <= base_before.keys()
     assert all(torch.equal(t, base_before[n]) for n, t in frozen.items()), "a base weight moved"
+
+
+# ---- hooks that record what a block's modules read and return (tests/test_families.py, tests/test_meter.py) ----
+class Recorder:
+    """Forward hooks that keep (a clone of) what modules read and return."""
+
+    def __init__(self):
+        self.got: dict[str, torch.Tensor] = {}
+        self.handles = []
+
+    @staticmethod
+    def _first(t):
+        return (t[0] if isinstance(t, tuple) else t).detach().clone()
+
+    def inputs(self, key: str, module: nn.Module) -> None:
+        def hook(m, args, kwargs):
+            self.got[key] = self._first(args[0] if args else kwargs["hidden_states"])
+        self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def outputs(self, key: str, module: nn.Module) -> None:
+        self.handles.append(module.register_forward_hook(lambda m, a, out: self.got.__setitem__(key, self._first(out))))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def record_sites(model, index: int, forward, active: set[str], ins: dict[str, str] | None = None,
+                 outs: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """Run `forward()` with only the sites in `active` of candidate `index` switched on; record its block's input
+    ("x") and output ("out"), the inputs of the block's modules named in `ins` and the outputs of those in `outs`
+    (key -> path in the block), and each running adapter's input ("in_<site>") and what it adds ("d_<site>"),
+    all flattened to rows of the hidden size."""
+    layer = model.candidates[index]
+    block = layer.block
+    rec = Recorder()
+    rec.inputs("x", block)
+    rec.outputs("out", block)
+    for key, path in (ins or {}).items():
+        rec.inputs(key, block.get_submodule(path))
+    for key, path in (outs or {}).items():
+        rec.outputs(key, block.get_submodule(path))
+    for site_name, site in layer.sites.items():
+        site.active = site_name in active
+        rec.inputs(f"in_{site_name}", site.adapter.norm)  # the adapter's input (its first step is its norm)
+    try:
+        forward()
+    finally:
+        rec.remove()
+        for site in layer.sites.values():
+            site.active = True
+    with torch.no_grad():  # what the adapter adds: f(its input) (a site runs it fused with the add)
+        for site_name in active:
+            rec.got[f"d_{site_name}"] = layer.sites[site_name].adapter(rec.got[f"in_{site_name}"])
+    return {k: v.reshape(-1, v.shape[-1]) for k, v in rec.got.items()}

@@ -7,6 +7,10 @@ family and layout.
     sliding/full layer configs included);
 (c) the adapters read the residual stream and add to it, checked with hooks on the first block;
 (d) one optimiser step moves only adapters and the head; every base weight stays bit-identical.
+
+ViLT (text and image inputs; its MLP's output module adds the residual itself) has its own (c) and (d) here, and
+METER (two streams, three sites per half-layer) has its own in tests/test_meter.py; their (a) and (b) are in
+tests/test_skipping.py and tests/test_meter.py.
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ from conftest import (
     generate_masked_then_pruned,
     image_inputs,
     make_tiny,
+    make_vilt,
     perturb_trainable,
+    record_sites,
     text_inputs,
+    vilt_inputs,
 )
 from torch import nn
 
@@ -150,56 +157,15 @@ def test_sliding_window_configs_generate_past_the_window(name):
 
 
 # ---- (c) ------------------------------------------------------------------------------------------------------
-class Recorder:
-    """Forward hooks that keep (a clone of) what modules read and return."""
-
-    def __init__(self):
-        self.got: dict[str, torch.Tensor] = {}
-        self.handles = []
-
-    @staticmethod
-    def _first(t):
-        return (t[0] if isinstance(t, tuple) else t).detach().clone()
-
-    def inputs(self, key: str, module: nn.Module) -> None:
-        def hook(m, args, kwargs):
-            self.got[key] = self._first(args[0] if args else kwargs["hidden_states"])
-        self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-
-    def outputs(self, key: str, module: nn.Module) -> None:
-        self.handles.append(module.register_forward_hook(lambda m, a, out: self.got.__setitem__(key, self._first(out))))
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
 def record_block0(model: SkipModel, name: str, x: dict, active: set[str]) -> dict[str, torch.Tensor]:
-    """Run the model with only the sites in `active` switched on; record block 0's input and output, its
-    sub-layers' contributions and its adapters' inputs and outputs (flattened to rows of the hidden size)."""
+    """`record_sites` on block 0 of a matrix row: its sub-layers' contributions as "A" and "M" (post-LN: the
+    post-LayerNorms' inputs) and, post-LN, the MLP's input as "h"."""
     layout, a_mod, m_mod, *mlp_in = LAYOUT[name]
-    layer = model.candidates[0]
-    block = layer.block
-    rec = Recorder()
-    rec.inputs("x", block)
-    rec.outputs("out", block)
-    for key, path in (("A", a_mod), ("M", m_mod)):
-        (rec.inputs if layout == "post" else rec.outputs)(key, block.get_submodule(path))
+    taps = {"A": a_mod, "M": m_mod}
+    ins, outs = (taps, {}) if layout == "post" else ({}, taps)
     if mlp_in:
-        rec.inputs("h", block.get_submodule(mlp_in[0]))
-    for site_name, site in layer.sites.items():
-        site.active = site_name in active
-        rec.inputs(f"in_{site_name}", site.adapter.norm)  # the adapter's input (its first step is its norm)
-    try:
-        run(model, name, x)
-    finally:
-        rec.remove()
-        for site in layer.sites.values():
-            site.active = True
-    with torch.no_grad():  # what the adapter adds: f(its input) (a site runs it fused with the add)
-        for site_name in active:
-            rec.got[f"d_{site_name}"] = layer.sites[site_name].adapter(rec.got[f"in_{site_name}"])
-    return {k: v.reshape(-1, v.shape[-1]) for k, v in rec.got.items()}
+        ins["h"] = mlp_in[0]
+    return record_sites(model, 0, lambda: run(model, name, x), active, ins, outs)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -234,6 +200,42 @@ def test_adapters_read_and_add_to_the_residual_stream(name):
             torch.testing.assert_close(r["in_mlp"], h, **close)
 
 
+# ViLT (transformers' ViltModel; conftest.make_vilt) is outside the matrix: its one stream holds text and image
+# tokens, and its MLP's output module adds the residual itself. From modeling_vilt.ViltLayer, with x the block's input:
+#   h = x + attention(layernorm_before(x))[0];  out = output(intermediate(layernorm_after(h)), h),
+# where output(m, h) = dropout(dense(m)) + h: output.dense gives the MLP's contribution to the stream.
+VILT_TAPS = dict(ins={"h": "layernorm_after"}, outs={"A": "attention", "M": "output.dense"})
+
+
+def test_vilt_adapters_read_and_add_to_the_residual_stream():
+    model = SkipModel(make_vilt(), ADAPTED)
+    perturb_trainable(model, scale=0.5)
+    assert set(model.candidates[0].sites) == {"attn", "mlp"}
+    x = vilt_inputs()
+
+    def forward():
+        torch.manual_seed(0)  # ViLT's embeddings shuffle the image patches (torch.multinomial), in eval mode too
+        return model(**x).last_hidden_state
+
+    runs = {active: record_sites(model, 0, forward, set(active), **VILT_TAPS)
+            for active in ((), ("attn",), ("mlp",), ("attn", "mlp"))}
+    off, attn = runs[()], runs[("attn",)]
+    close = dict(rtol=1e-5, atol=1e-5)
+    assert off["x"].shape[0] == 2 * (7 + 1 + 4)  # block 0 reads text and image tokens: 7 words, CLS + 2 x 2 patches
+    # the attention adapter reads the block's input, and its output lands on the attention's contribution
+    torch.testing.assert_close(runs[("attn", "mlp")]["in_attn"], off["x"], **close)
+    torch.testing.assert_close(attn["A"], off["A"] + attn["d_attn"], **close)
+    for active, r in runs.items():
+        torch.testing.assert_close(r["x"], off["x"], rtol=0, atol=0)  # block 0 reads the embeddings in every run
+        torch.testing.assert_close(r["h"], r["x"] + r["A"], **close)  # the first residual add
+        # the MLP adapter reads h, and its output lands on the stream beside the MLP's contribution
+        d = 0
+        if "mlp" in active:
+            torch.testing.assert_close(r["in_mlp"], r["h"], **close)
+            d = r["d_mlp"]
+        torch.testing.assert_close(r["out"], r["h"] + r["M"] + d, **close)
+
+
 # ---- (d) ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ALL)
 def test_a_step_moves_only_adapters_and_head(name):
@@ -244,6 +246,15 @@ def test_a_step_moves_only_adapters_and_head(name):
     perturb_trainable(model)
     x = inputs_for(name)
     assert_a_step_moves_only_trainables(model, lambda m: m.head(output(name, m(**x)).float().mean(1)).logsumexp(-1).mean())
+
+
+def test_vilt_a_step_moves_only_adapters_and_head():
+    model = SkipModel(make_vilt(), ADAPTED)
+    model.head = nn.Linear(32, 2)
+    model.apply_plan(SkipPlan((1,), model.num_candidates))
+    perturb_trainable(model)
+    x = vilt_inputs()
+    assert_a_step_moves_only_trainables(model, lambda m: m.head(m(**x).last_hidden_state.mean(1)).logsumexp(-1).mean())
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neox", "falcon", "gemma3"])

@@ -4,8 +4,9 @@ import json
 
 import pytest
 import torch
-from conftest import VOCAB_SIZE, perturb_trainable, tiny_tokenizer
+from conftest import VOCAB_SIZE, assert_a_step_moves_only_trainables, perturb_trainable, record_sites, tiny_tokenizer
 from test_vilt import arrows  # noqa: F401  (the tiny arrow fixture)
+from torch import nn
 from transformers import CLIPVisionConfig, RobertaConfig
 
 from archskip import AdapterConfig, SearchConfig, SkipModel, SkipPlan, TaskConfig, TrainConfig
@@ -85,6 +86,59 @@ def test_skipping_one_stream_changes_only_what_it_should():
         skipped = model(**x)
     torch.testing.assert_close(skipped.text_feats, full.text_feats, rtol=0, atol=0)
     assert not torch.allclose(skipped.image_feats, full.image_feats)
+
+
+# Where a fusion half-layer's sub-layers meet its stream, from FusionLayer.forward and transformers' BertAttention,
+# BertSelfOutput and BertOutput (not from backbones/meter.py). With x the half-layer's own stream, y the other's:
+#   a = LN1(dense1(self_attn(x)) + x);  c = LN2(dense2(cross_attn(a, y)) + a);  out = LN3(dense3(inter(c)) + c).
+# The adapters (docs/meter.md): f_attn(x) into LN1's input and f_cross(a) into LN2's, beside the residual; f_ffn(c)
+# added to the half-layer's output, after LN3.
+METER_TAPS = dict(
+    ins={"A": "attention.output.LayerNorm", "C": "crossattention.output.LayerNorm", "F": "output.LayerNorm"},
+    outs={"a": "attention", "c": "crossattention", "dA": "attention.output.dense",
+          "dC": "crossattention.output.dense", "dF": "output.dense", "LN3": "output.LayerNorm"},
+)
+
+
+@pytest.mark.parametrize("index, tokens", [(0, 6), (3, 1 + 16)], ids=["text", "image"])
+def test_adapters_read_and_add_to_the_residual_stream(index, tokens):
+    """Stage 0 of each stream: text half-layer 0 (6 tokens) and image half-layer 0 (CLS + 4 x 4 patches)."""
+    model = SkipModel(tiny_meter(), AdapterConfig(hidden=8, skip_hidden=16))
+    perturb_trainable(model, scale=0.5)
+    assert set(model.candidates[index].sites) == {"attn", "cross", "ffn"}
+    x = inputs()
+    close = dict(rtol=1e-5, atol=1e-5)
+    runs = {active: record_sites(model, index, lambda: model(**x), set(active), **METER_TAPS)
+            for active in ((), ("attn",), ("cross",), ("ffn",), ("attn", "cross", "ffn"))}
+    for active, r in runs.items():
+        assert r["x"].shape[0] == 2 * tokens  # the half-layer reads its own stream
+        torch.testing.assert_close(r["x"], runs[()]["x"], rtol=0, atol=0)  # stage 0 reads the embeddings in every run
+        d = {}  # what each running adapter adds, once checked that it reads the stream
+        for site, stream in (("attn", "x"), ("cross", "a"), ("ffn", "c")):
+            d[site] = 0
+            if site in active:
+                torch.testing.assert_close(r[f"in_{site}"], r[stream], **close)
+                d[site] = r[f"d_{site}"]
+        # post-LN self- and cross-attention: the adapter's output goes into the post-LayerNorm with the residual
+        torch.testing.assert_close(r["A"], r["dA"] + r["x"] + d["attn"], **close)
+        torch.testing.assert_close(r["C"], r["dC"] + r["a"] + d["cross"], **close)
+        # the FFN: its post-LayerNorm sees the sub-layer and the residual only; the adapter adds after it
+        torch.testing.assert_close(r["F"], r["dF"] + r["c"], **close)
+        torch.testing.assert_close(r["out"], r["LN3"] + d["ffn"], **close)
+
+
+def test_a_step_moves_only_adapters_and_head():
+    """Both streams' adapters and replacements train (one half-layer of each skipped); no base weight moves."""
+    model = SkipModel(tiny_meter(), AdapterConfig(hidden=8, skip_hidden=16))
+    model.head = nn.Linear(model.base.config.pooled_size, 2)
+    model.apply_plan(SkipPlan((1, 4), 6))
+    perturb_trainable(model)
+    before = {n: p.detach().clone() for n, p in model.trainable_named_parameters().items()}
+    x = inputs()
+    assert_a_step_moves_only_trainables(model, lambda m: m.head(m(**x).pooler_output).logsumexp(-1).mean())
+    moved = {n.split(".")[1] for n, p in model.trainable_named_parameters().items()
+             if n.startswith("candidates.") and not torch.equal(p, before[n])}
+    assert moved == {str(i) for i in range(6)}
 
 
 def test_image_side_blocks_cost_more_flops():
