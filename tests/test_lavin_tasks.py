@@ -304,3 +304,84 @@ def test_a_generative_task_on_lavin_refuses_a_teacher(llm_dirs):
     model = assemble(base, task, AdapterConfig.lavin(hidden=4, multimodal=True), cfg, extras)
     with pytest.raises(ConfigError, match="cannot learn from a teacher; plain decoders can"):
         TeacherLoss(task, model)
+
+
+# ---- search.verify_metric: choice_loss ---------------------------------------------------------------------------
+def _choice_setup(llm_dirs, n=12):
+    from transformers import AutoTokenizer
+
+    from archskip.skipping import SkipModel
+
+    tok = AutoTokenizer.from_pretrained(llm_dirs / "llama")
+    torch.manual_seed(0)
+    model = SkipModel(LlamaForCausalLM.from_pretrained(llm_dirs / "llama"), AdapterConfig.lavin(hidden=4)).eval()
+    examples = [{"prompt": f"Question: what color is {'the big ' * (i % 4)}square?\nOptions: A. red\nB. green\n",
+                 "answer": "ABCDE"[i % 5], "target": f"Answer: The answer is {'ABCDE'[i % 5]}. red."} for i in range(n)]
+    return tok, model, CSQA(tok, max_length=256), examples
+
+
+def test_choice_loss_is_the_cross_entropy_of_the_options_sequence_likelihoods(llm_dirs):
+    """The measurement reads the options' tokens off one position of the training batch; it equals the
+    cross-entropy of the right option under the softmax of each option's whole "prompt + answer" likelihood,
+    scored one sequence at a time (the shared answer prefix cancels)."""
+    tok, model, task, examples = _choice_setup(llm_dirs)
+    batch = task.collate(examples)
+    s, ids = task.choice
+    for i in range(len(examples)):  # the token after the recorded position is the right option's
+        assert int(batch["input_ids"][i, batch["choice_pos"][i] + 1]) == ids[int(batch["choice_gold"][i])]
+
+    def reference(e):
+        prompt = tok(e["prompt"])["input_ids"]
+        scores = []
+        for letter in "ABCDE":
+            seq = prompt + tok("Answer: The answer is " + letter, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = model(input_ids=torch.tensor([seq])).logits[0].log_softmax(-1)
+            scores.append(sum(float(logp[t - 1, seq[t]]) for t in range(len(prompt), len(seq))))
+        return -float(torch.tensor(scores).log_softmax(-1)["ABCDE".index(e["answer"])])
+
+    with torch.no_grad():
+        got = task.finalize(task.score(model, batch))
+    assert got["choice_loss"] == pytest.approx(sum(map(reference, examples)) / len(examples), rel=1e-4)
+    # rows cut at the front (max_length) keep their position on the option token
+    short = CSQA(tok, max_length=24)
+    cut = short.collate(examples)
+    for i in range(len(examples)):
+        assert int(cut["input_ids"][i, cut["choice_pos"][i] + 1]) == ids[int(cut["choice_gold"][i])]
+    # a target that does not start with the answer prefix and the answer: no choice measurement for the batch
+    assert "choice_pos" not in task.collate([{**examples[0], "target": "red"}])
+
+
+def test_a_search_ranks_plans_by_choice_loss_when_asked(llm_dirs):
+    from archskip import SearchConfig, TrainConfig
+    from archskip.search import METHODS, SearchRun
+
+    _, model, task, examples = _choice_setup(llm_dirs, n=16)
+    train = TrainConfig(epochs=1, batch_size=8, log_every=1000)
+    runs = {metric: METHODS["removal-loss"](SearchRun(model, task, examples, SearchConfig(k=2, verify_metric=metric),
+                                                      train, seed=0, progress=False))
+            for metric in ("task", "choice_loss")}
+    tables = {m: r.config["verification"]["measured"] for m, r in runs.items()}
+    assert {row["selection"] for row in tables["choice_loss"]} == {"choice_loss"}
+    assert {row["selection"] for row in tables["task"]} == {"loss"}
+    by_choice = {tuple(r["plan"]): r["metrics"]["choice_loss"] for r in tables["choice_loss"]}
+    assert runs["choice_loss"].plan.skip == min(by_choice, key=by_choice.get)
+    # the same plans measured alike both ways; only what ranks them differs
+    assert {tuple(r["plan"]): r["metrics"]["loss"] for r in tables["task"]} == pytest.approx(
+        {tuple(r["plan"]): r["metrics"]["loss"] for r in tables["choice_loss"]})
+
+
+def test_choice_loss_is_refused_for_a_task_without_options(llm_dirs):
+    from archskip import SearchConfig, TrainConfig
+    from archskip.errors import ConfigError
+    from archskip.search import METHODS, SearchRun
+
+    tok, model, _, examples = _choice_setup(llm_dirs, n=8)
+    task = CSQA(tok, max_length=256)
+    task.option_letters, task.choice = None, None  # a generative task with free answers
+    cfg, train = SearchConfig(k=2, verify_metric="choice_loss"), TrainConfig(epochs=1, batch_size=8)
+    for method in ("das", "removal-loss"):
+        with pytest.raises(ConfigError, match="search.verify_metric='choice_loss'.*no fixed option set"):
+            METHODS[method](SearchRun(model, task, examples, cfg, train, seed=0, progress=False))
+    shared = CSQA(tok, max_length=256, option_letters=["red", "red green"])  # the same token after the prefix
+    assert shared.choice is None

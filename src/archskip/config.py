@@ -260,6 +260,11 @@ class SearchConfig:
     block influence. 'supernet': the trained supernet (shared adapters on), steered by the bandit's gates. On
     SmolLM2 the supernet's measurement misranked plans (a worse plan than block influence's), the frozen one
     ranked them nearly in their trained order (docs/benchmarks.md)."""
+    verify_metric: Literal["task", "choice_loss"] = "task"
+    """'verified' and `removal-loss`: what ranks the measured plans. 'task': the task's selection metric (the loss
+    unless the task names another). 'choice_loss': for generative tasks with a fixed option set (`option_letters`),
+    the cross-entropy of the right option among the options at the answer's first token, leaving out the answer's
+    format tokens (on a frozen, untuned decoder those dominate the target's loss); refused for other tasks."""
     verify_refit_steps: int = 30
     """'verified': the task head (one head serves every plan in the supernet) is re-fitted to each plan for this
     many micro-batches, the rest frozen, by two-fold cross-fitting on the measurement examples (fit on one half,

@@ -32,7 +32,7 @@ from ..tasks.base import Task, to_device
 from ..train import Trainer, forward_ready
 from .policy import SkipPolicy
 from .registry import SearchRun, register_method
-from .verify import PlanMeter, removed_as_identity, top_k, verify
+from .verify import PlanMeter, check_verify_metric, removed_as_identity, top_k, verify
 
 
 class DASHooks:
@@ -174,6 +174,8 @@ def run_search(
     """Run the DAS search and return its result (out_dir: where its checkpoints and logs go)."""
     if cfg.k < 1:
         raise ConfigError(f"search.k={cfg.k}: a search needs k >= 1 blocks to skip")
+    if cfg.mode == "verified":
+        check_verify_metric(task, cfg.verify_metric)
     if not cfg.trains_supernet:  # nothing reads a supernet: measure plans on the frozen model (search/removal.py)
         from .removal import frozen_search  # (`das` registers before the baselines do)
 
@@ -249,7 +251,7 @@ def verify_plans(model: SkipModel, task: Task, held_out, train, cfg: SearchConfi
         meter = PlanMeter(model, task, examples, batch_size, device=trainer.device, autocast=acc.autocast,
                           rank=trainer.rank, world=trainer.world, reduce=reduce, refit_steps=cfg.verify_refit_steps,
                           refit_lr=trainer.cfg.lr * trainer.cfg.head_lr_mult,
-                          prefix_mb=0.0 if trainer.sharded else cfg.prefix_states_mb)
+                          prefix_mb=0.0 if trainer.sharded else cfg.prefix_states_mb, metric=cfg.verify_metric)
         proposals, steer = {"last-k": last_k(n, k).plan.skip}, None
         if math.comb(n, k) > cfg.shortlist:  # (with every plan measured, proposals add nothing)
             # summed over processes: every process proposes the same plan; on the frozen model it is ShortGPT's

@@ -41,7 +41,7 @@ from ..tasks.base import Task, to_device
 from ..train import CHECKPOINT, Trainer, forward_ready
 from .baselines import block_influence, last_k
 from .registry import SearchRun, register_method
-from .verify import Plan, PlanMeter, removed_as_identity, verify
+from .verify import Plan, PlanMeter, check_verify_metric, removed_as_identity, verify
 
 MEASURED_FILE = "measured_plans.json"
 
@@ -106,13 +106,13 @@ def measurement_examples(train, count: int, seed: int) -> Subset:
 def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 16, batch_size: int = 16,
                  refit_steps: int = 30, refit_lr: float = 1e-3, seed: int = 0, device=None, autocast=None,
                  rank: int = 0, world: int = 1, reduce=None, penalty=None, known=None, on_measured=None,
-                 prefix_mb: float = 0.0, batches: list | None = None) -> SearchResult:
+                 prefix_mb: float = 0.0, batches: list | None = None, metric: str = "task") -> SearchResult:
     """Measure plans on the frozen model and return the best. With several processes, each measures its share of
     `examples` and `reduce` sums across them, so every process decides alike; `penalty(plan)` is subtracted from
     the selection metric (the FLOPs-aware search's cost). `known`: plan -> metrics measured before (a resumed
     run), not measured again; `on_measured(plan, metrics)` is called after each new measurement; `prefix_mb`: memory
     for hidden states that let a plan start at its first skipped block (search/prefix.py); `batches`: this process's
-    share of `examples`, already collated."""
+    share of `examples`, already collated; `metric`: what ranks plans (`search.verify_metric`)."""
     n = model.num_candidates
     check_k(k, n)
     t0 = time.perf_counter()
@@ -122,7 +122,7 @@ def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 1
     with removed_as_identity(model):
         meter = PlanMeter(model, task, examples, batch_size, device=device, autocast=autocast, rank=rank, world=world,
                           reduce=reduce, refit_steps=refit_steps, refit_lr=refit_lr, known=known, on_measured=on_measured,
-                          prefix_mb=prefix_mb, batches=batches)
+                          prefix_mb=prefix_mb, batches=batches, metric=metric)
         best, table = verify(meter, n, k, bi.scores, {"last-k": last_k(n, k).plan.skip}, shortlist, penalty=penalty,
                              gates_name="block influence")  # block influence's scores steer the local search
     model.set_skip([])
@@ -145,6 +145,7 @@ def frozen_search(model: SkipModel, task: Task, train, cfg: SearchConfig, train_
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
+    check_verify_metric(task, cfg.verify_metric)
     if model.head is not None and cfg.verify_refit_steps == 0:
         raise ConfigError("search.verify_refit_steps=0 with no trained supernet would measure every plan through the "
                           "task head as initialised (untrained); set it > 0 (the head is re-fitted to each plan), or "
@@ -197,6 +198,7 @@ def frozen_search(model: SkipModel, task: Task, train, cfg: SearchConfig, train_
             refit_steps=cfg.verify_refit_steps, refit_lr=refit_lr, seed=seed, device=trainer.device,
             autocast=acc.autocast, rank=trainer.rank, world=world, reduce=reduce, penalty=penalty, known=log.measured,
             on_measured=measured, prefix_mb=0.0 if trainer.sharded else cfg.prefix_states_mb, batches=batches,
+            metric=cfg.verify_metric,
         )  # (sharded: every process must run the same blocks, and prefix states are each process's own)
     result.method = method
     result.config = {"search": cfg.__dict__, "train": train_cfg.__dict__, "block_costs": block_costs,

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..data.loader import batches_per_rank, make_loader
+from ..errors import ConfigError
 from ..nn_utils import eval_mode
 from ..skipping import SkipModel
 from ..tasks.base import Task, to_device
@@ -85,6 +86,16 @@ def removed_as_identity(model: SkipModel):
                     p.copy_(value)
 
 
+def check_verify_metric(task, metric: str) -> None:
+    """Refuse, before any work, a `search.verify_metric` the task cannot measure."""
+    if metric == "choice_loss" and getattr(task, "choice", None) is None:
+        options = getattr(task, "option_letters", None)
+        why = (f"its options {list(options)!r} do not differ in one token after the answer prefix" if options
+               else "it has no fixed option set (option_letters)")
+        raise ConfigError(f"search.verify_metric='choice_loss' needs a generative task whose answers are options; "
+                          f"the {task.name} task cannot: {why}. Use search.verify_metric='task'")
+
+
 class PlanMeter:
     """The task's metrics of a plan on fixed measurement batches, in eval mode, summed across processes (so
     every process decides alike); each plan is measured once.
@@ -102,8 +113,10 @@ class PlanMeter:
                  rank: int = 0, world: int = 1, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  refit_steps: int = 0, refit_lr: float = 1e-3, known: dict[Plan, dict] | None = None,
                  on_measured: Callable[[Plan, dict], None] | None = None, prefix_mb: float = 0.0,
-                 batches: list | None = None):
+                 batches: list | None = None, metric: str = "task"):
         self.model, self.task, self.device = model, task, device
+        # what ranks plans: the task's selection metric, or a metric of the task's scores (search.verify_metric)
+        self.metric = task.selection_metric if metric == "task" else metric
         # batches and recorded outputs stay on the CPU and move to the device when used (images x 1024 examples);
         # `batches`: this process's share already collated (by a caller that hashed them)
         self.batches = batches if batches is not None else list(
@@ -165,8 +178,11 @@ class PlanMeter:
 
     def selection(self, plan: Plan) -> tuple[float, float]:
         """(the task's selection metric, higher is better; minus the loss): how plans are ranked."""
-        m, name = self(plan), self.task.selection_metric
-        return (-m["loss"] if name == "loss" else m[name]), -m["loss"]
+        m, name = self(plan), self.metric
+        if name not in m:
+            raise ValueError(f"search.verify_metric={name!r}: the {self.task.name} task's measurements have no {name!r} "
+                             f"(they have {sorted(m)})")
+        return (-m[name] if name.endswith("loss") else m[name]), -m["loss"]
 
     def _autocast(self):
         return self.autocast() if self.autocast else contextlib.nullcontext()
@@ -301,7 +317,7 @@ def verify(meter: PlanMeter, n: int, k: int, gates: Sequence[float], proposals: 
                 break
             measure(fresh[0], f"one swap from {list(best)}")
     ranked = sorted(sources, key=key)
-    table = [{"plan": list(p), "metrics": meter(p), "selection": meter.task.selection_metric,
+    table = [{"plan": list(p), "metrics": meter(p), "selection": meter.metric,
               "penalty": penalty(p) if penalty else 0.0, "sources": sources[p]} for p in ranked]
     return ranked[0], table
 

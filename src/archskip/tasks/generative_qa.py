@@ -49,6 +49,22 @@ class GenerativeQA(Task):
         # the letters every question offers and the target text before the letter
         self.option_letters = option_letters or self.option_letters_default
         self.answer_prefix = answer_prefix
+        self.choice = self._choice_tokens()
+
+    def _choice_tokens(self) -> tuple[int, list[int]] | None:
+        """(s, ids): the options' "<answer_prefix>L" tokenizations agree on their first s tokens and differ at
+        token s, ids[i] being option i's; None without options or when two options share that token (the
+        `search.verify_metric: choice_loss` measurement reads the options off that one position)."""
+        if not self.option_letters:
+            return None
+        conts = [self.tokenizer(self.answer_prefix + letter, add_special_tokens=False)["input_ids"]
+                 for letter in self.option_letters]
+        s = 0
+        while all(len(c) > s for c in conts) and len({c[s] for c in conts}) == 1:
+            s += 1
+        if not all(len(c) > s for c in conts) or len({c[s] for c in conts}) != len(conts):
+            return None
+        return s, [c[s] for c in conts]
 
     @classmethod
     def from_config(cls, cfg: TaskConfig, tokenizer, train=None, *, images: bool = False) -> GenerativeQA:
@@ -103,15 +119,34 @@ class GenerativeQA(Task):
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """Right-padded prompt + target (+ EOS); labels only on the target."""
-        tok, rows, n_targets = self.tokenizer, [], []
+        tok, rows, n_targets, choice = self.tokenizer, [], [], []
         for e in examples:
             target = tok(e["target"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            ids = (self._prompt_ids(e) + target)[-self.max_length :]  # keep the target when truncating
+            prompt = self._prompt_ids(e)
+            ids = (prompt + target)[-self.max_length :]  # keep the target when truncating
             rows.append(ids)
             n_targets.append(min(len(target), len(ids)))
+            choice.append(self._choice_row(e, prompt, target, len(prompt) + len(target) - len(ids)))
         ids, mask = self._pad(rows)
         labels = answer_labels(ids, [len(r) for r in rows], n_targets)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, **self._images(examples)}
+        extra = {}
+        if self.choice is not None and all(c is not None for c in choice):
+            extra = {"choice_pos": torch.tensor([c[0] for c in choice]), "choice_gold": torch.tensor([c[1] for c in choice])}
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, **extra, **self._images(examples)}
+
+    def _choice_row(self, example: dict, prompt: list[int], target: list[int], cut: int) -> tuple[int, int] | None:
+        """(the position whose logits predict the option token, the right option's index) for a row whose target
+        starts with "<answer_prefix><its answer>" tokenized as the options are; `cut`: tokens truncated off the
+        row's front. None when the example does not fit that form."""
+        if self.choice is None or example.get("answer") not in list(self.option_letters):
+            return None
+        s, ids = self.choice
+        gold = list(self.option_letters).index(example["answer"])
+        cont = self.tokenizer(self.answer_prefix + example["answer"], add_special_tokens=False)["input_ids"]
+        if target[: s + 1] != cont[: s + 1] or cont[s] != ids[gold]:
+            return None
+        pos = len(prompt) + s - 1 - cut
+        return (pos, gold) if pos >= 0 else None
 
     def collate_prompts(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """Left-padded prompts for batched generation."""
@@ -148,7 +183,14 @@ class GenerativeQA(Task):
 
     def score(self, model: SkipModel, batch: dict) -> dict[str, float]:
         n = len(batch["input_ids"])
-        return {"n": n, "loss_sum": float(self.loss(model, batch)) * n}
+        out = model(**self._model_inputs(batch), labels=batch["labels"])
+        sums = {"n": n, "loss_sum": float(out.loss) * n}
+        if "choice_pos" in batch:  # the options' logits at the answer's first token: (B, options)
+            shift = out.logits.shape[1] - batch["input_ids"].shape[1]  # (tokens a LaVIN model inserts; 0 otherwise)
+            rows = out.logits[torch.arange(n, device=out.logits.device), shift + batch["choice_pos"]].float()
+            options = rows[:, self.choice[1]]
+            sums["choice_loss_sum"] = float(F.cross_entropy(options, batch["choice_gold"], reduction="sum"))
+        return sums
 
     # ---- generation and metrics ---------------------------------------------------------------------
     @torch.no_grad()
