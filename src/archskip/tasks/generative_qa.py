@@ -49,22 +49,22 @@ class GenerativeQA(Task):
         # the letters every question offers and the target text before the letter
         self.option_letters = option_letters or self.option_letters_default
         self.answer_prefix = answer_prefix
-        self.choice = self._choice_tokens()
+        # (s, ids) for `search.verify_metric: choice_loss`, and the s tokens every option's answer starts with
+        self.choice, self._choice_head = self._choice_tokens() or (None, None)
 
-    def _choice_tokens(self) -> tuple[int, list[int]] | None:
-        """(s, ids): the options' "<answer_prefix>L" tokenizations agree on their first s tokens and differ at
-        token s, ids[i] being option i's; None without options or when two options share that token (the
+    def _choice_tokens(self) -> tuple[tuple[int, list[int]], list[int]] | None:
+        """((s, ids), head): the options' "<answer_prefix>L" tokenizations agree on their first s tokens (head) and
+        differ at token s, ids[i] being option i's; None without options or when two options share that token (the
         `search.verify_metric: choice_loss` measurement reads the options off that one position)."""
         if not self.option_letters:
             return None
-        conts = [self.tokenizer(self.answer_prefix + letter, add_special_tokens=False)["input_ids"]
-                 for letter in self.option_letters]
+        conts = self._option_tokens(self.option_letters)
         s = 0
         while all(len(c) > s for c in conts) and len({c[s] for c in conts}) == 1:
             s += 1
         if not all(len(c) > s for c in conts) or len({c[s] for c in conts}) != len(conts):
             return None
-        return s, [c[s] for c in conts]
+        return (s, [c[s] for c in conts]), conts[0][:s]
 
     @classmethod
     def from_config(cls, cfg: TaskConfig, tokenizer, train=None, *, images: bool = False) -> GenerativeQA:
@@ -134,6 +134,10 @@ class GenerativeQA(Task):
             extra = {"choice_pos": torch.tensor([c[0] for c in choice]), "choice_gold": torch.tensor([c[1] for c in choice])}
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, **extra, **self._images(examples)}
 
+    def _option_tokens(self, letters) -> list[list[int]]:
+        """Each option's "<answer_prefix>L" tokens, as its answer appears in a target."""
+        return [self.tokenizer(self.answer_prefix + letter, add_special_tokens=False)["input_ids"] for letter in letters]
+
     def _choice_row(self, example: dict, prompt: list[int], target: list[int], cut: int) -> tuple[int, int] | None:
         """(the position whose logits predict the option token, the right option's index) for a row whose target
         starts with "<answer_prefix><its answer>" tokenized as the options are; `cut`: tokens truncated off the
@@ -142,8 +146,8 @@ class GenerativeQA(Task):
             return None
         s, ids = self.choice
         gold = list(self.option_letters).index(example["answer"])
-        cont = self.tokenizer(self.answer_prefix + example["answer"], add_special_tokens=False)["input_ids"]
-        if target[: s + 1] != cont[: s + 1] or cont[s] != ids[gold]:
+        # (the options' tokens agree before s and option `gold` has ids[gold] at s: the target must match them)
+        if len(target) <= s or target[:s] != self._choice_head or target[s] != ids[gold]:
             return None
         pos = len(prompt) + s - 1 - cut
         return (pos, gold) if pos >= 0 else None
@@ -232,7 +236,7 @@ class GenerativeQA(Task):
         chunks that mix both are scored one question at a time."""
         device = device or next(model.parameters()).device
         out = []
-        conts = [self.tokenizer(self.answer_prefix + letter, add_special_tokens=False)["input_ids"] for letter in letters]
+        conts = self._option_tokens(letters)
         room = self.max_length - max(map(len, conts))
         with eval_mode(model):
             for chunk in self._same_shift_chunks(examples, batch_size):
