@@ -72,6 +72,9 @@ METHODS_RUN = {
     # the default's plan, distilled first and then trained with the no-skip teacher (both switches together)
     "default+teacher+distill": ("das", {}),
 }
+# searches remembered under another name: the default's searches with a supernet ran as "default" before
+# `search.supernet` existed, when the default always trained its supernet (the same code then; 'on' keeps it so)
+MEMO_NAMES = {"default-supernet": "default"}
 WIDE_SKIP_HIDDEN = 128
 DISTILL_EPOCHS = 1.0  # distillation micro-batches: one pass over the training reviews
 SEARCH_VERSION = 3  # 3: searches as long as the training (3 epochs, was 2)
@@ -143,8 +146,7 @@ class Bench:
             return {"skip": list(last_k(N_LAYERS, k).plan.skip), "seconds": 0.0}
         if registered == "random":
             return {"skip": list(random_plan(N_LAYERS, k, self.seed).plan.skip), "seconds": 0.0}
-        # (the default's searches with a supernet are in the memo under the default's name, from before `search.supernet`)
-        key = f"{self.budget}|search|{'default' if method == 'default-supernet' else method}|k={k}|v{SEARCH_VERSION}"
+        key = f"{self.budget}|search|{MEMO_NAMES.get(method, method)}|k={k}|v{SEARCH_VERSION}"
         if registered == "das" and not SearchConfig(**overrides).trains_supernet:
             key += "|no-supernet"  # (before `search.supernet`, the default trained a supernet it did not read)
         return self._get(key, lambda: self._search(registered, overrides, k))
