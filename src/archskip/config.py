@@ -264,7 +264,8 @@ class SearchConfig:
     """'verified' and `removal-loss`: what ranks the measured plans. 'task': the task's selection metric (the loss
     unless the task names another). 'choice_loss': for generative tasks with a fixed option set (`option_letters`),
     the cross-entropy of the right option among the options at the answer's first token, leaving out the answer's
-    format tokens (on a frozen, untuned decoder those dominate the target's loss); refused for other tasks."""
+    format tokens (on a frozen, untuned decoder those dominate the target's loss); refused for other tasks. On 8
+    SmolLM2 sentiment trainings its plans trained no better than those of 'task', on average (docs/benchmarks.md)."""
     verify_refit_steps: int = 30
     """'verified': the task head (one head serves every plan in the supernet) is re-fitted to each plan for this
     many micro-batches, the rest frozen, by two-fold cross-fitting on the measurement examples (fit on one half,
