@@ -40,6 +40,7 @@ from archskip.models.packaged import smollm2
 from archskip.profile import compare_generation
 from archskip.search import METHODS, SearchRun, last_k, random_plan
 from archskip.search.baselines import REASSESS_UNFROZEN
+from archskip.search.finals import run_finals
 from archskip.tasks import GenerativeQA
 from archskip.teacher import TeacherLoss
 from archskip.train import Trainer
@@ -48,14 +49,20 @@ N_LAYERS = 30
 WORDS = ["negative", "positive"]
 # method -> (how its plan is found, training switches); "default" is `archskip search` as shipped
 METHODS_RUN = {
-    "default": ("das", {}),  # plans measured on the frozen model (search.verify_on='frozen'), no supernet trained
+    # plans measured on the frozen model (search.verify_on='frozen'), no supernet trained, then the final round:
+    # the 2 best measured plans, block influence's and last-k's, each trained 1 epoch on 3/4 of the reviews and
+    # judged on the rest (search.finalists; search/finals.py)
+    "default": ("das", {}),
+    "default-no-finals": ("das", {"finalists": 0}),  # the default before the final round: the best measured plan
+    # the rows below are variants of the measurement, without the final round
     # the same search with the bandit's supernet trained first (as the default ran before `search.supernet` existed;
     # nothing in it reads the supernet: the row shows what training it cost and that it changed no plan)
-    "default-supernet": ("das", {"supernet": "on"}),
+    "default-supernet": ("das", {"supernet": "on", "finalists": 0}),
     # the default search ranking its plans by the answer options' cross-entropy instead of the target's loss
     # (search.verify_metric: choice_loss): the frozen, untuned model's loss on "Sentiment: <word>" is mostly format
-    "default-choice": ("das", {"verify_metric": "choice_loss"}),
-    "supernet-verified": ("das", {"verify_on": "supernet"}),  # the default before: plans measured on the supernet
+    "default-choice": ("das", {"verify_metric": "choice_loss", "finalists": 0}),
+    # the default before: plans measured on the supernet
+    "supernet-verified": ("das", {"verify_on": "supernet", "finalists": 0}),
     "das-faithful": ("das", {"mode": "faithful", "gate_lr": 0.05}),  # LaVIN's gate lr
     "block-influence": ("block-influence", {}),
     # whole plans measured on the frozen model with their blocks removed (200 training reviews, 16 plans)
@@ -73,8 +80,10 @@ METHODS_RUN = {
     "default+teacher+distill": ("das", {}),
 }
 # searches remembered under another name: the default's searches with a supernet ran as "default" before
-# `search.supernet` existed, when the default always trained its supernet (the same code then; 'on' keeps it so)
-MEMO_NAMES = {"default-supernet": "default"}
+# `search.supernet` existed, when the default always trained its supernet (the same code then; 'on' keeps it so), and
+# without a supernet as "default" before the final round existed (the same code then; finalists=0 keeps it so)
+MEMO_NAMES = {"default-supernet": "default", "default-no-finals": "default"}
+FINALS_VERSION = 1
 WIDE_SKIP_HIDDEN = 128
 DISTILL_EPOCHS = 1.0  # distillation micro-batches: one pass over the training reviews
 SEARCH_VERSION = 3  # 3: searches as long as the training (3 epochs, was 2)
@@ -146,8 +155,15 @@ class Bench:
             return {"skip": list(last_k(N_LAYERS, k).plan.skip), "seconds": 0.0}
         if registered == "random":
             return {"skip": list(random_plan(N_LAYERS, k, self.seed).plan.skip), "seconds": 0.0}
+        cfg = SearchConfig(**overrides)
+        if registered == "das" and cfg.mode == "verified" and cfg.finalists:
+            # `archskip search` as shipped, in its two stages, each remembered: the measurement (the search without
+            # the final round, shared with default-no-finals), then the final round on its measurements
+            measured = self.plan("default-no-finals", k)
+            key = f"{self.budget}|finals|{method}|k={k}|n={cfg.finalists}|epochs={cfg.final_epochs}|v{FINALS_VERSION}"
+            return self._get(key, lambda: self._finals(measured, overrides, k))
         key = f"{self.budget}|search|{MEMO_NAMES.get(method, method)}|k={k}|v{SEARCH_VERSION}"
-        if registered == "das" and not SearchConfig(**overrides).trains_supernet:
+        if registered == "das" and not cfg.trains_supernet:
             key += "|no-supernet"  # (before `search.supernet`, the default trained a supernet it did not read)
         return self._get(key, lambda: self._search(registered, overrides, k))
 
@@ -156,13 +172,28 @@ class Bench:
             raise NotYet(key)
         return self.memo.get(key, compute)
 
+    def _config(self, registered: str, overrides: dict, k: int) -> SearchConfig:
+        # an update every 2 micro-batches: ~22 policy updates per epoch after the warm-up (LaVIN: ~150 per epoch)
+        return SearchConfig(k=k, method=registered, reward_batch_size=self.search_cfg.batch_size,
+                            update_every=1 if self.quick else 2, warmup_epochs=0.5 if self.quick else 1.0, **overrides)
+
+    def _finals(self, measured: dict, overrides: dict, k: int) -> dict:
+        """The final round of the default search (as `run_search` plays it) on its remembered measurements."""
+        verification = dict(measured["verified"])
+        if "proposals" not in verification:  # (measured before the search recorded them: its table names them)
+            verification["proposals"] = {name: m["plan"] for m in verification["measured"] for name in m["sources"]
+                                         if name in ("last-k", "block influence")}
+        model, task = self.fresh()
+        best, record = run_finals(model, task, self.train, verification, self._config("das", overrides, k),
+                                  self.search_cfg, initial=model.trainable_state_dict(), seed=self.seed)
+        return {"skip": list(best), "seconds": round(measured["seconds"] + record["seconds"], 1), "finals": record,
+                "measured_best": measured["skip"]}
+
     def _search(self, registered: str, overrides: dict, k: int) -> dict:
         import time
 
         model, task = self.fresh()
-        # an update every 2 micro-batches: ~22 policy updates per epoch after the warm-up (LaVIN: ~150 per epoch)
-        cfg = SearchConfig(k=k, method=registered, reward_batch_size=self.search_cfg.batch_size,
-                           update_every=1 if self.quick else 2, warmup_epochs=0.5 if self.quick else 1.0, **overrides)
+        cfg = self._config(registered, overrides, k)
         t0 = time.perf_counter()
         r = METHODS[registered](SearchRun(model, task, self.train, cfg, self.search_cfg, seed=self.seed, progress=False))
         # the verification's measurements too (which plans it measured, and how), to see where it goes wrong

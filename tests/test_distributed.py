@@ -50,7 +50,9 @@ def test_search_on_two_processes_keeps_one_policy(model_dir, data, tmp_path):  #
     final = result["history"][-1]["gates"]
     verification = result["config"]["verification"]  # the default mode measures every plan (losses summed over ranks)
     assert verification["gates_top_k"] == [max(range(4), key=lambda i: (final[i], -i))]
-    assert len(verification["measured"]) == 4 and list(plan.skip) == verification["measured"][0]["plan"]
+    assert len(verification["measured"]) == 4
+    finals = result["config"]["finals"]["plans"]  # the final round (each process judges every held-out example)
+    assert list(plan.skip) == finals[0]["plan"] and verification["measured"][0]["plan"] in [m["plan"] for m in finals]
     rows = (out / "policy.csv").read_text().splitlines()
     assert len(rows) == 1 + len(result["history"])  # one writer: no row written twice
 
@@ -63,7 +65,10 @@ def test_the_default_search_on_two_processes_measures_every_plan_once(model_dir,
     result = json.loads((out / "search_result.json").read_text())
     assert result["config"]["world_size"] == 2 and result["config"]["supernet"] is False
     measured = result["config"]["verification"]["measured"]
-    assert len(measured) == 6 and result["plan"]["skip"] == measured[0]["plan"]
+    finals = result["config"]["finals"]["plans"]
+    assert len(measured) == 6 and result["plan"]["skip"] == finals[0]["plan"]
+    assert {tuple(m["plan"]) for m in finals} >= {tuple(m["plan"]) for m in measured[:2]}
+    assert json.loads((out / "finalists.json").read_text())["measured"]  # written by the main process
     log = json.loads((out / "measured_plans.json").read_text())  # written as measured, by the main process
     assert log["settings"]["processes"] == 2 and sorted(m["plan"] for m in log["measured"]) == sorted(m["plan"] for m in measured)
     n = log["settings"]["examples"]  # drawn; the batches (of 8) that do not divide between the 2 processes are not measured

@@ -271,6 +271,19 @@ class SearchConfig:
     many micro-batches, the rest frozen, by two-fold cross-fitting on the measurement examples (fit on one half,
     score the other); 0 = measure the supernet's head as it is (refused without a supernet: the head is untrained). Models without a separate head (decoders'
     language-model heads are frozen) are measured as they are."""
+    finalists: int = 2
+    """'verified': a final round (search/finals.py) trains each of this many best measured plans, and always
+    block influence's and last-k's plans, from the same fresh adapters for `final_epochs` and ships the one with
+    the best held-out selection metric (the loss unless the task names another): the frozen measurement reads
+    the untrained model, the final round what a plan's own adapters learn (on SmolLM2 IMDB it turned a plan
+    3.5 pp worse than block influence's into block influence's: docs/benchmarks.md). 0 = off: the best measured
+    plan is the result. Each finalist costs a `final_epochs` training."""
+    final_epochs: float = 1.0
+    """'verified' with `finalists`: epochs each finalist trains (capped by the search's train.max_steps), with the
+    training's optimiser settings and no distillation, teacher or warm start."""
+    final_fraction: float = 0.25
+    """'verified' with `finalists`: share of the training examples held out of the finalists' training to judge
+    them (drawn with the run's seed)."""
     prefix_states_mb: float = 2048.0
     """'verified' and `removal-loss`: CPU memory (MB) for the hidden states entering the first skipped block of
     measured plans, kept per measurement batch, so that a later plan starts there instead of at the first block (on
@@ -325,6 +338,10 @@ class SearchConfig:
         _check(self.shortlist >= 1, f"search.shortlist={self.shortlist!r} must be >= 1")
         _check(self.verify_examples >= 1, f"search.verify_examples={self.verify_examples!r} must be >= 1")
         _check(self.prefix_states_mb >= 0, f"search.prefix_states_mb={self.prefix_states_mb!r} must be >= 0")
+        _check(isinstance(self.finalists, int) and self.finalists >= 0,
+               f"search.finalists={self.finalists!r} must be a non-negative integer")
+        _check(self.final_epochs > 0, f"search.final_epochs={self.final_epochs!r} must be > 0")
+        _check(0.0 < self.final_fraction < 1.0, f"search.final_fraction={self.final_fraction!r} must be in (0, 1)")
         _check(self.verify_refit_steps >= 0, f"search.verify_refit_steps={self.verify_refit_steps!r} must be >= 0")
         _check(0.0 < self.reward_fraction < 1.0, f"search.reward_fraction={self.reward_fraction!r} must be in (0, 1)")
         _check(self.cost_weight >= 0, f"search.cost_weight={self.cost_weight!r} must be >= 0")

@@ -171,11 +171,22 @@ def how_chosen(result) -> str:
                  f"their {metric} on {v['examples']} training sentences ({v['held_out']} of them never trained on)")
         alone, by = v["gates_top_k"], "The bandit's gates alone"
     else:
-        first = f"The search trained nothing: it measured {plans} by their {metric} on {v['examples']} training sentences"
+        first = (f"The search trained no supernet: it measured {plans} by their {metric} on {v['examples']} training "
+                 "sentences")
         alone, by = top_k(result.scores, result.plan.k), "Block influence"
     agree = "the same plan" if sorted(alone) == list(result.plan.skip) else f"({','.join(map(str, sorted(alone)))})"
-    return (f"{first}, on {on}, the head re-fitted to each plan ({v['head_refit_steps']} steps), and kept the best: "
-            f"skip {list(result.plan.skip)}. Best {metric}: {ranking}. {by} alone would have chosen {agree}.")
+    text = (f"{first}, on {on}, the head re-fitted to each plan ({v['head_refit_steps']} steps). Best {metric}: "
+            f"{ranking}. ")
+    finals = result.config.get("finals")
+    if finals:  # (search/finals.py)
+        judged = ", ".join(f"({','.join(map(str, m['plan']))}) {m['metrics'][m['selection']]:.3f}" for m in finals["plans"])
+        text += (f"Then it trained the {len(finals['plans'])} finalists (the best measured, block influence's and "
+                 f"last-k's plans) from fresh adapters for {finals['epochs']:g} epoch(s) on {finals['trained_on']} "
+                 f"training sentences and judged them on the other {finals['judged_on']}: {judged}; the best is the "
+                 f"result: skip {list(result.plan.skip)}.")
+    else:
+        text += f"It kept the best: skip {list(result.plan.skip)}."
+    return f"{text} {by} alone would have chosen {agree}."
 
 
 def distance_to_no_skip(rows: list[dict]) -> str:

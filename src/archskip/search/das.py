@@ -12,7 +12,6 @@ none (`search.supernet`): `frozen_search` (search/removal.py) measures the plans
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from pathlib import Path
 
@@ -29,7 +28,8 @@ from ..profile import kept_cost
 from ..runlog import RunLogger
 from ..skipping import SkipModel
 from ..tasks.base import Task, to_device
-from ..train import Trainer, forward_ready
+from ..train import Trainer, forward_ready, is_main_process
+from .finals import FINALS_FILE, check_finals, run_finals
 from .policy import SkipPolicy
 from .registry import SearchRun, register_method
 from .verify import PlanMeter, check_verify_metric, removed_as_identity, top_k, verify
@@ -174,13 +174,51 @@ def run_search(
     """Run the DAS search and return its result (out_dir: where its checkpoints and logs go)."""
     if cfg.k < 1:
         raise ConfigError(f"search.k={cfg.k}: a search needs k >= 1 blocks to skip")
+    finals = cfg.mode == "verified" and cfg.finalists > 0
     if cfg.mode == "verified":
         check_verify_metric(task, cfg.verify_metric)
+        check_finals(cfg, len(train))
+    initial = model.trainable_state_dict() if finals else None  # (the finalists' fresh start)
     if not cfg.trains_supernet:  # nothing reads a supernet: measure plans on the frozen model (search/removal.py)
         from .removal import frozen_search  # (`das` registers before the baselines do)
 
-        return frozen_search(model, task, train, cfg, train_cfg, method=f"das-{cfg.mode}", seed=seed, out_dir=out_dir,
-                             resume=resume, progress=progress, block_costs=block_costs)
+        result = frozen_search(model, task, train, cfg, train_cfg, method=f"das-{cfg.mode}", seed=seed,
+                               out_dir=out_dir, resume=resume, progress=progress, block_costs=block_costs)
+    else:
+        result = bandit_search(model, task, train, cfg, train_cfg, seed=seed, out_dir=out_dir, logger=logger,
+                               resume=resume, progress=progress, block_costs=block_costs)
+    if finals:
+        result = with_finals(result, model, task, train, cfg, train_cfg, initial=initial, seed=seed, out_dir=out_dir,
+                             resume=resume, progress=progress)
+    return result
+
+
+def with_finals(result: SearchResult, model: SkipModel, task: Task, train, cfg: SearchConfig, train_cfg: TrainConfig,
+                *, initial: dict, seed: int, out_dir=None, resume: bool = False, progress: bool = False) -> SearchResult:
+    """`result` (a verified search's) with its plan decided by the final round (search/finals.py); each finalist's
+    judgement is written to out_dir as it is made, so that a resumed run trains only those it had not."""
+    from .removal import MeasurementLog, digest
+
+    settings = {"base_model": model.name_or_path, "architecture": model.fingerprint, "k": cfg.k, "seed": seed,
+                "finalists": cfg.finalists, "final_epochs": cfg.final_epochs, "final_fraction": cfg.final_fraction,
+                "verify_metric": cfg.verify_metric, "train_examples": len(train), "initial": digest(initial),
+                "train": {k: v for k, v in train_cfg.__dict__.items() if k not in ("tensorboard", "log_every")}}
+    log = MeasurementLog(out_dir, settings, resume=resume, write=is_main_process(), name=FINALS_FILE)
+    costs = result.config.get("block_costs")
+    penalty = (lambda plan: kept_cost(cfg.cost_weight, costs, plan)) if cfg.cost_weight and costs else None
+    best, record = run_finals(model, task, train, result.config["verification"], cfg, train_cfg, initial=initial,
+                              seed=seed, log=log, penalty=penalty, progress=progress)
+    result.config["finals"] = record
+    result.plan = SkipPlan(best, model.num_candidates)
+    result.wall_time_s += record["seconds"]
+    return result
+
+
+def bandit_search(model: SkipModel, task: Task, train: list[dict], cfg: SearchConfig, train_cfg: TrainConfig, *,
+                  seed: int = 0, out_dir=None, logger: RunLogger | None = None, resume: bool = False,
+                  progress: bool = True, block_costs: list[float] | None = None) -> SearchResult:
+    """The bandit: a supernet trained under plans drawn from the gates, the gates moved by rewards; in mode
+    'verified' its shortlist measured at the end (`verify_plans`)."""
     policy = SkipPolicy(model.num_candidates, cfg.k, lr=cfg.gate_step, mode=cfg.update_rule, reward=cfg.reward_kind,
                         seed=seed)
     reward_examples, rest = split_examples(train, (cfg.reward_fraction,), seed)
@@ -252,15 +290,14 @@ def verify_plans(model: SkipModel, task: Task, held_out, train, cfg: SearchConfi
                           rank=trainer.rank, world=trainer.world, reduce=reduce, refit_steps=cfg.verify_refit_steps,
                           refit_lr=trainer.cfg.lr * trainer.cfg.head_lr_mult,
                           prefix_mb=0.0 if trainer.sharded else cfg.prefix_states_mb, metric=cfg.verify_metric)
-        proposals, steer = {"last-k": last_k(n, k).plan.skip}, None
-        if math.comb(n, k) > cfg.shortlist:  # (with every plan measured, proposals add nothing)
-            # summed over processes: every process proposes the same plan; on the frozen model it is ShortGPT's
-            bi = block_influence(model, task, held_out, k, batch_size=batch_size, reduce=reduce)
-            proposals["block influence"] = bi.plan.skip
-            steer = bi.scores if frozen else None  # the frozen measurement's local search follows the frozen model
+        # summed over processes: every process proposes the same plan; on the frozen model it is ShortGPT's
+        bi = block_influence(model, task, held_out, k, batch_size=batch_size, reduce=reduce)
+        proposals = {"last-k": last_k(n, k).plan.skip, "block influence": bi.plan.skip}
+        steer = bi.scores if frozen else None  # the frozen measurement's local search follows the frozen model
         best, table = verify(meter, n, k, gates, proposals, cfg.shortlist, penalty=penalty, steer=steer)
     return SkipPlan(best, n), {"examples": meter.examples, "held_out": len(held_out), "measured": table,
-                               "measured_on": cfg.verify_on, "gates_top_k": list(top_k(gates, k)),
+                               "measured_on": cfg.verify_on,
+                               "proposals": {name: list(plan) for name, plan in proposals.items()}, "gates_top_k": list(top_k(gates, k)),
                                "head_refit_steps": meter.refit_steps, "prefix_states": meter.prefix.summary()}
 
 

@@ -51,8 +51,9 @@ class MeasurementLog:
     search resumed with the same settings measures only the plans it had not (on a large model one plan is a
     forward pass over every measurement example). Every process reads the file: `output_dir` must be shared."""
 
-    def __init__(self, out_dir: str | Path | None, settings: dict, *, resume: bool, write: bool):
-        self.path = Path(out_dir) / MEASURED_FILE if out_dir else None
+    def __init__(self, out_dir: str | Path | None, settings: dict, *, resume: bool, write: bool,
+                 name: str = MEASURED_FILE):
+        self.path = Path(out_dir) / name if out_dir else None
         self.settings = json.loads(json.dumps(settings))  # (as it reads back)
         self.write = write and self.path is not None
         self.measured: dict[Plan, dict] = {}
@@ -129,6 +130,8 @@ def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 1
     return SearchResult(plan=SkipPlan(best, n), method="removal-loss", scores=bi.scores, seed=seed,
                         history=bi.history, config={"verification": {"examples": meter.examples, "measured": table,
                                                                       "measured_on": "frozen",
+                                                                      "proposals": {"block influence": list(bi.plan.skip),
+                                                                                    "last-k": list(last_k(n, k).plan.skip)},
                                                                       "head_refit_steps": meter.refit_steps,
                                                                       "prefix_states": meter.prefix.summary()}},
                         base_model={"name_or_path": model.name_or_path, "fingerprint": model.fingerprint},
