@@ -49,20 +49,19 @@ N_LAYERS = 30
 WORDS = ["negative", "positive"]
 # method -> (how its plan is found, training switches); "default" is `archskip search` as shipped
 METHODS_RUN = {
-    # plans measured on the frozen model (search.verify_on='frozen'), no supernet trained, then the final round:
-    # the 2 best measured plans, block influence's and last-k's, each trained 1 epoch on 3/4 of the reviews and
-    # judged on the rest (search.finalists; search/finals.py)
-    "default": ("das", {}),
-    "default-no-finals": ("das", {"finalists": 0}),  # the default before the final round: the best measured plan
+    "default": ("das", {}),  # plans measured on the frozen model (search.verify_on='frozen'), no supernet trained
+    # the default search with a final round: its 2 best measured plans, block influence's and last-k's, each trained
+    # 1 epoch on 3/4 of the reviews and judged on the rest (search.finalists; search/finals.py)
+    "default-finals": ("das", {"finalists": 2}),
     # the rows below are variants of the measurement, without the final round
     # the same search with the bandit's supernet trained first (as the default ran before `search.supernet` existed;
     # nothing in it reads the supernet: the row shows what training it cost and that it changed no plan)
-    "default-supernet": ("das", {"supernet": "on", "finalists": 0}),
+    "default-supernet": ("das", {"supernet": "on"}),
     # the default search ranking its plans by the answer options' cross-entropy instead of the target's loss
     # (search.verify_metric: choice_loss): the frozen, untuned model's loss on "Sentiment: <word>" is mostly format
-    "default-choice": ("das", {"verify_metric": "choice_loss", "finalists": 0}),
+    "default-choice": ("das", {"verify_metric": "choice_loss"}),
     # the default before: plans measured on the supernet
-    "supernet-verified": ("das", {"verify_on": "supernet", "finalists": 0}),
+    "supernet-verified": ("das", {"verify_on": "supernet"}),
     "das-faithful": ("das", {"mode": "faithful", "gate_lr": 0.05}),  # LaVIN's gate lr
     "block-influence": ("block-influence", {}),
     # whole plans measured on the frozen model with their blocks removed (200 training reviews, 16 plans)
@@ -80,9 +79,8 @@ METHODS_RUN = {
     "default+teacher+distill": ("das", {}),
 }
 # searches remembered under another name: the default's searches with a supernet ran as "default" before
-# `search.supernet` existed, when the default always trained its supernet (the same code then; 'on' keeps it so), and
-# without a supernet as "default" before the final round existed (the same code then; finalists=0 keeps it so)
-MEMO_NAMES = {"default-supernet": "default", "default-no-finals": "default"}
+# `search.supernet` existed, when the default always trained its supernet (the same code then; 'on' keeps it so)
+MEMO_NAMES = {"default-supernet": "default"}
 FINALS_VERSION = 1
 WIDE_SKIP_HIDDEN = 128
 DISTILL_EPOCHS = 1.0  # distillation micro-batches: one pass over the training reviews
@@ -157,10 +155,10 @@ class Bench:
             return {"skip": list(random_plan(N_LAYERS, k, self.seed).plan.skip), "seconds": 0.0}
         cfg = SearchConfig(**overrides)
         if registered == "das" and cfg.mode == "verified" and cfg.finalists:
-            # `archskip search` as shipped, in its two stages, each remembered: the measurement (the search without
-            # the final round, shared with default-no-finals), then the final round on its measurements
-            measured = self.plan("default-no-finals", k)
-            key = f"{self.budget}|finals|{method}|k={k}|n={cfg.finalists}|epochs={cfg.final_epochs}|v{FINALS_VERSION}"
+            # `archskip search --search.finalists N` in its two stages, each remembered: the measurement (the
+            # default's), then the final round on its measurements
+            measured = self.plan("default", k)
+            key = f"{self.budget}|finals|default|k={k}|n={cfg.finalists}|epochs={cfg.final_epochs}|v{FINALS_VERSION}"
             return self._get(key, lambda: self._finals(measured, overrides, k))
         key = f"{self.budget}|search|{MEMO_NAMES.get(method, method)}|k={k}|v{SEARCH_VERSION}"
         if registered == "das" and not cfg.trains_supernet:

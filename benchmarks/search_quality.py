@@ -53,9 +53,9 @@ N_TRAIN, EPOCHS, BATCH, LR = 2400, 3, 32, 2e-3
 DISTILL_STEPS = 75  # one epoch of the training examples
 SEARCH_VERSION = 5  # bump when the search code changes: remembered plans of older code are not reused
 # how the results table names a method: the searches see the training data for 2 epochs unless a method says otherwise
-LABELS = {"default": "default (plans measured on the frozen model, no supernet, then the final round)",
-          "default-no-finals": "the same without the final round (the best measured plan; the default before)",
-          "default+supernet": "the same, its supernet trained 3 epochs (the default before that)",
+LABELS = {"default": "default (plans measured on the frozen model, no supernet)",
+          "default-finals": "the same, then a final round (search.finalists 2)",
+          "default+supernet": "the same, its supernet trained 3 epochs (the default before)",
           "supernet-verified": "plans measured on the 3-epoch supernet (the default before the frozen measurement)",
           "verified-2ep": "measured on a 2-epoch supernet", "verified-4ep": "measured on a 4-epoch supernet",
           "verified-uniform": "measured on a 2-epoch supernet, uniform sampling",
@@ -64,24 +64,22 @@ VARIANTS = ["plain", "distill", "warm", "warm+distill", "teacher"]  # training s
 # method name as reported -> (registered method, SearchConfig overrides, "train."-prefixed ones override the search's
 # TrainConfig); "default" is `archskip search` as shipped
 SEARCHES = {
-    # plans measured on the frozen model (search.verify_on='frozen'), no supernet trained, then the final round: the 2
-    # best measured plans, block influence's and last-k's, each trained 1 epoch on 3/4 of the examples, judged on the
-    # rest (search.finalists; search/finals.py)
-    "default": ("das", {}),
-    "default-no-finals": ("das", {"finalists": 0}),  # the default before the final round: the best measured plan
-    # the searches below measure plans without the final round
+    "default": ("das", {}),  # plans measured on the frozen model (search.verify_on='frozen'), no supernet trained
+    # the default search with a final round: its 2 best measured plans, block influence's and last-k's, each trained
+    # 1 epoch on 3/4 of the examples and judged on the rest (search.finalists; search/finals.py)
+    "default-finals": ("das", {"finalists": 2}),
     # the default until it stopped training the supernet nothing read: the supernet trains as long as the final
     # training does (TrainConfig's default epochs, the same 3 as every plan's training here); its adapters serve
     # the 'warm' training switch
-    "default+supernet": ("das", {"train.epochs": EPOCHS, "supernet": "on", "finalists": 0}),
+    "default+supernet": ("das", {"train.epochs": EPOCHS, "supernet": "on"}),
     # the default until plans were measured on the frozen model: measured under the trained supernet
-    "supernet-verified": ("das", {"train.epochs": EPOCHS, "verify_on": "supernet", "finalists": 0}),
+    "supernet-verified": ("das", {"train.epochs": EPOCHS, "verify_on": "supernet"}),
     # experiments with the supernet's measurement: trained 2 epochs, uniform sampling, 4 epochs ("train." =
     # TrainConfig), plans measured on the held-out 10% alone (240 examples, none the supernet trained on)
-    "verified-2ep": ("das", {"verify_on": "supernet", "finalists": 0}),
-    "verified-uniform": ("das", {"supernet_sampling": "uniform", "verify_on": "supernet", "finalists": 0}),
-    "verified-4ep": ("das", {"train.epochs": 4, "verify_on": "supernet", "finalists": 0}),
-    "verified-heldout": ("das", {"train.epochs": EPOCHS, "verify_examples": 1, "verify_on": "supernet", "finalists": 0}),
+    "verified-2ep": ("das", {"verify_on": "supernet"}),
+    "verified-uniform": ("das", {"supernet_sampling": "uniform", "verify_on": "supernet"}),
+    "verified-4ep": ("das", {"train.epochs": 4, "verify_on": "supernet"}),
+    "verified-heldout": ("das", {"train.epochs": EPOCHS, "verify_examples": 1, "verify_on": "supernet"}),
     "das-faithful": ("das", {"mode": "faithful", "gate_lr": 1.0}),
     "das-exact": ("das", {"mode": "exact"}),
     "block-influence": ("block-influence", {}),
@@ -89,10 +87,9 @@ SEARCHES = {
     "last-k": ("last-k", {}),
 }
 # searches remembered under another name: "default+supernet" ran as "default" before `search.supernet` existed,
-# when the default always trained its supernet (the same code then; 'on' keeps it so), "default-no-finals" as
-# "default" before the final round existed (the same code then; finalists=0 keeps it so)
-MEMO_NAMES = {"default+supernet": ("default", {"train.epochs": EPOCHS, "finalists": 0}),
-              "default-no-finals": ("default", {"finalists": 0})}
+# when the default always trained its supernet (the same code then; 'on' keeps it so); "default-finals" under the
+# default's name, its final round in the key
+MEMO_NAMES = {"default+supernet": ("default", {"train.epochs": EPOCHS}), "default-finals": ("default", {})}
 
 
 def load_data(name: str) -> tuple[list, list, list, int]:
@@ -183,12 +180,11 @@ class Bench:
     def plan(self, method: str, seed: int) -> dict:
         """A method's plan, its scores and its wall time (remembered across killed runs)."""
         name, overrides = MEMO_NAMES.get(method, (method, SEARCHES[method][1]))
-        # (finalists=0: how every search ran before the final round existed, the same code: its key stays as it was)
-        keyed = {k: v for k, v in overrides.items() if (k, v) != ("finalists", 0)}
-        key = (f"{self.name}|seed={seed}|method={name}|{json.dumps(keyed, sort_keys=True)}|train={len(self.train)}"
+        key = (f"{self.name}|seed={seed}|method={name}|{json.dumps(overrides, sort_keys=True)}|train={len(self.train)}"
                f"|search=v{SEARCH_VERSION}")
-        cfg = SearchConfig(**{k: v for k, v in overrides.items() if not k.startswith("train.")})
-        if SEARCHES[method][0] == "das" and cfg.mode == "verified" and cfg.finalists:
+        registered, searched = SEARCHES[method]
+        cfg = SearchConfig(**{k: v for k, v in searched.items() if not k.startswith("train.")})
+        if registered == "das" and cfg.mode == "verified" and cfg.finalists:
             key += f"|finals={cfg.finalists}x{cfg.final_epochs:g}@{cfg.final_fraction:g}"
         return self.memo.get(key, lambda: self._plan(method, seed))
 

@@ -12,6 +12,8 @@ from archskip.config import ConfigError
 from archskip.search import run_search
 from archskip.search.finals import finalists, play_finals
 
+FINALS = replace(VERIFIED, finalists=2)  # the default search with a final round (off by default)
+
 
 def test_the_finalists_are_the_best_measured_plans_and_the_heuristics_plans():
     verification = {"measured": [{"plan": [1, 4]}, {"plan": [2, 4]}, {"plan": [0, 1]}, {"plan": [4, 5]}],
@@ -29,7 +31,7 @@ def test_the_winner_has_the_best_held_out_loss_and_the_weights_are_given_back():
             p.add_(0.01)
     before = model.trainable_state_dict()
     plans = [(0, 1), PLANTED, (4, 5)]
-    best, table = play_finals(model, task, examples, plans, replace(VERIFIED, final_epochs=2.0), TRAIN,
+    best, table = play_finals(model, task, examples, plans, replace(FINALS, final_epochs=2.0), TRAIN,
                               initial=initial, seed=0)
     assert best == PLANTED and table[0]["plan"] == list(PLANTED)  # the near-identity blocks train best
     losses = [m["metrics"]["loss"] for m in table]
@@ -43,7 +45,7 @@ def test_every_finalist_starts_from_the_same_fresh_adapters():
     """A finalist's judgement does not depend on which finalists trained before it."""
     model, task, examples = setup(1, n=96)
     initial = model.trainable_state_dict()
-    cfg = replace(VERIFIED, final_epochs=1.0)
+    cfg = replace(FINALS, final_epochs=1.0)
     _, forward = play_finals(model, task, examples, [(0, 1), (2, 3)], cfg, TRAIN, initial=initial, seed=1)
     _, backward = play_finals(model, task, examples, [(2, 3), (0, 1)], cfg, TRAIN, initial=initial, seed=1)
     assert {tuple(m["plan"]): m["metrics"] for m in forward} == {tuple(m["plan"]): m["metrics"] for m in backward}
@@ -52,7 +54,7 @@ def test_every_finalist_starts_from_the_same_fresh_adapters():
 def test_a_killed_final_round_resumes_without_training_a_finalist_twice(tmp_path, monkeypatch):
     from archskip.train import Trainer
 
-    cfg = replace(VERIFIED, verify_examples=96, final_epochs=1.0)
+    cfg = replace(FINALS, verify_examples=96, final_epochs=1.0)
     model, task, examples = setup(4, n=128)
     whole = run_search(model, task, examples, cfg, TRAIN, seed=4, progress=False)
     assert len(whole.config["finals"]["plans"]) >= 2
@@ -90,9 +92,10 @@ def test_a_killed_final_round_resumes_without_training_a_finalist_twice(tmp_path
 def test_without_finalists_the_search_ships_its_best_measured_plan(monkeypatch):
     from archskip.train import Trainer
 
+    assert SearchConfig().finalists == 0  # (the default)
     monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("finalists=0 trained something"))
     model, task, examples = setup(2, n=128)
-    result = run_search(model, task, examples, replace(VERIFIED, finalists=0), TRAIN, seed=2, progress=False)
+    result = run_search(model, task, examples, VERIFIED, TRAIN, seed=2, progress=False)
     assert "finals" not in result.config
     assert list(result.plan.skip) == result.config["verification"]["measured"][0]["plan"]
 
@@ -113,7 +116,7 @@ def test_a_split_that_leaves_no_finalist_training_data_is_refused_before_any_wor
     monkeypatch.setattr(PlanMeter, "__call__", lambda *a: pytest.fail("measured a plan before refusing"))
     model, task, examples = setup(0, n=3)
     with pytest.raises(ConfigError, match=r"search.final_fraction=0.1 of 3 training examples leaves 0 to judge"):
-        run_search(model, task, examples, replace(VERIFIED, final_fraction=0.1), TRAIN, seed=0, progress=False)
+        run_search(model, task, examples, replace(FINALS, final_fraction=0.1), TRAIN, seed=0, progress=False)
 
 
 def test_the_final_round_is_refused_under_fsdp_before_any_work(monkeypatch):
@@ -123,4 +126,25 @@ def test_the_final_round_is_refused_under_fsdp_before_any_work(monkeypatch):
     monkeypatch.setattr(PlanMeter, "__call__", lambda *a: pytest.fail("measured a plan before refusing"))
     model, task, examples = setup(0, n=64)
     with pytest.raises(ConfigError, match=r"search.finalists=2 under an FSDP config.*--search.finalists 0"):
-        run_search(model, task, examples, VERIFIED, TRAIN, seed=0, progress=False)
+        run_search(model, task, examples, FINALS, TRAIN, seed=0, progress=False)
+
+
+def test_the_search_with_a_final_round_finds_the_planted_blocks_and_says_how(monkeypatch):
+    from archskip.demo import how_chosen
+    from archskip.train import Trainer
+
+    fits = []
+    real_fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: fits.append(self.desc) or real_fit(self, *a, **k))
+    for seed in range(2):
+        fits.clear()
+        model, task, examples = setup(seed)
+        before = model.trainable_state_dict()
+        result = run_search(model, task, examples, FINALS, TRAIN, seed=seed, progress=False)
+        finals = result.config["finals"]["plans"]
+        assert sorted(fits) == sorted(f"finalist {m['plan']}" for m in finals)  # each once, and nothing else trained
+        assert result.plan.skip == PLANTED and finals[0]["plan"] == list(PLANTED) and [4, 5] in [m["plan"] for m in finals]
+        assert all(torch.equal(before[n], p) for n, p in model.trainable_state_dict().items())
+        paragraph = how_chosen(result)
+        assert "trained no supernet" in paragraph and f"the {len(finals)} finalists" in paragraph
+        assert f"the best is the result: skip {list(PLANTED)}" in paragraph

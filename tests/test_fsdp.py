@@ -114,8 +114,7 @@ def commands(model_dir, data, out: Path, batch: int) -> list[list[str]]:
               "--adapter.hidden", "8", "--adapter.skip_hidden", "16", "--train.batch_size", str(batch),
               "--train.lr", "0.003", "--train.log_every", "1", "--seed", "3"]
     search = ["search", *common, "--output_dir", str(out / "search"), "--search.k", "1", "--search.update_every", "2", "--search.supernet", "on",
-              "--search.warmup_epochs", "0.5", "--search.reward_fraction", "0.2", "--train.epochs", "3",
-              "--search.finalists", "0"]  # (the final round is refused under FSDP: search/finals.py)
+              "--search.warmup_epochs", "0.5", "--search.reward_fraction", "0.2", "--train.epochs", "3"]
     # from the search's plan and adapters (written from the shards); gradients clipped (every step at 0.05) with the
     # last kept block fine-tuned in full: its tensors lie in both processes' shards, so a norm of one shard would
     # clip differently (the adapters alone happen to lie in one shard at this size)
@@ -123,7 +122,7 @@ def commands(model_dir, data, out: Path, batch: int) -> list[list[str]]:
              "--train.warm_start", str(out / "search"), "--train.epochs", "2", "--train.max_grad_norm", "0.05",
              "--train.unfreeze_kept", "1"]
     # the default search: no supernet, plans measured on the frozen model (sharded under FSDP)
-    default = ["search", *common, "--output_dir", str(out / "default"), "--search.k", "1", "--search.finalists", "0"]
+    default = ["search", *common, "--output_dir", str(out / "default"), "--search.k", "1"]
     return [search, train, default]
 
 

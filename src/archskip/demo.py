@@ -171,8 +171,8 @@ def how_chosen(result) -> str:
                  f"their {metric} on {v['examples']} training sentences ({v['held_out']} of them never trained on)")
         alone, by = v["gates_top_k"], "The bandit's gates alone"
     else:
-        first = (f"The search trained no supernet: it measured {plans} by their {metric} on {v['examples']} training "
-                 "sentences")
+        trained = "no supernet" if result.config.get("finals") else "nothing"
+        first = f"The search trained {trained}: it measured {plans} by their {metric} on {v['examples']} training sentences"
         alone, by = top_k(result.scores, result.plan.k), "Block influence"
     agree = "the same plan" if sorted(alone) == list(result.plan.skip) else f"({','.join(map(str, sorted(alone)))})"
     text = (f"{first}, on {on}, the head re-fitted to each plan ({v['head_refit_steps']} steps). Best {metric}: "
