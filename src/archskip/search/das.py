@@ -12,6 +12,7 @@ none (`search.supernet`): `frozen_search` (search/removal.py) measures the plans
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from pathlib import Path
 
@@ -290,14 +291,17 @@ def verify_plans(model: SkipModel, task: Task, held_out, train, cfg: SearchConfi
                           rank=trainer.rank, world=trainer.world, reduce=reduce, refit_steps=cfg.verify_refit_steps,
                           refit_lr=trainer.cfg.lr * trainer.cfg.head_lr_mult,
                           prefix_mb=0.0 if trainer.sharded else cfg.prefix_states_mb, metric=cfg.verify_metric)
-        # summed over processes: every process proposes the same plan; on the frozen model it is ShortGPT's
-        bi = block_influence(model, task, held_out, k, batch_size=batch_size, reduce=reduce)
-        proposals = {"last-k": last_k(n, k).plan.skip, "block influence": bi.plan.skip}
-        steer = bi.scores if frozen else None  # the frozen measurement's local search follows the frozen model
+        proposals, steer = {"last-k": last_k(n, k).plan.skip}, None
+        # needed where not every plan is measured, and by the final round (which always hears block influence)
+        if math.comb(n, k) > cfg.shortlist or cfg.finalists:
+            # summed over processes: every process proposes the same plan; on the frozen model it is ShortGPT's
+            bi = block_influence(model, task, held_out, k, batch_size=batch_size, reduce=reduce)
+            proposals["block influence"] = bi.plan.skip
+            steer = bi.scores if frozen else None  # the frozen measurement's local search follows the frozen model
         best, table = verify(meter, n, k, gates, proposals, cfg.shortlist, penalty=penalty, steer=steer)
     return SkipPlan(best, n), {"examples": meter.examples, "held_out": len(held_out), "measured": table,
-                               "measured_on": cfg.verify_on,
-                               "proposals": {name: list(plan) for name, plan in proposals.items()}, "gates_top_k": list(top_k(gates, k)),
+                               "measured_on": cfg.verify_on, "gates_top_k": list(top_k(gates, k)),
+                               "proposals": {name: list(plan) for name, plan in proposals.items()},
                                "head_refit_steps": meter.refit_steps, "prefix_states": meter.prefix.summary()}
 
 

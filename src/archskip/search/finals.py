@@ -67,10 +67,12 @@ def play_finals(model: SkipModel, task: Task, train, plans: Sequence[Plan], cfg:
     """(the winning plan, each finalist's held-out metrics best first). Each plan's adapters start from `initial`
     (a `trainable_state_dict()` of fresh adapters and head) and train with `train_cfg`'s optimiser for
     `cfg.final_epochs`, with no distillation, teacher or warm start; the model's trainable weights (a supernet's,
-    which `train.warm_start` reads) are as they were before, on return.
-    `penalty(plan)`: added to a loss, subtracted from another metric, as in the verification (`search.cost_weight`). `known`: metrics of finalists a killed run had judged; `on_measured(plan, metrics)` after each."""
+    which `train.warm_start` reads) are as they were before, on return. `known`: metrics of finalists a killed
+    run had judged; `on_measured(plan, metrics)` after each; `penalty(plan)`: added to a loss, subtracted from
+    another metric, as in the verification (`search.cost_weight`)."""
     judge, fit = split_examples(train, (cfg.final_fraction,), seed)
-    judge = eval_view(judge)
+    # collated once for every finalist (every process judges every example)
+    batches = list(make_loader(eval_view(judge), task.collate, cfg.reward_batch_size or train_cfg.batch_size))
     short = replace(train_cfg, epochs=cfg.final_epochs, distill_steps=0, teacher=None, warm_start=None,
                     eval_every=None, checkpoint_every=None, tensorboard=False)
     metric = task.selection_metric if cfg.verify_metric == "task" else cfg.verify_metric
@@ -84,8 +86,7 @@ def play_finals(model: SkipModel, task: Task, train, plans: Sequence[Plan], cfg:
             model.set_skip(plan)
             trainer = Trainer(model, task, short, seed=seed, progress=progress, desc=f"finalist {list(plan)}")
             trainer.fit(fit)
-            batches = make_loader(judge, task.collate, cfg.reward_batch_size or train_cfg.batch_size)
-            measured[plan] = evaluate(model, task, batches, trainer.device)  # (every process judges every example)
+            measured[plan] = evaluate(model, task, batches, trainer.device)
             if metric not in measured[plan]:
                 raise ConfigError(f"search.verify_metric={metric!r}: the {task.name} task's measurements have no "
                                   f"{metric!r} (they have {sorted(measured[plan])})")
