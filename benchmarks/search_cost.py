@@ -110,7 +110,8 @@ def measurement_section(quick: bool, rounds: int, report: Report) -> None:
         for _ in range(rounds):
             for mb in times:
                 model, task = fresh()
-                cfg = SearchConfig(k=k, verify_examples=examples, reward_batch_size=batch, prefix_states_mb=mb)
+                cfg = SearchConfig(k=k, verify_examples=examples, reward_batch_size=batch, prefix_states_mb=mb,
+                                   shortlist=4 if quick else SearchConfig.shortlist)
                 train_cfg = TrainConfig(epochs=1, batch_size=batch, lr=2e-3, log_every=1000)
                 t0 = time.perf_counter()
                 r = run_search(model, task, data, cfg, train_cfg, progress=False)

@@ -86,6 +86,8 @@ SEARCHES = {
     "removal-loss": ("removal-loss", {}),  # whole plans on the frozen model, blocks removed, head re-fitted (no training)
     "last-k": ("last-k", {}),
 }
+QUICK_METHODS = ["default", "default-finals", "default+supernet", "supernet-verified", "das-faithful", "das-exact",
+                 "block-influence", "removal-loss", "last-k"]
 # searches remembered under another name: "default+supernet" ran as "default" before `search.supernet` existed,
 # when the default always trained its supernet (the same code then; 'on' keeps it so); "default-finals" under the
 # default's name, its final round in the key
@@ -361,8 +363,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny budgets (CI smoke run)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--tasks", nargs="+", default=["polarity", "imdb"], choices=["polarity", "imdb"])
-    ap.add_argument("--methods", nargs="+", default=list(SEARCHES), choices=list(SEARCHES),
-                    help="the search methods to run and report (default: all)")
+    ap.add_argument("--methods", nargs="+", default=None, choices=list(SEARCHES),
+                    help="the search methods to run and report (default: all; --quick: one of each kind)")
     ap.add_argument("--ground-truth-only", action="store_true", help="only train every plan (fills the resume memo)")
     ap.add_argument("--switch-seeds", type=int, nargs="*", default=None,
                     help="measure the training switches on these seeds only (default: every seed; none: no seed)")
@@ -370,6 +372,8 @@ def main() -> None:
     args = ap.parse_args()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     tasks = args.tasks[:1] if args.quick else args.tasks
+    # the smoke run: every kind of search once (the supernet-measured variants differ only in their settings)
+    args.methods = args.methods or (QUICK_METHODS if args.quick else list(SEARCHES))
     if args.ground_truth_only:
         for t in tasks:
             bench = Bench(t, args.quick)
