@@ -53,6 +53,9 @@ METHODS_RUN = {
     # the default search with a final round: its 2 best measured plans, block influence's and last-k's, each trained
     # 1 epoch on 3/4 of the reviews and judged on the rest (search.finalists; search/finals.py)
     "default-finals": ("das", {"finalists": 2}),
+    # the default search with each skipped block replaced, while measured, by the closed-form least-squares fit of
+    # what it computes, of a rank its replacement adapter can represent (search.verify_replacement; search/fitted.py)
+    "default-fitted": ("das", {"verify_replacement": "fitted"}),
     # the rows below are variants of the measurement, without the final round
     # the same search with the bandit's supernet trained first (as the default ran before `search.supernet` existed;
     # nothing in it reads the supernet: the row shows what training it cost and that it changed no plan)
@@ -172,8 +175,10 @@ class Bench:
 
     def _config(self, registered: str, overrides: dict, k: int) -> SearchConfig:
         # an update every 2 micro-batches: ~22 policy updates per epoch after the warm-up (LaVIN: ~150 per epoch)
+        # (the smoke run measures 4 plans, not 16: on SmolLM2 a measured plan is most of a quick search's time)
         return SearchConfig(k=k, method=registered, reward_batch_size=self.search_cfg.batch_size,
-                            update_every=1 if self.quick else 2, warmup_epochs=0.5 if self.quick else 1.0, **overrides)
+                            update_every=1 if self.quick else 2, warmup_epochs=0.5 if self.quick else 1.0,
+                            **({"shortlist": 4} if self.quick else {}), **overrides)
 
     def _finals(self, measured: dict, overrides: dict, k: int) -> dict:
         """The final round of the default search (as `run_search` plays it) on its remembered measurements."""

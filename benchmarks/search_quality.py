@@ -55,6 +55,7 @@ SEARCH_VERSION = 5  # bump when the search code changes: remembered plans of old
 # how the results table names a method: the searches see the training data for 2 epochs unless a method says otherwise
 LABELS = {"default": "default (plans measured on the frozen model, no supernet)",
           "default-finals": "the same, then a final round (search.finalists 2)",
+          "default-fitted": "the same, skipped blocks measured as their fitted replacements (verify_replacement fitted)",
           "default+supernet": "the same, its supernet trained 3 epochs (the default before)",
           "supernet-verified": "plans measured on the 3-epoch supernet (the default before the frozen measurement)",
           "verified-2ep": "measured on a 2-epoch supernet", "verified-4ep": "measured on a 4-epoch supernet",
@@ -68,6 +69,9 @@ SEARCHES = {
     # the default search with a final round: its 2 best measured plans, block influence's and last-k's, each trained
     # 1 epoch on 3/4 of the examples and judged on the rest (search.finalists; search/finals.py)
     "default-finals": ("das", {"finalists": 2}),
+    # the default search, each skipped block replaced while measured by the closed-form least-squares fit of what it
+    # computes, of a rank its replacement adapter can represent (search.verify_replacement; search/fitted.py)
+    "default-fitted": ("das", {"verify_replacement": "fitted"}),
     # the default until it stopped training the supernet nothing read: the supernet trains as long as the final
     # training does (TrainConfig's default epochs, the same 3 as every plan's training here); its adapters serve
     # the 'warm' training switch
@@ -86,7 +90,7 @@ SEARCHES = {
     "removal-loss": ("removal-loss", {}),  # whole plans on the frozen model, blocks removed, head re-fitted (no training)
     "last-k": ("last-k", {}),
 }
-QUICK_METHODS = ["default", "default-finals", "default+supernet", "supernet-verified", "das-faithful", "das-exact",
+QUICK_METHODS = ["default", "default-finals", "default-fitted", "default+supernet", "supernet-verified", "das-faithful", "das-exact",
                  "block-influence", "removal-loss", "last-k"]
 # searches remembered under another name: "default+supernet" ran as "default" before `search.supernet` existed,
 # when the default always trained its supernet (the same code then; 'on' keeps it so); "default-finals" under the

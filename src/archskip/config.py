@@ -260,6 +260,12 @@ class SearchConfig:
     block influence. 'supernet': the trained supernet (shared adapters on), steered by the bandit's gates. On
     SmolLM2 the supernet's measurement misranked plans (a worse plan than block influence's), the frozen one
     ranked them nearly in their trained order (docs/benchmarks.md)."""
+    verify_replacement: Literal["identity", "fitted"] = "identity"
+    """`verify_on: frozen` and `removal-loss`: what a skipped block becomes while plans are measured. 'identity': it
+    is removed. 'fitted': the least-squares linear map from its normalised input to its change of the residual
+    stream, of rank `adapter.skip_hidden / 2` (a map its replacement adapter can represent), fitted in closed form
+    on the measurement examples (search/fitted.py): a plan is judged by what its replacements can recover, not by
+    what removing its blocks loses. Costs one more forward pass over the measurement examples."""
     verify_metric: Literal["task", "choice_loss"] = "task"
     """'verified' and `removal-loss`: what ranks the measured plans. 'task': the task's selection metric (the loss
     unless the task names another). 'choice_loss': for generative tasks with a fixed option set (`option_letters`),
@@ -337,6 +343,10 @@ class SearchConfig:
         _check(self.warmup_epochs >= 0, f"search.warmup_epochs={self.warmup_epochs!r} must be >= 0")
         _check(self.gate_lr is None or self.gate_lr > 0, f"search.gate_lr={self.gate_lr!r} must be > 0")
         _check(self.shortlist >= 1, f"search.shortlist={self.shortlist!r} must be >= 1")
+        _check(self.verify_replacement == "identity" or self.verify_on == "frozen",
+               f"search.verify_replacement={self.verify_replacement!r} replaces skipped blocks of the frozen model; "
+               f"with search.verify_on={self.verify_on!r} plans are measured on the supernet, whose replacements "
+               "are trained: use verify_replacement='identity' there")
         _check(self.verify_examples >= 1, f"search.verify_examples={self.verify_examples!r} must be >= 1")
         _check(self.prefix_states_mb >= 0, f"search.prefix_states_mb={self.prefix_states_mb!r} must be >= 0")
         _check(isinstance(self.finalists, int) and self.finalists >= 0,

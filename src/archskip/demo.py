@@ -165,6 +165,9 @@ def how_chosen(result) -> str:
     every = len(measured) == math.comb(result.plan.num_candidates, result.plan.k)
     on = ("the frozen model with the plan's blocks removed and every adapter off" if v.get("measured_on") == "frozen"
           else "the supernet's adapters")
+    if v.get("replacement") == "fitted":  # (search/fitted.py)
+        on = (f"the frozen model with each of the plan's blocks replaced by a least-squares linear fit of it (rank "
+              f"{v['fit']['rank']}) and every adapter off")
     plans = f"{len(measured)} plans{' - every possible one -' if every else ''}"
     if result.config.get("supernet", True):
         first = (f"The search trained adapters under plans drawn by the bandit (a supernet), then measured {plans} by "

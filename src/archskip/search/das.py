@@ -31,6 +31,7 @@ from ..skipping import SkipModel
 from ..tasks.base import Task, to_device
 from ..train import Trainer, forward_ready, is_main_process
 from .finals import FINALS_FILE, check_finals, run_finals
+from .fitted import check_fitted, fit_replacements, fitted_as_replacement
 from .policy import SkipPolicy
 from .registry import SearchRun, register_method
 from .verify import PlanMeter, check_verify_metric, removed_as_identity, top_k, verify
@@ -179,6 +180,7 @@ def run_search(
     if cfg.mode == "verified":
         check_verify_metric(task, cfg.verify_metric)
         check_finals(cfg, len(train))
+        check_fitted(cfg)
     initial = model.trainable_state_dict() if finals else None  # (the finalists' fresh start)
     if not cfg.trains_supernet:  # nothing reads a supernet: measure plans on the frozen model (search/removal.py)
         from .removal import frozen_search  # (`das` registers before the baselines do)
@@ -285,12 +287,21 @@ def verify_plans(model: SkipModel, task: Task, held_out, train, cfg: SearchConfi
     extra = max(0, cfg.verify_examples - len(held_out))  # the held-out slice, topped up with training examples
     examples = ConcatDataset([held_out, Subset(eval_view(train), range(min(extra, len(train))))]) if extra else held_out
     gates = policy.gates.tolist()
-    with forward_ready(model), (removed_as_identity(model) if frozen else contextlib.nullcontext()):
+    batches, fit = None, None
+    with contextlib.ExitStack() as inside:
+        inside.enter_context(forward_ready(model))
+        if frozen and cfg.verify_replacement == "fitted":  # (search/fitted.py)
+            batches = list(make_loader(examples, task.collate, batch_size, rank=trainer.rank, world=trainer.world))
+            fit = fit_replacements(model, task, batches, device=trainer.device, reduce=reduce, autocast=acc.autocast)
+            inside.enter_context(fitted_as_replacement(model, fit["modules"]))
+        elif frozen:
+            inside.enter_context(removed_as_identity(model))
         # (every process measures the same plans, each on its own share of the batches)
         meter = PlanMeter(model, task, examples, batch_size, device=trainer.device, autocast=acc.autocast,
                           rank=trainer.rank, world=trainer.world, reduce=reduce, refit_steps=cfg.verify_refit_steps,
                           refit_lr=trainer.cfg.lr * trainer.cfg.head_lr_mult,
-                          prefix_mb=0.0 if trainer.sharded else cfg.prefix_states_mb, metric=cfg.verify_metric)
+                          prefix_mb=0.0 if trainer.sharded else cfg.prefix_states_mb, metric=cfg.verify_metric,
+                          batches=batches)
         proposals, steer = {"last-k": last_k(n, k).plan.skip}, None
         # needed where not every plan is measured, and by the final round (which always hears block influence)
         if math.comb(n, k) > cfg.shortlist or cfg.finalists:
@@ -301,6 +312,8 @@ def verify_plans(model: SkipModel, task: Task, held_out, train, cfg: SearchConfi
         best, table = verify(meter, n, k, gates, proposals, cfg.shortlist, penalty=penalty, steer=steer)
     return SkipPlan(best, n), {"examples": meter.examples, "held_out": len(held_out), "measured": table,
                                "measured_on": cfg.verify_on, "gates_top_k": list(top_k(gates, k)),
+                               **({"replacement": "fitted", "fit": {"rank": fit["rank"], "unexplained": fit["unexplained"]}}
+                                  if fit else {}),
                                "proposals": {name: list(plan) for name, plan in proposals.items()},
                                "head_refit_steps": meter.refit_steps, "prefix_states": meter.prefix.summary()}
 

@@ -40,6 +40,7 @@ from ..skipping import SkipModel
 from ..tasks.base import Task, to_device
 from ..train import CHECKPOINT, Trainer, forward_ready
 from .baselines import block_influence, last_k
+from .fitted import check_fitted, fit_replacements, fitted_as_replacement
 from .registry import SearchRun, register_method
 from .verify import Plan, PlanMeter, check_verify_metric, removed_as_identity, verify
 
@@ -107,20 +108,27 @@ def measurement_examples(train, count: int, seed: int) -> Subset:
 def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 16, batch_size: int = 16,
                  refit_steps: int = 30, refit_lr: float = 1e-3, seed: int = 0, device=None, autocast=None,
                  rank: int = 0, world: int = 1, reduce=None, penalty=None, known=None, on_measured=None,
-                 prefix_mb: float = 0.0, batches: list | None = None, metric: str = "task") -> SearchResult:
+                 prefix_mb: float = 0.0, batches: list | None = None, metric: str = "task",
+                 replacement: str = "identity") -> SearchResult:
     """Measure plans on the frozen model and return the best. With several processes, each measures its share of
     `examples` and `reduce` sums across them, so every process decides alike; `penalty(plan)` is subtracted from
     the selection metric (the FLOPs-aware search's cost). `known`: plan -> metrics measured before (a resumed
     run), not measured again; `on_measured(plan, metrics)` is called after each new measurement; `prefix_mb`: memory
     for hidden states that let a plan start at its first skipped block (search/prefix.py); `batches`: this process's
-    share of `examples`, already collated; `metric`: what ranks plans (`search.verify_metric`)."""
+    share of `examples`, already collated; `metric`: what ranks plans (`search.verify_metric`); `replacement`: what a
+    skipped block becomes while measured (`search.verify_replacement`: 'identity', or 'fitted', search/fitted.py)."""
     n = model.num_candidates
     check_k(k, n)
     t0 = time.perf_counter()
     device = device or next(model.parameters()).device
     # (block influence reads the first batches of `examples` on every process and sums them: one plan everywhere)
     bi = block_influence(model, task, examples, k, batch_size=batch_size, reduce=reduce)
-    with removed_as_identity(model):
+    fit = None
+    if replacement == "fitted":
+        if batches is None:
+            batches = list(make_loader(examples, task.collate, batch_size, rank=rank, world=world))
+        fit = fit_replacements(model, task, batches, device=device, reduce=reduce, autocast=autocast)
+    with (fitted_as_replacement(model, fit["modules"]) if fit else removed_as_identity(model)):
         meter = PlanMeter(model, task, examples, batch_size, device=device, autocast=autocast, rank=rank, world=world,
                           reduce=reduce, refit_steps=refit_steps, refit_lr=refit_lr, known=known, on_measured=on_measured,
                           prefix_mb=prefix_mb, batches=batches, metric=metric)
@@ -130,6 +138,10 @@ def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 1
     return SearchResult(plan=SkipPlan(best, n), method="removal-loss", scores=bi.scores, seed=seed,
                         history=bi.history, config={"verification": {"examples": meter.examples, "measured": table,
                                                                       "measured_on": "frozen",
+                                                                      "replacement": replacement,
+                                                                      **({"fit": {"rank": fit["rank"],
+                                                                                  "unexplained": fit["unexplained"]}}
+                                                                         if fit else {}),
                                                                       "proposals": {"block influence": list(bi.plan.skip),
                                                                                     "last-k": list(last_k(n, k).plan.skip)},
                                                                       "head_refit_steps": meter.refit_steps,
@@ -149,6 +161,7 @@ def frozen_search(model: SkipModel, task: Task, train, cfg: SearchConfig, train_
 
     t0 = time.perf_counter()
     check_verify_metric(task, cfg.verify_metric)
+    check_fitted(cfg)
     if model.head is not None and cfg.verify_refit_steps == 0:
         raise ConfigError("search.verify_refit_steps=0 with no trained supernet would measure every plan through the "
                           "task head as initialised (untrained); set it > 0 (the head is re-fitted to each plan), or "
@@ -177,7 +190,8 @@ def frozen_search(model: SkipModel, task: Task, train, cfg: SearchConfig, train_
                 "examples": len(examples), "examples_digest": digest(shares),
                 "initial_adapters_and_head": digest(model.trainable_state_dict()), "seed": seed,
                 "batch_size": batch_size, "refit_steps": cfg.verify_refit_steps, "refit_lr": refit_lr,
-                "processes": world, "mixed_precision": train_cfg.mixed_precision}
+                "processes": world, "mixed_precision": train_cfg.mixed_precision,
+                **({"replacement": cfg.verify_replacement} if cfg.verify_replacement != "identity" else {})}
     log = MeasurementLog(out_dir, settings, resume=resume, write=trainer.is_main)
     model.to(trainer.device)
     penalty = None
@@ -201,7 +215,7 @@ def frozen_search(model: SkipModel, task: Task, train, cfg: SearchConfig, train_
             refit_steps=cfg.verify_refit_steps, refit_lr=refit_lr, seed=seed, device=trainer.device,
             autocast=acc.autocast, rank=trainer.rank, world=world, reduce=reduce, penalty=penalty, known=log.measured,
             on_measured=measured, prefix_mb=0.0 if trainer.sharded else cfg.prefix_states_mb, batches=batches,
-            metric=cfg.verify_metric,
+            metric=cfg.verify_metric, replacement=cfg.verify_replacement,
         )  # (sharded: every process must run the same blocks, and prefix states are each process's own)
     result.method = method
     result.config = {"search": cfg.__dict__, "train": train_cfg.__dict__, "block_costs": block_costs,
