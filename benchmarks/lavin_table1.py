@@ -74,6 +74,8 @@ METHODS_RUN = {
     "reassess": ("reassess", {}),  # last-k's plan, trained with the last 3 kept blocks (and the head) fine-tuned in full
     # the default's plan, its replacement adapters first distilled from the blocks they replace (train.distill_steps)
     "default+distill": ("das", {}),
+    # the default's plan, its replacement adapters starting at their blocks' closed-form fits (train.fit_replacements)
+    "default+fit": ("das", {}),
     # the default's plan, the no-skip model (trained first with the same seed and budget) as its teacher (train.teacher)
     "default+teacher": ("das", {}),
     # the default's plan, its replacement adapters WIDE_SKIP_HIDDEN wide instead of LaVIN's 32 (adapter.skip_hidden)
@@ -218,6 +220,8 @@ class Bench:
             model.unfreeze_kept(REASSESS_UNFROZEN)
         cfg = self.train_cfg
         switches = recipe.split("+")
+        if "fit" in switches:
+            cfg = replace(cfg, fit_replacements=True)
         if "distill" in switches:
             cfg = replace(cfg, distill_steps=math.ceil(DISTILL_EPOCHS * len(self.train) / cfg.batch_size))
         if "teacher" in switches:  # KL to the no-skip model's next-token distributions on the answer, T = 2, weight 1

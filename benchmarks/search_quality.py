@@ -61,7 +61,7 @@ LABELS = {"default": "default (plans measured on the frozen model, no supernet)"
           "verified-2ep": "measured on a 2-epoch supernet", "verified-4ep": "measured on a 4-epoch supernet",
           "verified-uniform": "measured on a 2-epoch supernet, uniform sampling",
           "verified-heldout": "measured on the supernet, held-out examples only"}
-VARIANTS = ["plain", "distill", "warm", "warm+distill", "teacher"]  # training switches measured on the default's plan
+VARIANTS = ["plain", "distill", "fit", "warm", "warm+distill", "teacher"]  # training switches measured on the default's plan
 # method name as reported -> (registered method, SearchConfig overrides, "train."-prefixed ones override the search's
 # TrainConfig); "default" is `archskip search` as shipped
 SEARCHES = {
@@ -150,7 +150,7 @@ class Bench:
         search with its supernet, re-run with the same seed), 'distill' (replacements fitted to their blocks first, one epoch),
         'teacher' (the no-skip model, trained first with the same seed and budget, teaches: train.teacher)."""
         switches = set(variant.split("+")) - {"plain"}
-        if switches - {"warm", "distill", "teacher"}:
+        if switches - {"warm", "distill", "fit", "teacher"}:
             raise ValueError(variant)
         taught = None
         if "teacher" in switches:
@@ -165,6 +165,8 @@ class Bench:
         cfg = self.train_cfg
         if "distill" in switches:
             cfg = replace(cfg, distill_steps=DISTILL_STEPS if not self.quick else 2)
+        if "fit" in switches:  # replacements start at their blocks' closed-form fits (train.fit_replacements)
+            cfg = replace(cfg, fit_replacements=True)
         if "teacher" in switches:
             taught = TeacherLoss(task, teacher, weight=1.0, temperature=2.0)
         t0 = time.perf_counter()
@@ -314,7 +316,8 @@ def run_task(name: str, seeds: list[int], quick: bool, report: Report, summary: 
             {"training": v, "test accuracy": mean_std(a),
              "gap to no skip (pp)": f"{100 * (statistics.mean(a) - statistics.mean(no_skip_switch)):+.2f}"}
             for v, a in switches.items() if a], ["training", "test accuracy", "gap to no skip (pp)"],
-            note=f"distill: {2 if quick else DISTILL_STEPS} micro-batches fitting each replacement to its block first; warm: the adapters and "
+            note=f"distill: {2 if quick else DISTILL_STEPS} micro-batches fitting each replacement to its block first; fit: each replacement "
+                 "starts at the closed-form least-squares fit of its block (train.fit_replacements); warm: the adapters and "
                  "head of the default search's supernet (trained with search.supernet on) instead of fresh ones; teacher: the no-skip model, trained "
                  "first with the same seed and budget, teaches the skipped one (KL at temperature 2, weight 1). "
                  "Same budget otherwise.")

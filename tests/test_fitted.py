@@ -192,3 +192,56 @@ def test_every_statistic_is_summed_across_processes_before_the_fit():
     x = torch.randn(3, 7, 32)
     for a, b in zip(one["modules"], two["modules"]):
         assert torch.allclose(a(x), b(x), atol=1e-5)
+
+
+def test_a_replacement_started_from_its_fit_computes_the_fit_and_recovers_a_linear_block():
+    from archskip import SkipPlan
+    from archskip.distill import start_replacements_from_fits
+
+    model, task, tok, texts = decoder(5, skip_hidden=16)  # width 16: a rank-8 fit, written as 8 + 8 ReLU units
+    torch.manual_seed(5)
+    layer = model.candidates[2]
+    layer.block = LinearBlock(layer.replacement.norm, 32, layer.spec.returns_tuple)
+    examples = with_targets(model, tok, texts)
+    batches = list(make_loader(examples, task.collate, 16))
+    model.apply_plan(SkipPlan((1, 2), model.num_candidates))
+    fit = fit_replacements(model, task, batches, device="cpu", candidates=[1, 2])
+    assert fit["modules"][0] is None and fit["unexplained"][2] < 1e-6
+    left = start_replacements_from_fits(model, task, examples, batch_size=16)
+    assert left == pytest.approx([fit["unexplained"][1], fit["unexplained"][2]], abs=1e-6)
+    x = torch.randn(4, 6, 32)
+    for i in (1, 2):  # the ReLU bottleneck computes the linear fit exactly: relu(h) - relu(-h) = h
+        assert torch.allclose(model.candidates[i].replacement(x), fit["modules"][i](x), atol=1e-5)
+    # skipping only the linear block, its started replacement gives the model it replaced (before any training)
+    model2, task2, tok2, _ = decoder(5, skip_hidden=16)
+    torch.manual_seed(5)
+    model2.candidates[2].block = LinearBlock(model2.candidates[2].replacement.norm, 32, layer.spec.returns_tuple)
+    model2.apply_plan(SkipPlan((2,), model2.num_candidates))
+    start_replacements_from_fits(model2, task2, examples, batch_size=16)
+    enc = tok(texts[:4], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        skipped = model2(**enc).logits
+        with model2.adapters_disabled():
+            kept = model2(**enc).logits
+    assert torch.allclose(skipped, kept, atol=2e-3), (skipped - kept).abs().max()  # (the fit's small ridge)
+
+
+def test_training_with_fit_replacements_starts_there_and_router_replacements_are_refused(tmp_path):
+    from archskip import SkipPlan, TrainConfig
+    from archskip.runlog import RunLogger
+    from archskip.train import Trainer
+
+    model, task, tok, texts = decoder(6, skip_hidden=16)
+    examples = with_targets(model, tok, texts)
+    model.apply_plan(SkipPlan((1, 3), model.num_candidates))
+    cfg = TrainConfig(epochs=1, max_steps=1, batch_size=16, lr=1e-3, log_every=1, fit_replacements=True)
+    Trainer(model, task, cfg, out_dir=tmp_path, logger=RunLogger(tmp_path), progress=False).fit(examples)
+    rows = (tmp_path / "fit_replacements.csv").read_text().splitlines()
+    assert rows[0].startswith("step") and "mean_unexplained" in rows[0] and len(rows) == 2
+    assert all(float(p.detach().abs().sum()) > 0 for i in (1, 3) for p in model.candidates[i].replacement.down.parameters())
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    router = SkipModel(LlamaForCausalLM(LlamaConfig(**DEC)).eval(), AdapterConfig.lavin(multimodal=True))
+    router.apply_plan(SkipPlan((1,), router.num_candidates))
+    with pytest.raises(ConfigError, match="fit_replacements.*router"):
+        Trainer(router, task, cfg, progress=False).fit(examples)

@@ -437,6 +437,11 @@ class TrainConfig:
     training data, mean squared error) for this many micro-batches; 0 = off (docs/method.md)."""
     distill_lr: float = 1e-3
     """Learning rate of that fit."""
+    fit_replacements: bool = False
+    """Before training (and before `distill_steps`), start each skipped block's replacement adapter at the
+    closed-form least-squares fit of its block (norm(x) -> block(x) - x, rank adapter.skip_hidden / 2, on up to
+    1,024 training examples; search/fitted.py): no gradient steps, one forward pass. Needs ReLU bottleneck
+    replacements (not the multimodal router)."""
     unfreeze_kept: int = 0
     """Also fine-tune the weights of the last this many kept blocks, in full (with the plan's adapters): the
     'Reassessing Layer Pruning' baseline drops the last k blocks and fine-tunes the last 3 kept ones and the head."""

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from .data.loader import make_loader
+from .adapters import ReplacementAdapter
+from .data.loader import eval_view, make_loader
+from .errors import ConfigError
 from .nn_utils import eval_mode
 from .skipping import SkipModel
 from .tasks.base import Task, to_device
@@ -51,3 +53,30 @@ def distill_replacements(model: SkipModel, task: Task, examples, *, steps: int, 
         for layer in layers:
             layer.distilling, layer.distill_loss = False, None
     return losses
+
+
+def start_replacements_from_fits(model: SkipModel, task: Task, examples, *, batch_size: int, count: int = 1024,
+                                 device=None, seed: int = 0) -> list[float]:
+    """Start every skipped candidate's replacement adapter at the closed-form least-squares fit of its block
+    (search/fitted.py: rank skip_hidden / 2, on the no-skip frozen model's activations over `count` training
+    examples drawn with `seed`), the closed-form counterpart of `distill_replacements`; returns the share of each
+    fitted block's change the fit leaves unexplained."""
+    from .search.fitted import fit_replacements, start_from_fit  # (search imports train, which imports this)
+
+    skipped = [layer.index for layer in model.candidates if layer.skipped]
+    if not skipped:
+        return []
+    kinds = {type(model.candidates[i].replacement).__name__ for i in skipped
+             if not isinstance(model.candidates[i].replacement, ReplacementAdapter)}
+    if kinds:
+        raise ConfigError(f"train.fit_replacements starts ReLU bottleneck replacements; this model's are {sorted(kinds)} "
+                          "(adapter.kind='router'): set train.fit_replacements false, or use train.distill_steps")
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()[:count]
+    sample = torch.utils.data.Subset(eval_view(examples), order)
+    device = device or next(model.parameters()).device
+    with eval_mode(model):
+        fit = fit_replacements(model, task, list(make_loader(sample, task.collate, batch_size)), device=device,
+                               candidates=skipped)
+    for i in skipped:
+        start_from_fit(model.candidates[i].replacement, fit["modules"][i])
+    return [fit["unexplained"][i] for i in skipped]

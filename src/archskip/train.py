@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data.loader import batches_per_rank, make_loader
-from .distill import distill_replacements
+from .distill import distill_replacements, start_replacements_from_fits
 from .errors import TrainingError
 from .io import atomic_write
 from .models.base import checkpointing_module
@@ -199,6 +199,11 @@ class Trainer:
             raise TrainingError("the training split is empty")
         t0 = time.perf_counter()
         model.to(self.device)
+        if cfg.fit_replacements and not resume:  # (before DDP wraps the model, as below)
+            left = start_replacements_from_fits(model, self.task, train, batch_size=cfg.batch_size, device=self.device,
+                                                seed=self.seed)
+            if left:
+                self.logger.log("fit_replacements", 0, mean_unexplained=sum(left) / len(left), blocks=len(left))
         if cfg.distill_steps and not resume:  # (before DDP wraps the model: it starts every process from rank 0's)
             losses = distill_replacements(model, self.task, train, steps=cfg.distill_steps, lr=cfg.distill_lr,
                                           batch_size=cfg.batch_size, device=self.device, seed=self.seed)

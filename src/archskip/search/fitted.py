@@ -54,12 +54,14 @@ def _hidden_and_output(args: tuple, kwargs: dict, out) -> tuple[torch.Tensor, to
 
 def fit_replacements(model: SkipModel, task: Task, batches: list, *, device,
                      reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                     autocast=None) -> dict:
+                     autocast=None, candidates: list[int] | None = None) -> dict:
     """One pass of the no-skip frozen model over `batches` (this process's share; `reduce` sums the statistics
-    across processes), then the rank-r fit of every candidate block. Returns {"modules": [FittedReplacement per
-    candidate], "rank": r, "unexplained": [share of each block's squared change the fit leaves]}."""
+    across processes), then the rank-r fit of every candidate block (or of `candidates`). Returns {"modules":
+    [FittedReplacement per candidate, None where not fitted], "rank": r, "unexplained": [share of each fitted
+    block's squared change the fit leaves, None where not fitted]}."""
     rank = max(1, model.adapter_config.skip_hidden // 2)
     n = model.num_candidates
+    which = range(n) if candidates is None else sorted(candidates)
     dim = None
     stats: list[list[torch.Tensor] | None] = [None] * n  # per candidate: [Z'^T Z', Z'^T Y, sum |Y|^2]
     mask: dict[str, torch.Tensor | None] = {"now": None}
@@ -82,7 +84,7 @@ def fit_replacements(model: SkipModel, task: Task, batches: list, *, device,
             stats[i] = parts if stats[i] is None else [s + p for s, p in zip(stats[i], parts)]
         return read
 
-    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(model.candidates)]
+    handles = [model.candidates[i].register_forward_hook(hook(i), with_kwargs=True) for i in which]
     try:
         with torch.no_grad(), model.adapters_disabled(), (autocast() if autocast else contextlib.nullcontext()):
             for batch in batches:
@@ -92,8 +94,10 @@ def fit_replacements(model: SkipModel, task: Task, batches: list, *, device,
     finally:
         for h in handles:
             h.remove()
-    modules, unexplained = [], []
-    for i, layer in enumerate(model.candidates):
+    modules: list[nn.Module | None] = [None] * n
+    unexplained: list[float | None] = [None] * n
+    for i in which:
+        layer = model.candidates[i]
         if stats[i] is None:
             raise RuntimeError(f"candidate {i} did not run on the measurement batches: nothing to fit its replacement to")
         s, c, yy = stats[i]
@@ -106,10 +110,33 @@ def fit_replacements(model: SkipModel, task: Task, batches: list, *, device,
         a = w @ v  # (D+1, r)
         wr = a @ v.T
         left = float(yy) - 2 * float((c * wr).sum()) + float((wr * (s @ wr)).sum())
-        unexplained.append(round(left / max(float(yy), 1e-30), 4))
+        unexplained[i] = round(left / max(float(yy), 1e-30), 4)
         ref = layer.replacement.up.weight if layer.replacement is not None else next(model.parameters())
-        modules.append(FittedReplacement(_norm_of(layer), a.float(), v.float()).to(device=ref.device))
+        modules[i] = FittedReplacement(_norm_of(layer), a.float(), v.float()).to(device=ref.device)
     return {"modules": modules, "rank": rank, "unexplained": unexplained}
+
+
+def start_from_fit(adapter: nn.Module, fitted: FittedReplacement) -> None:
+    """Write a fit into a replacement adapter x + scale * up(relu(down(norm(x)))) of width >= 2r, exactly:
+    relu(h) - relu(-h) = h, so down = [A; -A], up = [V, -V] / scale (units beyond 2r stay zero)."""
+    from ..adapters import ReplacementAdapter
+
+    if not isinstance(adapter, ReplacementAdapter):
+        raise TypeError(f"a fit can start a ReLU bottleneck replacement, not a {type(adapter).__name__}")
+    rank = fitted.up.weight.shape[1]
+    width = adapter.down.out_features
+    if width < 2 * rank:
+        raise ValueError(f"a rank-{rank} fit needs a replacement of width >= {2 * rank}, this one has {width}")
+    with torch.no_grad():
+        for p in (adapter.down.weight, adapter.down.bias, adapter.up.weight, adapter.up.bias):
+            p.zero_()
+        w, b, v = fitted.down.weight, fitted.down.bias, fitted.up.weight / adapter.scale
+        adapter.down.weight[:rank].copy_(w)
+        adapter.down.weight[rank:2 * rank].copy_(-w)
+        adapter.down.bias[:rank].copy_(b)
+        adapter.down.bias[rank:2 * rank].copy_(-b)
+        adapter.up.weight[:, :rank].copy_(v)
+        adapter.up.weight[:, rank:2 * rank].copy_(-v)
 
 
 def _norm_of(layer) -> nn.Module:
