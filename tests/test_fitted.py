@@ -245,3 +245,13 @@ def test_training_with_fit_replacements_starts_there_and_router_replacements_are
     router.apply_plan(SkipPlan((1,), router.num_candidates))
     with pytest.raises(ConfigError, match="fit_replacements.*router"):
         Trainer(router, task, cfg, progress=False).fit(examples)
+
+
+def test_a_run_config_that_cannot_start_from_fits_is_refused_before_any_work():
+    from archskip.config import RunConfig
+
+    with pytest.raises(ConfigError, match="fit_replacements.*router"):
+        RunConfig.from_dict({"adapter": {"kind": "router", "style": "sequential"}, "train": {"fit_replacements": True}})
+    with pytest.raises(ConfigError, match="skip_hidden=1"):
+        RunConfig.from_dict({"adapter": {"skip_hidden": 1}, "train": {"fit_replacements": True}})
+    assert RunConfig.from_dict({"train": {"fit_replacements": True}}).train.fit_replacements is True

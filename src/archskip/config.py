@@ -486,6 +486,15 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs/archskip"
 
+    def __post_init__(self) -> None:  # (settings of two sections that only work together)
+        if self.train.fit_replacements:
+            _check(self.adapter.kind != "router",
+                   "train.fit_replacements starts ReLU bottleneck replacements; adapter.kind='router' makes router "
+                   "replacements: set train.fit_replacements false, or use train.distill_steps")
+            _check(self.adapter.skip_hidden >= 2,
+                   f"train.fit_replacements writes a rank-r fit into 2r units; adapter.skip_hidden="
+                   f"{self.adapter.skip_hidden} has fewer than 2")
+
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
         return from_dict(cls, d)
