@@ -265,7 +265,8 @@ class SearchConfig:
     is removed. 'fitted': the least-squares linear map from its normalised input to its change of the residual
     stream, of rank `adapter.skip_hidden / 2` (a map its replacement adapter can represent), fitted in closed form
     on the measurement examples (search/fitted.py): a plan is judged by what its replacements can recover, not by
-    what removing its blocks loses. Costs one more forward pass over the measurement examples."""
+    what removing its blocks loses. Costs one more forward pass over the measurement examples. Off by default: it
+    ranked plans worse than 'identity' on MiniLM and SmolLM2 (docs/benchmarks.md, "Fitted replacements")."""
     verify_metric: Literal["task", "choice_loss"] = "task"
     """'verified' and `removal-loss`: what ranks the measured plans. 'task': the task's selection metric (the loss
     unless the task names another). 'choice_loss': for generative tasks with a fixed option set (`option_letters`),
@@ -441,7 +442,8 @@ class TrainConfig:
     """Before training (and before `distill_steps`), start each skipped block's replacement adapter at the
     closed-form least-squares fit of its block (norm(x) -> block(x) - x, rank adapter.skip_hidden / 2, on up to
     1,024 training examples; search/fitted.py): no gradient steps, one forward pass. Needs ReLU bottleneck
-    replacements (not the multimodal router)."""
+    replacements (not the multimodal router). Off by default: on SmolLM2 it trained worse than fresh replacements
+    (docs/benchmarks.md, "Fitted replacements")."""
     unfreeze_kept: int = 0
     """Also fine-tune the weights of the last this many kept blocks, in full (with the plan's adapters): the
     'Reassessing Layer Pruning' baseline drops the last k blocks and fine-tunes the last 3 kept ones and the head."""
