@@ -113,7 +113,7 @@ def fit_replacements(model: SkipModel, task: Task, batches: list, *, device,
         unexplained[i] = round(left / max(float(yy), 1e-30), 4)
         ref = layer.replacement.up.weight if layer.replacement is not None else next(model.parameters())
         modules[i] = FittedReplacement(_norm_of(layer), a.float(), v.float()).to(device=ref.device)
-    return {"modules": modules, "rank": rank, "unexplained": unexplained}
+    return {"modules": modules, "rank": min(rank, dim), "unexplained": unexplained}  # (no map has rank > D)
 
 
 def start_from_fit(adapter: nn.Module, fitted: FittedReplacement) -> None:
