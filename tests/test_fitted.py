@@ -152,10 +152,12 @@ def test_fitted_as_replacement_restores_the_replacements_after_an_error():
     assert all(s.active for l in model.candidates for s in l.sites.values())
 
 
-def test_the_default_search_with_fitted_replacements_finds_the_planted_blocks():
+@pytest.mark.parametrize("supernet", ["auto", "on"])  # measured by removal_loss, or after the supernet's training
+def test_the_default_search_with_fitted_replacements_finds_the_planted_blocks(supernet):
     for seed in range(2):
         model, task, examples = setup(seed)
-        result = run_search(model, task, examples, FITTED, TRAIN, seed=seed, progress=False)
+        result = run_search(model, task, examples, replace(FITTED, supernet=supernet), TRAIN, seed=seed, progress=False)
+        assert result.config["supernet"] is (supernet == "on")
         v = result.config["verification"]
         assert result.plan.skip == PLANTED, (seed, v["measured"][:3])
         assert v["replacement"] == "fitted" and v["fit"]["rank"] == 8  # skip_hidden 16
