@@ -15,7 +15,7 @@ from archskip.config import ConfigError
 from archskip.data.loader import make_loader
 from archskip.demo import how_chosen
 from archskip.search import run_search
-from archskip.search.fitted import fit_replacements, fitted_as_replacement
+from archskip.search.fitted import fit_replacements, fitted_as_replacement, frozen_measurement
 from archskip.search.removal import removal_loss
 from archskip.tasks.base import to_device
 
@@ -174,6 +174,9 @@ def test_fitted_replacements_are_refused_where_they_cannot_run(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(ConfigError, match="FSDP"):
         run_search(model, task, examples, FITTED, TRAIN, seed=0, progress=False)
+    with pytest.raises(ValueError, match="'linear': expected 'identity' or 'fitted'"):  # (the library call)
+        with frozen_measurement(model, task, examples, "linear", batch_size=8, device="cpu"):
+            pass
 
 
 def test_every_statistic_is_summed_across_processes_before_the_fit():

@@ -141,6 +141,8 @@ def test_verification_with_a_small_budget_searches_locally(verify_on, supernet):
     result = run_search(model, task, examples, cfg, TRAIN, seed=1, progress=False)
     v = result.config["verification"]
     assert v["measured_on"] == verify_on and result.config["supernet"] == cfg.trains_supernet
+    # removal_loss and verify_plans record alike what a removed block became (a supernet's are its trained adapters)
+    assert v.get("replacement") == ("identity" if verify_on == "frozen" else None) and "fit" not in v
     assert len(v["measured"]) == 6  # the budget, not all 15 plans
     sources = {s for m in v["measured"] for s in m["sources"]}
     assert {"last-k", "block influence"} <= sources and any(s.startswith("one swap") for s in sources)

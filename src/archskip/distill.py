@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .adapters import ReplacementAdapter
-from .data.loader import eval_view, make_loader
+from .data.loader import make_loader, measurement_examples
 from .errors import ConfigError
 from .nn_utils import eval_mode
 from .skipping import SkipModel
@@ -71,8 +71,7 @@ def start_replacements_from_fits(model: SkipModel, task: Task, examples, *, batc
     if kinds:
         raise ConfigError(f"train.fit_replacements starts ReLU bottleneck replacements; this model's are {sorted(kinds)} "
                           "(adapter.kind='router'): set train.fit_replacements false, or use train.distill_steps")
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()[:count]
-    sample = torch.utils.data.Subset(eval_view(examples), order)
+    sample = measurement_examples(examples, count, seed)
     device = device or next(model.parameters()).device
     with eval_mode(model):
         fit = fit_replacements(model, task, list(make_loader(sample, task.collate, batch_size)), device=device,

@@ -64,3 +64,10 @@ def eval_view(examples):
     if isinstance(examples, Subset) and isinstance(examples.dataset, AugmentedDataset):
         return Subset(examples.dataset.eval_view(), examples.indices)
     return examples.eval_view() if isinstance(examples, AugmentedDataset) else examples
+
+
+def measurement_examples(train, count: int, seed: int) -> Subset:
+    """A seeded sample of `count` training examples, read as in evaluation (no augmentation): what the frozen
+    measurement (search/removal.py) and the fitted start (distill.py) read."""
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(eval_view(train), order[:count])

@@ -31,10 +31,10 @@ from ..skipping import SkipModel
 from ..tasks.base import Task, to_device
 from ..train import Trainer, forward_ready, is_main_process
 from .finals import FINALS_FILE, check_finals, run_finals
-from .fitted import check_fitted, fit_replacements, fitted_as_replacement
+from .fitted import check_fitted, frozen_measurement
 from .policy import SkipPolicy
 from .registry import SearchRun, register_method
-from .verify import PlanMeter, check_verify_metric, removed_as_identity, top_k, verify
+from .verify import PlanMeter, check_verify_metric, top_k, verify
 
 
 class DASHooks:
@@ -287,15 +287,13 @@ def verify_plans(model: SkipModel, task: Task, held_out, train, cfg: SearchConfi
     extra = max(0, cfg.verify_examples - len(held_out))  # the held-out slice, topped up with training examples
     examples = ConcatDataset([held_out, Subset(eval_view(train), range(min(extra, len(train))))]) if extra else held_out
     gates = policy.gates.tolist()
-    batches, fit = None, None
+    batches, record = None, {}
     with contextlib.ExitStack() as inside:
         inside.enter_context(forward_ready(model))
-        if frozen and cfg.verify_replacement == "fitted":  # (search/fitted.py)
-            batches = list(make_loader(examples, task.collate, batch_size, rank=trainer.rank, world=trainer.world))
-            fit = fit_replacements(model, task, batches, device=trainer.device, reduce=reduce, autocast=acc.autocast)
-            inside.enter_context(fitted_as_replacement(model, fit["modules"]))
-        elif frozen:
-            inside.enter_context(removed_as_identity(model))
+        if frozen:  # the plans' blocks removed: as identities, or replaced by their fits (search/fitted.py)
+            batches, record = inside.enter_context(frozen_measurement(
+                model, task, examples, cfg.verify_replacement, batch_size=batch_size, device=trainer.device,
+                rank=trainer.rank, world=trainer.world, reduce=reduce, autocast=acc.autocast))
         # (every process measures the same plans, each on its own share of the batches)
         meter = PlanMeter(model, task, examples, batch_size, device=trainer.device, autocast=acc.autocast,
                           rank=trainer.rank, world=trainer.world, reduce=reduce, refit_steps=cfg.verify_refit_steps,
@@ -312,8 +310,7 @@ def verify_plans(model: SkipModel, task: Task, held_out, train, cfg: SearchConfi
         best, table = verify(meter, n, k, gates, proposals, cfg.shortlist, penalty=penalty, steer=steer)
     return SkipPlan(best, n), {"examples": meter.examples, "held_out": len(held_out), "measured": table,
                                "measured_on": cfg.verify_on, "gates_top_k": list(top_k(gates, k)),
-                               **({"replacement": "fitted", "fit": {"rank": fit["rank"], "unexplained": fit["unexplained"]}}
-                                  if fit else {}),
+                               **record,
                                "proposals": {name: list(plan) for name, plan in proposals.items()},
                                "head_refit_steps": meter.refit_steps, "prefix_states": meter.prefix.summary()}
 

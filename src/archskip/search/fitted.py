@@ -11,7 +11,8 @@ are read once, and the least-squares linear map from [norm(x), 1] to y - x of ra
 stands in for the block. r is half the replacement adapter's width: a ReLU bottleneck of width 2r represents
 any rank-r linear map exactly (relu(h) - relu(-h) = h), so the fit is a point the adapter can reach. No
 gradient step is taken; the cost is one forward pass over the measurement examples and, per block, the solve
-of a (D+1)-square system. The statistics are 2 (D+1) D floats per candidate (float64, on the CPU).
+of a (D+1)-square system. The statistics are 2 (D+1) D floats per candidate (float64, summed on the device
+the model runs on; solved on the CPU).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..data.loader import make_loader
 from ..skipping import SkipModel
 from ..tasks.base import Task, to_device
+from .verify import removed_as_identity
 
 RIDGE = 1e-4  # relative to the mean variance of the normalised inputs: keeps the solve well-posed
 
@@ -80,7 +83,10 @@ def fit_replacements(model: SkipModel, task: Task, batches: list, *, device,
                     keep = m.reshape(-1).bool()
                     z, d = z[keep], d[keep]
                 z1 = torch.cat([z, torch.ones_like(z[:, :1])], 1)  # (B*T, D+1): the bias column
-                parts = [(z1.T @ z1).double().cpu(), (z1.T @ d).double().cpu(), (d * d).sum().double().cpu().reshape(1)]
+                # (summed where the activations are, in float64 where the device has it: no sync per batch)
+                where = dict(device="cpu") if x.device.type == "mps" else {}
+                parts = [(z1.T @ z1).to(torch.float64, **where), (z1.T @ d).to(torch.float64, **where),
+                         (d * d).sum().to(torch.float64, **where).reshape(1)]
             stats[i] = parts if stats[i] is None else [s + p for s, p in zip(stats[i], parts)]
         return read
 
@@ -102,7 +108,8 @@ def fit_replacements(model: SkipModel, task: Task, batches: list, *, device,
             raise RuntimeError(f"candidate {i} did not run on the measurement batches: nothing to fit its replacement to")
         s, c, yy = stats[i]
         if reduce is not None:  # every process fits the same map from the summed statistics
-            s, c, yy = (reduce(t.to(device)).cpu() for t in (s, c, yy))
+            s, c, yy = (reduce(t.to(device)) for t in (s, c, yy))
+        s, c, yy = s.cpu(), c.cpu(), yy.cpu()  # (the solves: float64 on the CPU, once per block)
         ridge = RIDGE * s.diagonal()[:dim].mean() * torch.eye(dim + 1, dtype=s.dtype)
         w = torch.linalg.solve(s + ridge, c)  # (D+1, D): the full-rank least-squares map
         _, vecs = torch.linalg.eigh(w.T @ s @ w)  # the fitted outputs' directions, ascending variance
@@ -143,6 +150,26 @@ def _norm_of(layer) -> nn.Module:
     """The norm the layer's replacement reads (its block's input norm, or its own); none: the identity."""
     norm = getattr(layer.replacement, "norm", None)
     return norm if norm is not None else nn.Identity()
+
+
+@contextlib.contextmanager
+def frozen_measurement(model: SkipModel, task: Task, examples, replacement: str, *, batch_size: int, device,
+                       rank: int = 0, world: int = 1, reduce=None, autocast=None, batches: list | None = None):
+    """Inside: the frozen model on which plans are measured, a skipped block removed as the identity
+    (`replacement='identity'`) or replaced by its fit on `examples` ('fitted'; this process's share of them:
+    `batches` if given, else collated here). Yields (batches, record): the batches (None where the identity
+    measurement needs none collated yet) and what the search's result records of the replacement."""
+    if replacement == "identity":
+        with removed_as_identity(model):
+            yield batches, {"replacement": "identity"}
+        return
+    if replacement != "fitted":
+        raise ValueError(f"replacement {replacement!r}: expected 'identity' or 'fitted'")
+    if batches is None:
+        batches = list(make_loader(examples, task.collate, batch_size, rank=rank, world=world))
+    fit = fit_replacements(model, task, batches, device=device, reduce=reduce, autocast=autocast)
+    with fitted_as_replacement(model, fit["modules"]):
+        yield batches, {"replacement": "fitted", "fit": {"rank": fit["rank"], "unexplained": fit["unexplained"]}}
 
 
 @contextlib.contextmanager

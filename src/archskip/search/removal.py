@@ -27,10 +27,9 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import gather_object
-from torch.utils.data import Subset
 
 from ..config import SearchConfig, TrainConfig
-from ..data.loader import batches_per_rank, eval_view, make_loader
+from ..data.loader import batches_per_rank, make_loader, measurement_examples
 from ..errors import ConfigError
 from ..io import atomic_write_text
 from ..plan import SearchResult, SkipPlan, check_k
@@ -40,9 +39,9 @@ from ..skipping import SkipModel
 from ..tasks.base import Task, to_device
 from ..train import CHECKPOINT, Trainer, forward_ready
 from .baselines import block_influence, last_k
-from .fitted import check_fitted, fit_replacements, fitted_as_replacement
+from .fitted import check_fitted, frozen_measurement
 from .registry import SearchRun, register_method
-from .verify import Plan, PlanMeter, check_verify_metric, removed_as_identity, verify
+from .verify import Plan, PlanMeter, check_verify_metric, verify
 
 MEASURED_FILE = "measured_plans.json"
 
@@ -99,12 +98,6 @@ def digest(obj, h=None) -> str:
     return h.hexdigest()[:16] if top else ""
 
 
-def measurement_examples(train, count: int, seed: int) -> Subset:
-    """A seeded sample of `count` training examples, read as in evaluation (no augmentation)."""
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
-    return Subset(eval_view(train), order[:count])
-
-
 def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 16, batch_size: int = 16,
                  refit_steps: int = 30, refit_lr: float = 1e-3, seed: int = 0, device=None, autocast=None,
                  rank: int = 0, world: int = 1, reduce=None, penalty=None, known=None, on_measured=None,
@@ -123,12 +116,8 @@ def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 1
     device = device or next(model.parameters()).device
     # (block influence reads the first batches of `examples` on every process and sums them: one plan everywhere)
     bi = block_influence(model, task, examples, k, batch_size=batch_size, reduce=reduce)
-    fit = None
-    if replacement == "fitted":
-        if batches is None:
-            batches = list(make_loader(examples, task.collate, batch_size, rank=rank, world=world))
-        fit = fit_replacements(model, task, batches, device=device, reduce=reduce, autocast=autocast)
-    with (fitted_as_replacement(model, fit["modules"]) if fit else removed_as_identity(model)):
+    with frozen_measurement(model, task, examples, replacement, batch_size=batch_size, device=device, rank=rank,
+                            world=world, reduce=reduce, autocast=autocast, batches=batches) as (batches, record):
         meter = PlanMeter(model, task, examples, batch_size, device=device, autocast=autocast, rank=rank, world=world,
                           reduce=reduce, refit_steps=refit_steps, refit_lr=refit_lr, known=known, on_measured=on_measured,
                           prefix_mb=prefix_mb, batches=batches, metric=metric)
@@ -138,10 +127,7 @@ def removal_loss(model: SkipModel, task, examples, k: int, *, shortlist: int = 1
     return SearchResult(plan=SkipPlan(best, n), method="removal-loss", scores=bi.scores, seed=seed,
                         history=bi.history, config={"verification": {"examples": meter.examples, "measured": table,
                                                                       "measured_on": "frozen",
-                                                                      "replacement": replacement,
-                                                                      **({"fit": {"rank": fit["rank"],
-                                                                                  "unexplained": fit["unexplained"]}}
-                                                                         if fit else {}),
+                                                                      **record,
                                                                       "proposals": {"block influence": list(bi.plan.skip),
                                                                                     "last-k": list(last_k(n, k).plan.skip)},
                                                                       "head_refit_steps": meter.refit_steps,
