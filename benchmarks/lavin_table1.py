@@ -63,6 +63,10 @@ METHODS_RUN = {
     # the default search ranking its plans by the answer options' cross-entropy instead of the target's loss
     # (search.verify_metric: choice_loss): the frozen, untuned model's loss on "Sentiment: <word>" is mostly format
     "default-choice": ("das", {"verify_metric": "choice_loss"}),
+    # the default search ranking its plans by the next-token loss of the whole review and answer, not the answer's
+    # alone (search.verify_metric: text_loss): ~100 tokens an example where the answer has ~5, all of them text the
+    # frozen model can predict
+    "default-text": ("das", {"verify_metric": "text_loss"}),
     # the default before: plans measured on the supernet
     "supernet-verified": ("das", {"verify_on": "supernet"}),
     "das-faithful": ("das", {"mode": "faithful", "gate_lr": 0.05}),  # LaVIN's gate lr

@@ -15,7 +15,7 @@ from archskip.data.images import SquareImageSpec
 from archskip.data.scienceqa import load_scienceqa
 from archskip.data.text import DataError
 from archskip.models.lavin import LaVIN
-from archskip.tasks import CSQA, ScienceQA
+from archskip.tasks import CSQA, CausalLM, ScienceQA
 
 COLORS = ["red", "green", "blue"]
 SUBJECTS = ["natural science", "social science", "language science"]
@@ -369,6 +369,50 @@ def test_a_search_ranks_plans_by_choice_loss_when_asked(llm_dirs):
     # the same plans measured alike both ways; only what ranks them differs
     assert {tuple(r["plan"]): r["metrics"]["loss"] for r in tables["task"]} == pytest.approx(
         {tuple(r["plan"]): r["metrics"]["loss"] for r in tables["choice_loss"]})
+
+
+def test_text_loss_is_each_rows_language_model_loss_on_every_token(llm_dirs):
+    """'text_loss' (search.verify_metric: text_loss) is, per example, the model's own causal-LM loss of the whole
+    text (prompt and answer), computed one unpadded sequence at a time by transformers; averaged over examples."""
+    tok, model, task, examples = _choice_setup(llm_dirs, n=6)  # rows of different lengths: right padding
+    batch = task.collate(examples)
+    assert not bool(batch["attention_mask"].all())
+    with torch.no_grad():
+        got = task.finalize(task.score(model, batch))
+        ref = []
+        for row, mask in zip(batch["input_ids"], batch["attention_mask"]):
+            ids = row[mask.bool()][None]  # (1, T_i): the row alone, no padding
+            ref.append(float(model.base(input_ids=ids, labels=ids).loss))
+    assert got["text_loss"] == pytest.approx(sum(ref) / len(ref), rel=1e-4)
+    causal = CausalLM(tok, 256)  # the plain prompt -> answer task reports it alike
+    lm_batch = causal.collate([{"text": e["prompt"], "label": e["target"]} for e in examples])
+    with torch.no_grad():
+        lm = causal.finalize(causal.score(model, lm_batch))
+        ref = [float(model.base(input_ids=r[m.bool()][None], labels=r[m.bool()][None]).loss)
+               for r, m in zip(lm_batch["input_ids"], lm_batch["attention_mask"])]
+    assert lm["text_loss"] == pytest.approx(sum(ref) / len(ref), rel=1e-4)
+
+
+def test_a_search_ranks_plans_by_text_loss_when_asked_and_refuses_it_for_a_classifier(llm_dirs):
+    from archskip import SearchConfig, TrainConfig
+    from archskip.data.text import LabelVocab
+    from archskip.errors import ConfigError
+    from archskip.search import METHODS, SearchRun
+    from archskip.tasks import SequenceClassification
+
+    _, model, task, examples = _choice_setup(llm_dirs, n=16)
+    train = TrainConfig(epochs=1, batch_size=8, log_every=1000)
+    run = METHODS["removal-loss"](SearchRun(model, task, examples, SearchConfig(k=2, verify_metric="text_loss"),
+                                            train, seed=0, progress=False))
+    table = run.config["verification"]["measured"]
+    assert {row["selection"] for row in table} == {"text_loss"}
+    by_text = {tuple(r["plan"]): r["metrics"]["text_loss"] for r in table}
+    assert run.plan.skip == min(by_text, key=by_text.get)
+    classifier = SequenceClassification(task.tokenizer, LabelVocab(["no", "yes"]))
+    for method in ("das", "removal-loss"):
+        with pytest.raises(ConfigError, match="verify_metric='text_loss'.*does not model text"):
+            METHODS[method](SearchRun(model, classifier, examples, SearchConfig(k=2, verify_metric="text_loss"),
+                                      train, seed=0, progress=False))
 
 
 def test_choice_loss_is_refused_for_a_task_without_options(llm_dirs):

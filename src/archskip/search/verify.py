@@ -88,6 +88,9 @@ def removed_as_identity(model: SkipModel):
 
 def check_verify_metric(task, metric: str) -> None:
     """Refuse, before any work, a `search.verify_metric` the task cannot measure."""
+    if metric == "text_loss" and not task.models_text:
+        raise ConfigError(f"search.verify_metric='text_loss' is the next-token loss of a causal language model's "
+                          f"text; the {task.name} task does not model text. Use search.verify_metric='task'")
     if metric == "choice_loss" and getattr(task, "choice", None) is None:
         options = getattr(task, "option_letters", None)
         why = (f"its options {list(options)!r} do not differ in one token after the answer prefix" if options

@@ -27,6 +27,9 @@ class Task(ABC):
     """`predict_dataset` gives per-example predictions worth a file (VQA's EvalAI JSON, generated answers)."""
     generates: bool = False
     """`generate(model, prompt_batch, **kwargs)` produces text; `profile --generate_tokens` times it."""
+    models_text: bool = False
+    """`score` reports 'text_loss': the language model's next-token loss on every token of the example (a causal
+    language model's tasks), which `search.verify_metric: text_loss` ranks plans by."""
     selection_metric: str = "loss"
     """The metric (a key of `finalize`'s output) the verified search ranks plans by: 'loss' is minimised, any
     other metric maximised, ties broken by the loss. The loss is the default: measured on a thousand

@@ -20,6 +20,7 @@ IGNORE = -100
 @register_task
 class CausalLM(Task):
     name = "causal_lm"
+    models_text = True
 
     def __init__(self, tokenizer, max_length: int = 256):
         self.tokenizer, self.max_length = tokenizer, max_length
@@ -68,6 +69,7 @@ class CausalLM(Task):
             "n": target.shape[0],
             "loss_sum": per_example.sum().item(),
             "exact_match_sum": right.all(1).sum().item(),
+            "text_loss_sum": text_loss_sum(logits, batch["input_ids"], batch["attention_mask"]),
         }
 
     def example_batch(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
@@ -76,6 +78,17 @@ class CausalLM(Task):
 
     def info(self) -> dict:
         return {"name": self.name, "max_length": self.max_length}
+
+
+def text_loss_sum(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:
+    """The next-token loss of every real token of each row (prompt and answer alike: the text's perplexity, as
+    perplexity-based block pruning measures it), averaged per row and summed over rows: what
+    `search.verify_metric: text_loss` ranks plans by. `logits`: (B, >= T-1, V), row t predicting token t+1."""
+    target = input_ids[:, 1:]  # (B, T-1)
+    mask = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # (B, T-1): a real token after a real one
+    nll = torch.nn.functional.cross_entropy(logits[:, : target.shape[1]].float().transpose(1, 2), target,
+                                            reduction="none")  # (B, T-1)
+    return float(((nll * mask).sum(1) / mask.sum(1).clamp(min=1)).sum())
 
 
 def pad_id(tokenizer) -> int:

@@ -27,7 +27,7 @@ from ..models.base import generate_returns_prompt
 from ..nn_utils import eval_mode, pad_rows
 from ..skipping import SkipModel
 from .base import Task, to_device
-from .causal_lm import answer_labels, pad_id
+from .causal_lm import answer_labels, pad_id, text_loss_sum
 from .qa_metrics import exact_match_accuracy, parse_answer_letter
 
 ANSWER_PREFIX = "Answer: The answer is "  # how every target of `data.language_qa` starts
@@ -39,6 +39,7 @@ class GenerativeQA(Task):
 
     writes_predictions = True  # generated text, parsed answer and gold answer per question
     generates = True
+    models_text = True
     option_letters_default: str | None = None
     """The letters every question offers (None: no choice_accuracy)."""
 
@@ -188,9 +189,10 @@ class GenerativeQA(Task):
     def score(self, model: SkipModel, batch: dict) -> dict[str, float]:
         n = len(batch["input_ids"])
         out = model(**self._model_inputs(batch), labels=batch["labels"])
-        sums = {"n": n, "loss_sum": float(out.loss) * n}
+        shift = out.logits.shape[1] - batch["input_ids"].shape[1]  # (tokens a LaVIN model inserts; 0 otherwise)
+        sums = {"n": n, "loss_sum": float(out.loss) * n,
+                "text_loss_sum": text_loss_sum(out.logits[:, shift:], batch["input_ids"], batch["attention_mask"])}
         if "choice_pos" in batch:  # the options' logits at the answer's first token: (B, options)
-            shift = out.logits.shape[1] - batch["input_ids"].shape[1]  # (tokens a LaVIN model inserts; 0 otherwise)
             rows = out.logits[torch.arange(n, device=out.logits.device), shift + batch["choice_pos"]].float()
             options = rows[:, self.choice[1]]
             sums["choice_loss_sum"] = float(F.cross_entropy(options, batch["choice_gold"], reduction="sum"))
