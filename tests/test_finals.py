@@ -10,7 +10,7 @@ from test_search import PLANTED, TRAIN, VERIFIED, setup
 from archskip import SearchConfig
 from archskip.config import ConfigError
 from archskip.search import run_search
-from archskip.search.finals import finalists, play_finals
+from archskip.search.finals import finalists, judged_by, play_finals
 
 FINALS = replace(VERIFIED, finalists=2)  # the default search with a final round (off by default)
 
@@ -39,6 +39,17 @@ def test_the_winner_has_the_best_held_out_loss_and_the_weights_are_given_back():
     assert all(m["metrics"]["n"] == 32 for m in table)  # judged on final_fraction (0.25) of 128, held out
     after = model.trainable_state_dict()
     assert all(torch.equal(before[n], after[n]) for n in after) and not any(l.skipped for l in model.candidates)
+
+
+def test_trained_finalists_are_judged_by_the_task_unless_the_options_cross_entropy_ranked_the_measurement():
+    from conftest import tiny_tokenizer
+
+    from archskip.tasks import CausalLM
+
+    task = CausalLM(tiny_tokenizer())
+    assert judged_by(task, replace(FINALS, verify_metric="text_loss")) == "loss"  # (the frozen text, not the answer)
+    assert judged_by(task, FINALS) == "loss"
+    assert judged_by(task, replace(FINALS, verify_metric="choice_loss")) == "choice_loss"
 
 
 def test_every_finalist_starts_from_the_same_fresh_adapters():

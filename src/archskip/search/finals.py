@@ -75,7 +75,7 @@ def play_finals(model: SkipModel, task: Task, train, plans: Sequence[Plan], cfg:
     batches = list(make_loader(eval_view(judge), task.collate, cfg.reward_batch_size or train_cfg.batch_size))
     short = replace(train_cfg, epochs=cfg.final_epochs, distill_steps=0, teacher=None, warm_start=None,
                     eval_every=None, checkpoint_every=None, tensorboard=False)
-    metric = task.selection_metric if cfg.verify_metric == "task" else cfg.verify_metric
+    metric = judged_by(task, cfg)
     measured = dict(known or {})
     before = model.trainable_state_dict()
     try:
@@ -107,6 +107,13 @@ def play_finals(model: SkipModel, task: Task, train, plans: Sequence[Plan], cfg:
     ranked = sorted(plans, key=key)
     return ranked[0], [{"plan": list(p), "metrics": measured[p], "selection": metric, "penalty": cost(p)}
                        for p in ranked]
+
+
+def judged_by(task: Task, cfg: SearchConfig) -> str:
+    """The metric the final round ranks its trained finalists by: the measurement's (`search.verify_metric`), but
+    the task's selection metric in place of 'text_loss', which reads how much of the frozen model's text survives,
+    not what a finalist's adapters trained for."""
+    return task.selection_metric if cfg.verify_metric in ("task", "text_loss") else cfg.verify_metric
 
 
 def run_finals(model: SkipModel, task: Task, train, verification: dict, cfg: SearchConfig, train_cfg: TrainConfig, *,
