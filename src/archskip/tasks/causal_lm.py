@@ -52,8 +52,10 @@ class CausalLM(Task):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
         target = batch["labels"][:, 1:]  # (B, T-1): token t is predicted at t-1
         mask = target != IGNORE
+        # every token's loss against the text itself (the answer's labels are its tokens), so that `score`'s
+        # text loss reads the same numbers
         nll = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), target.clamp(min=0), reduction="none"
+            logits.transpose(1, 2), batch["input_ids"][:, 1:], reduction="none"
         )  # (B, T-1)
         return logits, target, mask, nll
 
@@ -69,7 +71,7 @@ class CausalLM(Task):
             "n": target.shape[0],
             "loss_sum": per_example.sum().item(),
             "exact_match_sum": right.all(1).sum().item(),
-            "text_loss_sum": text_loss_sum(logits, batch["input_ids"], batch["attention_mask"]),
+            "text_loss_sum": text_loss_sum(logits, batch["input_ids"], batch["attention_mask"], nll=nll),
         }
 
     def example_batch(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
@@ -80,14 +82,17 @@ class CausalLM(Task):
         return {"name": self.name, "max_length": self.max_length}
 
 
-def text_loss_sum(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:
+def text_loss_sum(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  nll: torch.Tensor | None = None) -> float:
     """The next-token loss of every real token of each row (prompt and answer alike: the text's perplexity, as
     perplexity-based block pruning measures it), averaged per row and summed over rows: what
-    `search.verify_metric: text_loss` ranks plans by. `logits`: (B, >= T-1, V), row t predicting token t+1."""
+    `search.verify_metric: text_loss` ranks plans by. `logits`: (B, >= T-1, V), row t predicting token t+1;
+    `nll`: every token's loss against `input_ids`, (B, T-1), where the caller has it already."""
     target = input_ids[:, 1:]  # (B, T-1)
     mask = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # (B, T-1): a real token after a real one
-    nll = torch.nn.functional.cross_entropy(logits[:, : target.shape[1]].float().transpose(1, 2), target,
-                                            reduction="none")  # (B, T-1)
+    if nll is None:
+        nll = torch.nn.functional.cross_entropy(logits[:, : target.shape[1]].float().transpose(1, 2), target,
+                                                reduction="none")  # (B, T-1)
     return float(((nll * mask).sum(1) / mask.sum(1).clamp(min=1)).sum())
 
 
