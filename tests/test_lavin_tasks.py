@@ -210,14 +210,13 @@ def test_option_choice_matches_unbatched_scoring(llm_dirs):
     assert metrics["choice_accuracy"] == pytest.approx(sum(x == "A" for x in expected) / len(examples))
 
 
-def test_option_choice_with_images_matches_the_models_own_loss(sqa, llm_dirs):
-    """On LaVIN (image tokens in front, rows with and without images mixed), choose_options agrees with
-    scoring each "prompt + answer" through the model's own label alignment (loss x tokens)."""
+def _scienceqa_lavin(llm_dirs):
+    """A LaVIN model (tiny LLaMA + CLIP, adapters perturbed) and ScienceQA scored by its options. 4 image tokens:
+    with this tokenizer, 2 would insert as many tokens as "Image: N/A", hiding which rows carry an image."""
     from archskip.models.load import load_pretrained
     from archskip.tasks import assemble
-    from archskip.tasks.causal_lm import IGNORE
 
-    cfg = ModelConfig(name_or_path=str(llm_dirs / "llama"), vision=str(llm_dirs / "clip"), image_tokens=2, projector_hidden=8)
+    cfg = ModelConfig(name_or_path=str(llm_dirs / "llama"), vision=str(llm_dirs / "clip"), image_tokens=4, projector_hidden=8)
     base, tok, extras = load_pretrained(cfg)
     task = ScienceQA(tok, 256, 6, SquareImageSpec(28, "clip"), option_letters="ABC", answer_prefix="The answer is ")
     torch.manual_seed(0)
@@ -225,6 +224,16 @@ def test_option_choice_with_images_matches_the_models_own_loss(sqa, llm_dirs):
     with torch.no_grad():
         for p in model.trainable_named_parameters().values():
             p.add_(torch.randn_like(p) * 0.5)
+    assert len(set(model.base.inserted_tokens(torch.zeros(2, 3, dtype=torch.long), torch.tensor([0, 1])).tolist())) == 2
+    return tok, task, model
+
+
+def test_option_choice_with_images_matches_the_models_own_loss(sqa, llm_dirs):
+    """On LaVIN (image tokens in front, rows with and without images mixed), choose_options agrees with
+    scoring each "prompt + answer" through the model's own label alignment (loss x tokens)."""
+    from archskip.tasks.causal_lm import IGNORE
+
+    tok, task, model = _scienceqa_lavin(llm_dirs)
     items = load_scienceqa(sqa, "train") + load_scienceqa(sqa, "test")
     assert {bool(e.get("image")) for e in items[:3]} == {True, False}  # the first chunk mixes both
 
@@ -242,6 +251,27 @@ def test_option_choice_with_images_matches_the_models_own_loss(sqa, llm_dirs):
 
     assert task.choose_options(model, items, "ABC", batch_size=3) == [reference(e) for e in items]
     assert task.info()["option_letters"] == "ABC" and task.info()["answer_prefix"] == "The answer is "
+
+
+def test_a_batch_mixing_image_and_text_only_rows_scores_each_row_as_alone(sqa, llm_dirs):
+    """LaVIN inserts more tokens before a row with an image than before one without: in a batch mixing both, the
+    loss is the model's own labels-path loss, and each row's text loss and options' cross-entropy are what the
+    row scores alone (the text loss also equals the model's own loss with the row's tokens as labels)."""
+    _, task, model = _scienceqa_lavin(llm_dirs)
+    items = (load_scienceqa(sqa, "train") + load_scienceqa(sqa, "test"))[:4]
+    assert {bool(e.get("image")) for e in items} == {True, False}
+    batch = task.collate(items)
+    assert "choice_pos" in batch
+    with torch.no_grad():
+        got = task.score(model, batch)
+        own = float(model(**task._model_inputs(batch), labels=batch["labels"]).loss)
+        alone = [task.score(model, task.collate([e])) for e in items]
+        own_text = [float(model(**task._model_inputs(one), labels=one["input_ids"]).loss)
+                    for one in (task.collate([e]) for e in items)]
+    assert got["loss_sum"] / len(items) == pytest.approx(own, rel=1e-5)
+    assert got["text_loss_sum"] == pytest.approx(sum(a["text_loss_sum"] for a in alone), rel=1e-5)
+    assert got["text_loss_sum"] == pytest.approx(sum(own_text), rel=1e-5)
+    assert got["choice_loss_sum"] == pytest.approx(sum(a["choice_loss_sum"] for a in alone), rel=1e-5)
 
 
 def test_a_no_skip_teacher_teaches_a_generative_task_on_its_answer_tokens(llm_dirs):

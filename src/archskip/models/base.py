@@ -6,6 +6,7 @@ Hugging Face models are used as they are; the models archskip builds itself (MET
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -24,6 +25,11 @@ class BackboneModel(nn.Module):
         """The Hugging Face model whose `gradient_checkpointing_enable` recomputes the frozen blocks."""
         return self
 
+    def inserted_tokens(self, input_ids: torch.Tensor, has_image: torch.Tensor | None) -> torch.Tensor:
+        """(B,) positions the model inserts after each row's first token (LaVIN: its prefix and image tokens), so
+        that its output at input position t >= 1 sits at t + this; zeros for a model that inserts none."""
+        return torch.zeros(len(input_ids), dtype=torch.long, device=input_ids.device)
+
 
 def trainable_names(base: nn.Module) -> list[str]:
     return base.trainable_names() if isinstance(base, BackboneModel) else []
@@ -31,6 +37,13 @@ def trainable_names(base: nn.Module) -> list[str]:
 
 def generate_returns_prompt(base: nn.Module) -> bool:
     return base.generate_returns_prompt if isinstance(base, BackboneModel) else True
+
+
+def inserted_tokens(base: nn.Module, batch: dict) -> torch.Tensor:
+    """(B,) tokens `base` inserts after each row's first token of a batch ({input_ids, [has_image]})."""
+    if isinstance(base, BackboneModel):
+        return base.inserted_tokens(batch["input_ids"], batch.get("has_image"))
+    return torch.zeros(len(batch["input_ids"]), dtype=torch.long, device=batch["input_ids"].device)
 
 
 def checkpointing_module(base: nn.Module) -> nn.Module:

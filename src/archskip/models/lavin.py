@@ -85,6 +85,15 @@ class LaVIN(BackboneModel):
     def checkpointing_module(self) -> nn.Module:
         return self.llm
 
+    def inserted_tokens(self, input_ids: torch.Tensor, has_image: torch.Tensor | None) -> torch.Tensor:
+        """(B,) tokens `embed` puts after BOS: the image prefix and image tokens for a row with an image (a model
+        with a vision tower), else the text-only prefix. Rows of one batch may differ."""
+        text_only = torch.full((len(input_ids),), len(self.prefix_no_image), dtype=torch.long, device=input_ids.device)
+        if self.vision is None or has_image is None:
+            return text_only
+        with_image = len(self.prefix_image) + len(self.feature_blocks)
+        return torch.where(has_image.to(input_ids.device).bool(), with_image, text_only)
+
     # ---- routing ------------------------------------------------------------------------------------
     def _llm_routers(self) -> list[RouterAdapter]:
         return [m for m in self.llm.modules() if isinstance(m, RouterAdapter)]

@@ -71,7 +71,7 @@ class CausalLM(Task):
             "n": target.shape[0],
             "loss_sum": per_example.sum().item(),
             "exact_match_sum": right.all(1).sum().item(),
-            "text_loss_sum": text_loss_sum(logits, batch["input_ids"], batch["attention_mask"], nll=nll),
+            "text_loss_sum": text_loss_sum(nll, batch["attention_mask"]),
         }
 
     def example_batch(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
@@ -82,17 +82,26 @@ class CausalLM(Task):
         return {"name": self.name, "max_length": self.max_length}
 
 
-def text_loss_sum(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  nll: torch.Tensor | None = None) -> float:
+def next_token_losses(logits: torch.Tensor, input_ids: torch.Tensor, inserted: torch.Tensor) -> torch.Tensor:
+    """(B, T-1) float32 cross-entropy of every input token t+1 given the text up to t. `logits`: (B, T', V) with
+    row b's prediction of token t+1 at position t + inserted[b] (T' >= T; `inserted`: the tokens a model such as
+    LaVIN puts after BOS, which differ between rows with and without an image). One row at a time: the float32
+    copy is (T, V), not (B, T, V)."""
+    B, T = input_ids.shape
+    nll = torch.zeros(B, T - 1, dtype=torch.float32, device=logits.device)
+    for b in range(B):
+        start = int(inserted[b])
+        rows = logits[b, start : start + T - 1].float()  # (<= T-1, V): a padded row may end early
+        nll[b, : len(rows)] = torch.nn.functional.cross_entropy(rows, input_ids[b, 1 : 1 + len(rows)], reduction="none")
+    return nll
+
+
+def text_loss_sum(nll: torch.Tensor, attention_mask: torch.Tensor) -> float:
     """The next-token loss of every real token of each row (prompt and answer alike: the text's perplexity, as
     perplexity-based block pruning measures it), averaged per row and summed over rows: what
-    `search.verify_metric: text_loss` ranks plans by. `logits`: (B, >= T-1, V), row t predicting token t+1;
-    `nll`: every token's loss against `input_ids`, (B, T-1), where the caller has it already."""
-    target = input_ids[:, 1:]  # (B, T-1)
+    `search.verify_metric: text_loss` ranks plans by. `nll`: (B, T-1), every token's loss against the row's
+    next token (position t predicting token t+1)."""
     mask = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # (B, T-1): a real token after a real one
-    if nll is None:
-        nll = torch.nn.functional.cross_entropy(logits[:, : target.shape[1]].float().transpose(1, 2), target,
-                                                reduction="none")  # (B, T-1)
     return float(((nll * mask).sum(1) / mask.sum(1).clamp(min=1)).sum())
 
 

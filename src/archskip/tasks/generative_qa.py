@@ -23,11 +23,11 @@ from ..config import RunConfig, TaskConfig
 from ..data.images import SquareImageSpec
 from ..data.splits import Splits, named_splits
 from ..errors import ConfigError, DataError
-from ..models.base import generate_returns_prompt
+from ..models.base import generate_returns_prompt, inserted_tokens
 from ..nn_utils import eval_mode, pad_rows
 from ..skipping import SkipModel
 from .base import Task, to_device
-from .causal_lm import answer_labels, pad_id, text_loss_sum
+from .causal_lm import IGNORE, answer_labels, next_token_losses, pad_id, text_loss_sum
 from .qa_metrics import exact_match_accuracy, parse_answer_letter
 
 ANSWER_PREFIX = "Answer: The answer is "  # how every target of `data.language_qa` starts
@@ -188,12 +188,14 @@ class GenerativeQA(Task):
 
     def score(self, model: SkipModel, batch: dict) -> dict[str, float]:
         n = len(batch["input_ids"])
-        out = model(**self._model_inputs(batch), labels=batch["labels"])
-        shift = out.logits.shape[1] - batch["input_ids"].shape[1]  # (tokens a LaVIN model inserts; 0 otherwise)
-        sums = {"n": n, "loss_sum": float(out.loss) * n,
-                "text_loss_sum": text_loss_sum(out.logits[:, shift:], batch["input_ids"], batch["attention_mask"])}
+        logits = model(**self._model_inputs(batch)).logits  # (B, T', V): T' > T where LaVIN inserts tokens
+        inserted = inserted_tokens(model.base, batch)  # (B,): where each row's text sits in the logits
+        nll = next_token_losses(logits, batch["input_ids"], inserted)  # (B, T-1)
+        answer = batch["labels"][:, 1:] != IGNORE  # (B, T-1): the target's tokens (the answer's labels are its ids)
+        # the loss as the model's own labels path computes it: the mean over the batch's target tokens
+        sums = {"n": n, "loss_sum": float(nll[answer].mean()) * n, "text_loss_sum": text_loss_sum(nll, batch["attention_mask"])}
         if "choice_pos" in batch:  # the options' logits at the answer's first token: (B, options)
-            rows = out.logits[torch.arange(n, device=out.logits.device), shift + batch["choice_pos"]].float()
+            rows = logits[torch.arange(n, device=logits.device), inserted + batch["choice_pos"]].float()
             options = rows[:, self.choice[1]]
             sums["choice_loss_sum"] = float(F.cross_entropy(options, batch["choice_gold"], reduction="sum"))
         return sums
@@ -233,15 +235,15 @@ class GenerativeQA(Task):
 
         A sequence never needs its last token as input, so the inputs of "...is A" and "...is B" are the
         same when the options differ in one final token (letters, usually): each distinct input runs once
-        and every option reads its token off the same row. LaVIN puts image tokens in front of the text,
-        shifting every position by the same amount in a batch whose rows all have (or all lack) an image:
-        chunks that mix both are scored one question at a time."""
+        and every option reads its token off the same row. LaVIN puts its prefix (and image tokens) after BOS:
+        each row's positions shift by what it inserts, which differs between rows with and without an image."""
         device = device or next(model.parameters()).device
         out = []
         conts = self._option_tokens(letters)
         room = self.max_length - max(map(len, conts))
         with eval_mode(model):
-            for chunk in self._same_shift_chunks(examples, batch_size):
+            for start in range(0, len(examples), batch_size):
+                chunk = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
                 inputs, owner, wanted = [], [], []  # distinct input rows, their example, per (example, option): (row, start, seq)
                 for i, e in enumerate(chunk):
                     head = self._prompt_ids(e)[-room:]
@@ -255,24 +257,16 @@ class GenerativeQA(Task):
                             owner.append(i)
                         wanted.append((rows_of[key], len(head), seq))
                 ids, mask = self._pad(inputs)
-                width = ids.shape[1]
-                images = {k: v[owner] for k, v in self._images(chunk).items()}
-                logp = model(**to_device({"input_ids": ids, "attention_mask": mask, **images}, device)).logits.float().log_softmax(-1)
-                shift = logp.shape[1] - width  # the image tokens and their prefix, 0 for a plain decoder: (rows, width + shift, V)
-                scores = [float(logp[b, shift + s - 1 : shift + len(seq) - 1].gather(-1, torch.tensor(seq[s:], device=device)[:, None]).sum())
+                batch = to_device({"input_ids": ids, "attention_mask": mask,
+                                   **{k: v[owner] for k, v in self._images(chunk).items()}}, device)
+                logp = model(**batch).logits.float().log_softmax(-1)  # (rows, T', V)
+                shift = inserted_tokens(model.base, batch).tolist()  # per row: its prefix (and image tokens), 0 for a plain decoder
+                scores = [float(logp[b, shift[b] + s - 1 : shift[b] + len(seq) - 1].gather(-1, torch.tensor(seq[s:], device=device)[:, None]).sum())
                           for b, s, seq in wanted]  # (examples * options,)
                 for i in range(len(chunk)):
                     row = scores[i * len(conts) : (i + 1) * len(conts)]
                     out.append(letters[max(range(len(conts)), key=row.__getitem__)])
         return out
-
-    def _same_shift_chunks(self, examples, batch_size: int) -> list[list[dict]]:
-        """Batches of `examples` in order; with images, a batch mixing image and no-image questions is split
-        into single questions (LaVIN shifts text positions differently for the two)."""
-        chunks = [[examples[i] for i in range(s, min(s + batch_size, len(examples)))] for s in range(0, len(examples), batch_size)]
-        if self.image is None:
-            return chunks
-        return [part for c in chunks for part in ([c] if len({bool(e.get("image")) for e in c}) == 1 else [[e] for e in c])]
 
     def evaluate_dataset(self, model: SkipModel, examples, batch_size: int = 8, device=None, num_workers: int = 0) -> dict:
         preds = self.predict_dataset(model, examples, batch_size, device)
