@@ -49,15 +49,13 @@ class CausalLM(Task):
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
     def _token_losses(self, model: SkipModel, batch: dict):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
         target = batch["labels"][:, 1:]  # (B, T-1): token t is predicted at t-1
         mask = target != IGNORE
         # every token's loss against the text itself (the answer's labels are its tokens), so that `score`'s
         # text loss reads the same numbers
-        nll = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), batch["input_ids"][:, 1:], reduction="none"
-        )  # (B, T-1)
-        return logits, target, mask, nll
+        nll = next_token_losses(logits, batch["input_ids"])  # (B, T-1)
+        return logits[:, :-1], target, mask, nll
 
     def loss(self, model: SkipModel, batch: dict) -> torch.Tensor:
         _, _, mask, nll = self._token_losses(model, batch)
@@ -82,15 +80,15 @@ class CausalLM(Task):
         return {"name": self.name, "max_length": self.max_length}
 
 
-def next_token_losses(logits: torch.Tensor, input_ids: torch.Tensor, inserted: torch.Tensor) -> torch.Tensor:
+def next_token_losses(logits: torch.Tensor, input_ids: torch.Tensor, inserted: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T-1) float32 cross-entropy of every input token t+1 given the text up to t. `logits`: (B, T', V) with
     row b's prediction of token t+1 at position t + inserted[b] (T' >= T; `inserted`: the tokens a model such as
-    LaVIN puts after BOS, which differ between rows with and without an image). One row at a time: the float32
-    copy is (T, V), not (B, T, V)."""
+    LaVIN puts after BOS, which differ between rows with and without an image; None: 0). One row at a time: the
+    float32 copy is (T, V), not (B, T, V)."""
     B, T = input_ids.shape
     nll = torch.zeros(B, T - 1, dtype=torch.float32, device=logits.device)
     for b in range(B):
-        start = int(inserted[b])
+        start = 0 if inserted is None else int(inserted[b])
         rows = logits[b, start : start + T - 1].float()  # (<= T-1, V): a padded row may end early
         nll[b, : len(rows)] = torch.nn.functional.cross_entropy(rows, input_ids[b, 1 : 1 + len(rows)], reduction="none")
     return nll
