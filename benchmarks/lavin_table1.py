@@ -113,17 +113,31 @@ class Sentiment(GenerativeQA):
         return min(found)[1] if found else None
 
 
-def load(name: str, n_train: int, n_test: int, seed: int = 0) -> tuple[list, list]:
+def _reviews(name: str) -> list[dict]:
     rows = load_rotten_tomatoes() if name == "polarity" else load_imdb()
     random.Random(0).shuffle(rows)  # the split is fixed; training seeds vary separately
-    test, train = split_examples(rows[: 4 * (n_train + n_test)], (0.2,), seed=0)
+    return rows
 
-    def item(r: dict) -> dict:
-        text = " ".join(r["text"].split()[:60])  # IMDB reviews: their first 60 words
-        word = WORDS[int(r["label"])]
-        return {"prompt": f"Review: {text}\n", "target": f"Sentiment: {word}", "answer": word}
 
-    return [item(r) for r in train[:n_train]], [item(r) for r in test[:n_test]]
+def load(name: str, n_train: int, n_test: int, seed: int = 0) -> tuple[list, list]:
+    test, train = split_examples(_reviews(name)[: 4 * (n_train + n_test)], (0.2,), seed=0)
+    return [_item(r) for r in train[:n_train]], [_item(r) for r in test[:n_test]]
+
+
+def held_out(name: str, n_train: int, n_test: int, n: int) -> list[dict]:
+    """`n` more test reviews, none of them among those `load(name, n_train, n_test)` draws from (its training
+    reviews for every seed and its test reviews): the reviews after them in the same fixed order."""
+    rows = _reviews(name)
+    used = 4 * (n_train + n_test)
+    if used + n > len(rows):
+        raise SystemExit(f"--n-held-out {n}: the {name} set has {len(rows) - used} reviews beyond the {used} load() draws from")
+    return [_item(r) for r in rows[used : used + n]]
+
+
+def _item(r: dict) -> dict:
+    text = " ".join(r["text"].split()[:60])  # IMDB reviews: their first 60 words
+    word = WORDS[int(r["label"])]
+    return {"prompt": f"Review: {text}\n", "target": f"Sentiment: {word}", "answer": word}
 
 
 class Bench:
@@ -216,6 +230,13 @@ class Bench:
         return self._get(key, lambda: self._metrics(plan, recipe))
 
     def _metrics(self, plan: SkipPlan, recipe: str) -> dict:
+        model, task, trainable = self.trained(plan, recipe)
+        m = task.evaluate_dataset(model, self.test, batch_size=16)
+        return {"accuracy": m["accuracy"], "choice_accuracy": m["choice_accuracy"], "loss": m["loss"], "trainable": trainable}
+
+    def trained(self, plan: SkipPlan, recipe: str = "adapters") -> tuple[SkipModel, Sentiment, int]:
+        """The model trained under `plan` with the shared budget and `recipe`, pruned, in eval mode; its task (which
+        evaluates as the plain task under a teacher); its trainable parameter count."""
         # reassess: the head (tied to the embeddings in SmolLM2) trains too
         model, task = self.fresh(replace(self.adapter, skip_hidden=WIDE_SKIP_HIDDEN) if recipe == "wide" else None,
                                  trainable=["embed_tokens"] if recipe == "reassess" else None)
@@ -234,9 +255,7 @@ class Bench:
             task = TeacherLoss(task, teacher, weight=1.0, temperature=2.0)
         Trainer(model, task, cfg, seed=self.seed, progress=False).fit(self.train)
         trainable = model.parameter_counts()[0]
-        model.prune()
-        m = task.evaluate_dataset(model.eval(), self.test, batch_size=16)  # TeacherLoss evaluates as the plain task
-        return {"accuracy": m["accuracy"], "choice_accuracy": m["choice_accuracy"], "loss": m["loss"], "trainable": trainable}
+        return model.prune().eval(), task, trainable
 
     def pruned(self, plan: SkipPlan) -> SkipModel:
         """An untrained model pruned to `plan`: its cost is that of the trained one (same shapes, same work)."""
