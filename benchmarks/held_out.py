@@ -30,17 +30,19 @@ def plan_of(text: str) -> SkipPlan:
 
 
 def outcomes(bench: Bench, memo: Memo, plan: SkipPlan, extra: list[dict]) -> dict:
-    """Per review 1 (right) or 0 of the model trained under `plan`: {'test': [...], 'held_out': [...]}."""
+    """Per review 1 (right) or 0 of the model trained under `plan`: {'test': [...], 'held_out': [...], 'seconds'}
+    (remembered as strings of 0 and 1, one character a review)."""
     key = f"{bench.budget}|held-out={len(extra)}|skip={','.join(map(str, plan.skip))}|adapters"
 
     def compute() -> dict:
         t0 = time.perf_counter()
         model, task, _ = bench.trained(plan)
-        right = {split: [int(p["prediction"] == p["answer"]) for p in task.predict_dataset(model, rows, batch_size=16)]
+        right = {split: "".join(str(int(p["prediction"] == p["answer"])) for p in task.predict_dataset(model, rows, batch_size=16))
                  for split, rows in (("test", bench.test), ("held_out", extra))}
         return {**right, "seconds": round(time.perf_counter() - t0, 1)}
 
-    return memo.get(key, compute)
+    found = memo.get(key, compute)
+    return {"test": [int(c) for c in found["test"]], "held_out": [int(c) for c in found["held_out"]], "seconds": found["seconds"]}
 
 
 def paired(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
