@@ -23,10 +23,19 @@ from common import RESULTS, Memo, Report
 from lavin_table1 import N_LAYERS, Bench, held_out
 
 from archskip import SkipPlan
+from archskip.errors import PlanError
 
 
 def plan_of(text: str) -> SkipPlan:
-    return SkipPlan(() if text == "none" else tuple(int(b) for b in text.split(",")), N_LAYERS)
+    """A --plans value ("none", or block indices joined by commas) as a plan; a bad one stops the script, named."""
+    try:
+        skip = () if text == "none" else tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--plans {text}: expected 'none' or block indices 0..{N_LAYERS - 1} joined by commas") from None
+    try:
+        return SkipPlan(skip, N_LAYERS)
+    except PlanError as e:
+        raise SystemExit(f"--plans {text}: {e}") from None
 
 
 def outcomes(bench: Bench, memo: Memo, plan: SkipPlan, extra: list[dict]) -> dict:

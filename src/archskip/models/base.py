@@ -41,9 +41,9 @@ def generate_returns_prompt(base: nn.Module) -> bool:
 
 def inserted_tokens(base: nn.Module, batch: dict) -> torch.Tensor:
     """(B,) tokens `base` inserts after each row's first token of a batch ({input_ids, [has_image]})."""
-    if isinstance(base, BackboneModel):
-        return base.inserted_tokens(batch["input_ids"], batch.get("has_image"))
-    return torch.zeros(len(batch["input_ids"]), dtype=torch.long, device=batch["input_ids"].device)
+    # a plain Hugging Face model inserts nothing: BackboneModel's own answer (zeros)
+    own = type(base).inserted_tokens if isinstance(base, BackboneModel) else BackboneModel.inserted_tokens
+    return own(base, batch["input_ids"], batch.get("has_image"))
 
 
 def checkpointing_module(base: nn.Module) -> nn.Module:

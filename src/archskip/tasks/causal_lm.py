@@ -83,9 +83,14 @@ class CausalLM(Task):
 def next_token_losses(logits: torch.Tensor, input_ids: torch.Tensor, inserted: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T-1) float32 cross-entropy of every input token t+1 given the text up to t. `logits`: (B, T', V) with
     row b's prediction of token t+1 at position t + inserted[b] (T' >= T; `inserted`: the tokens a model such as
-    LaVIN puts after BOS, which differ between rows with and without an image; None: 0). One row at a time: the
-    float32 copy is (T, V), not (B, T, V)."""
+    LaVIN puts after BOS, which differ between rows with and without an image; None: 0). Where every row inserts
+    the same number (a plain decoder), one cross-entropy over the batch, in float32 as transformers' own loss;
+    otherwise one row at a time."""
     B, T = input_ids.shape
+    if inserted is None or bool((inserted == inserted[0]).all()):
+        start = 0 if inserted is None else int(inserted[0])
+        rows = logits[:, start : start + T - 1].float()  # (B, T-1, V)
+        return torch.nn.functional.cross_entropy(rows.flatten(0, 1), input_ids[:, 1:].flatten(), reduction="none").view(B, T - 1)
     nll = torch.zeros(B, T - 1, dtype=torch.float32, device=logits.device)
     for b in range(B):
         start = 0 if inserted is None else int(inserted[b])

@@ -220,8 +220,7 @@ class GenerativeQA(Task):
         device = device or next(model.parameters()).device
         out = []
         with eval_mode(model):
-            for start in range(0, len(examples), batch_size):
-                chunk = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
+            for start, chunk in _chunks(examples, batch_size):
                 texts = self.generate(model, to_device(self.collate_prompts(chunk), device))
                 for e, text in zip(chunk, texts):
                     out.append({"qid": e.get("qid", start + len(out)), "generated": text, "prediction": self.parse(text),
@@ -242,8 +241,7 @@ class GenerativeQA(Task):
         conts = self._option_tokens(letters)
         room = self.max_length - max(map(len, conts))
         with eval_mode(model):
-            for start in range(0, len(examples), batch_size):
-                chunk = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
+            for _, chunk in _chunks(examples, batch_size):
                 inputs, owner, wanted = [], [], []  # distinct input rows, their example, per (example, option): (row, start, seq)
                 for i, e in enumerate(chunk):
                     head = self._prompt_ids(e)[-room:]
@@ -296,3 +294,8 @@ class GenerativeQA(Task):
                 "image": asdict(self.image) if self.image else None, "option_letters": self.option_letters,
                 "answer_prefix": self.answer_prefix}
 
+
+def _chunks(examples, size: int):
+    """(start, [examples[start], ...]) of up to `size` examples (a list or a dataset indexed by position)."""
+    for start in range(0, len(examples), size):
+        yield start, [examples[i] for i in range(start, min(start + size, len(examples)))]
