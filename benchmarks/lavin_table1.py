@@ -92,6 +92,7 @@ METHODS_RUN = {
 MEMO_NAMES = {"default-supernet": "default"}
 FINALS_VERSION = 1
 WIDE_SKIP_HIDDEN = 128
+HELD_OUT, HELD_OUT_QUICK = 2000, 16  # held_out.py's extra test reviews per model (400 resolve ~3.5 points: docs/benchmarks.md)
 DISTILL_EPOCHS = 1.0  # distillation micro-batches: one pass over the training reviews
 SEARCH_VERSION = 3  # 3: searches as long as the training (3 epochs, was 2)
 
@@ -132,6 +133,17 @@ def held_out(name: str, n_train: int, n_test: int, n: int) -> list[dict]:
     if used + n > len(rows):
         raise SystemExit(f"--n-held-out {n}: the {name} set has {len(rows) - used} reviews beyond the {used} load() draws from")
     return [_item(r) for r in rows[used : used + n]]
+
+
+def held_out_key(budget: str, n: int, plan: SkipPlan, recipe: str) -> str:
+    """held_out.py's memo key of the model `Bench.trained(plan, recipe)` trains under `budget`, tested on `n`
+    held-out reviews (the tables below show those results beside the 400 test reviews')."""
+    return f"{budget}|held-out={n}|skip={','.join(map(str, plan.skip))}|{recipe}"
+
+
+def recipe_of(method: str) -> str:
+    """The training recipe of a row: "<method>+<switches>" trains with the switches, reassess its own way."""
+    return "reassess" if method == "reassess" else method.partition("+")[2] or "adapters"
 
 
 def _item(r: dict) -> dict:
@@ -225,7 +237,7 @@ class Bench:
 
     def metrics(self, method: str, plan: SkipPlan) -> dict:
         """Test metrics after training under `plan` with the shared budget (remembered across killed runs)."""
-        recipe = "reassess" if method == "reassess" else method.partition("+")[2] or "adapters"
+        recipe = recipe_of(method)
         key = f"{self.budget}|metrics|skip={','.join(map(str, plan.skip))}|{recipe}"
         return self._get(key, lambda: self._metrics(plan, recipe))
 
@@ -269,6 +281,8 @@ def run_task(name: str, args, report: Report, summary: dict) -> None:
     cells: dict[tuple[int, str], list[dict]] = {}
     missing: dict[tuple[int, str], list[int]] = {}  # --memo-only: the seeds of a cell not finished yet
     plans: dict[tuple[int, str], list[str]] = {}
+    held = Memo("held_out", args.quick)  # models held_out.py also tested on HELD_OUT more reviews
+    n_held = HELD_OUT_QUICK if args.quick else HELD_OUT
     for seed in args.seeds:
         bench = Bench(name, args.quick, seed, args.n_train, args.n_test, args.epochs, memo_only=args.memo_only)
         for k in ks:
@@ -280,7 +294,9 @@ def run_task(name: str, args, report: Report, summary: dict) -> None:
                 except NotYet:
                     missing.setdefault((k, method), []).append(seed)
                     continue
-                cells.setdefault((k, method), []).append({**m, "search_s": found["seconds"], "seed": seed})
+                extra = held.values.get(held_out_key(bench.budget, n_held, plan, recipe_of(method)))
+                cells.setdefault((k, method), []).append({**m, "search_s": found["seconds"], "seed": seed, "held_out":
+                                                          None if extra is None else statistics.mean(map(int, extra["held_out"]))})
                 plans.setdefault((k, method), []).append(",".join(map(str, plan.skip)) or "—")
                 print(name, seed, k, method, plan.skip, m, flush=True)
     timed = {k: bench.pruned(SkipPlan.last(k, N_LAYERS)) for k in ks}  # every plan of one k does the same work
@@ -291,25 +307,35 @@ def run_task(name: str, args, report: Report, summary: dict) -> None:
     rows = []
     order = list(METHODS_RUN)
     no_skip = {m["seed"]: m["accuracy"] for m in cells.get((0, "default"), [])}
+    no_skip_held = {m["seed"]: m["held_out"] for m in cells.get((0, "default"), []) if m["held_out"] is not None}
     for (k, method), ms in sorted(cells.items(), key=lambda c: (c[0][0], order.index(c[0][1]))):
         ratio = speed[f"k={k}"].median_s / speed["k=0"].median_s
         # the gap to no skip on the same seeds (rows that lack a seed would otherwise be compared to another mean)
         gap = (100 * statistics.mean(m["accuracy"] - no_skip[m["seed"]] for m in ms)
                if all(m["seed"] in no_skip for m in ms) else None)
+        # on the HELD_OUT reviews where held_out.py tested every seed's model (and the gap to no skip there)
+        held_gap = (100 * statistics.mean(m["held_out"] - no_skip_held[m["seed"]] for m in ms)
+                    if all(m["held_out"] is not None and m["seed"] in no_skip_held for m in ms) else None)
+        held_cell = "—" if any(m["held_out"] is None for m in ms) else (
+            mean_std([100 * m["held_out"] for m in ms]) + ("" if held_gap is None or k == 0 else f" ({held_gap:+.2f})"))
         rows.append({"k": k, "method": "no skip (adapters)" if k == 0 else method, "seeds": " ".join(str(m["seed"]) for m in ms),
                      "plan per seed": " / ".join(plans[(k, method)]),
                      "accuracy %": mean_std([100 * m["accuracy"] for m in ms]),
                      "vs no skip, same seeds (pp)": "—" if gap is None else f"{gap:+.2f}",
+                     f"{n_held} held-out % (vs no skip)": held_cell,
                      "choice acc %": mean_std([100 * m["choice_accuracy"] for m in ms]),
                      "answer loss": mean_std([m["loss"] for m in ms]), "trainable params": ms[0]["trainable"],
                      "s / answer vs k=0": round(ratio, 3), "search s": mean_std([m["search_s"] for m in ms])})
         summary["tasks"].setdefault(name, {"seeds": args.seeds, "rows": []})["rows"].append(
             {"k": k, "method": method, "seeds": [m["seed"] for m in ms], "plans": plans[(k, method)], "accuracy": statistics.mean(m["accuracy"] for m in ms),
              "gap_to_no_skip_same_seeds": None if gap is None else gap / 100,
+             "held_out_accuracy": None if held_cell == "—" else statistics.mean(m["held_out"] for m in ms),
+             "held_out_gap_to_no_skip": None if held_gap is None else held_gap / 100,
              "choice_accuracy": statistics.mean(m["choice_accuracy"] for m in ms),
              "loss": statistics.mean(m["loss"] for m in ms), "time_ratio": ratio})
     report.table(f"{name}: SmolLM2-135M-Instruct with LaVIN adapters, k = {'/'.join(map(str, ks))}", rows,
-                 ["k", "method", "seeds", "plan per seed", "accuracy %", "vs no skip, same seeds (pp)", "choice acc %", "answer loss", "trainable params",
+                 ["k", "method", "seeds", "plan per seed", "accuracy %", "vs no skip, same seeds (pp)",
+                  f"{n_held} held-out % (vs no skip)", "choice acc %", "answer loss", "trainable params",
                   "s / answer vs k=0", "search s"],
                  note=f"Budget, every model: {len(bench.train)} training reviews, {bench.train_cfg.epochs:g} epochs of batch "
                       f"{bench.train_cfg.batch_size}, lr {bench.train_cfg.lr} (cosine). The default and removal-loss train nothing: they "
@@ -318,7 +344,9 @@ def run_task(name: str, args, report: Report, summary: dict) -> None:
                       "reviews (the first a warm-up), a policy update every 2 micro-batches, M = 3. 'search s' is wall time on one "
                       "core of a shared machine (runs at different loads differ; default searches run after 2026-12-06 start each "
                       f"plan from kept hidden states, earlier ones did not). Test {len(bench.test)} reviews (balanced: chance 50%). "
-                      "'vs no skip, same seeds': the mean per-seed difference to the no-skip model of the same seed. reassess: the last k blocks "
+                      "'vs no skip, same seeds': the mean per-seed difference to the no-skip model of the same seed. "
+                      f"'{n_held} held-out': the same models (re-trained by benchmarks/held_out.py) on {n_held} more reviews "
+                      "that no model trains or tests on, where every seed's was; in brackets the gap to no skip there. reassess: the last k blocks "
                       "dropped, the last 3 kept blocks and the head (tied to the embeddings) fine-tuned in full with the "
                       "adapters. Time: generating 4 tokens for 8 prompts, median of interleaved rounds, relative to k = 0."
                       + ("" if not missing else " Not finished yet (--memo-only: rows over the seeds listed): "
