@@ -21,7 +21,7 @@ import statistics
 import time
 
 from common import RESULTS, Memo, Report
-from lavin_table1 import HELD_OUT, HELD_OUT_QUICK, METHODS_RUN, N_LAYERS, Bench, held_out, held_out_key, recipe_of
+from lavin_table1 import HELD_OUT, METHODS_RUN, N_LAYERS, Bench, held_out, held_out_key, n_held_out, recipe_of
 
 from archskip import SkipPlan
 from archskip.errors import PlanError
@@ -32,8 +32,7 @@ RECIPES = sorted({recipe_of(m) for m in METHODS_RUN})  # as lavin_table1 trains 
 def plan_of(text: str) -> tuple[SkipPlan, str]:
     """A --plans value as (plan, recipe): "none" or block indices joined by commas, optionally "+<switches>" as in
     lavin_table1's rows (e.g. "12,13,14,15,25,26+teacher"); a bad one stops the script, named."""
-    blocks, _, recipe = text.partition("+")
-    recipe = recipe or "adapters"
+    blocks, recipe = text.partition("+")[0], recipe_of(text)
     if recipe not in RECIPES:
         raise SystemExit(f"--plans {text}: unknown training recipe {recipe!r}; expected one of {', '.join(RECIPES)}")
     try:
@@ -71,10 +70,11 @@ def paired(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help=f"a smoke run: 16 training, 8 test and {HELD_OUT_QUICK} held-out reviews, 2 steps")
+    ap.add_argument("--quick", action="store_true", help=f"a smoke run: 16 training, 8 test and {n_held_out(True)} held-out reviews, 2 steps")
     ap.add_argument("--task", default="imdb", choices=["polarity", "imdb"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--plans", nargs="+", default=["14,17", "14,25"], help="skipped blocks per plan ('none': no skip), optionally +<recipe> as lavin_table1's rows")
+    ap.add_argument("--plans", nargs="+", default=["14,17", "14,25"], help="skipped blocks per plan ('none': no skip), optionally +<recipe> as lavin_table1's rows "
+                    "(reassess there trains last-k's plan only)")
     ap.add_argument("--n-held-out", type=int, default=HELD_OUT, help="more test reviews, never trained or tested on")
     ap.add_argument("--n-train", type=int, default=400)
     ap.add_argument("--n-test", type=int, default=400)
@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="results file name (default: held_out-<task>)")
     args = ap.parse_args()
     plans = {text: plan_of(text) for text in args.plans}  # a bad plan fails here, before any training
-    n_extra = HELD_OUT_QUICK if args.quick else args.n_held_out
+    n_extra = n_held_out(True) if args.quick else args.n_held_out
     report = Report(args.out or f"held_out-{args.task}", f"Plans on {args.task} tested on {n_extra} more reviews",
                     args.seeds, args.quick)
     memo = Memo("held_out", args.quick)

@@ -138,7 +138,16 @@ def held_out(name: str, n_train: int, n_test: int, n: int) -> list[dict]:
 def held_out_key(budget: str, n: int, plan: SkipPlan, recipe: str) -> str:
     """held_out.py's memo key of the model `Bench.trained(plan, recipe)` trains under `budget`, tested on `n`
     held-out reviews (the tables below show those results beside the 400 test reviews')."""
-    return f"{budget}|held-out={n}|skip={','.join(map(str, plan.skip))}|{recipe}"
+    return f"{budget}|held-out={n}|skip={blocks(plan)}|{recipe}"
+
+
+def n_held_out(quick: bool) -> int:
+    return HELD_OUT_QUICK if quick else HELD_OUT
+
+
+def blocks(plan: SkipPlan) -> str:
+    """A plan's skipped blocks as the memo keys and tables write them: "12,13" ("" for no skip)."""
+    return ",".join(map(str, plan.skip))
 
 
 def recipe_of(method: str) -> str:
@@ -238,7 +247,7 @@ class Bench:
     def metrics(self, method: str, plan: SkipPlan) -> dict:
         """Test metrics after training under `plan` with the shared budget (remembered across killed runs)."""
         recipe = recipe_of(method)
-        key = f"{self.budget}|metrics|skip={','.join(map(str, plan.skip))}|{recipe}"
+        key = f"{self.budget}|metrics|skip={blocks(plan)}|{recipe}"
         return self._get(key, lambda: self._metrics(plan, recipe))
 
     def _metrics(self, plan: SkipPlan, recipe: str) -> dict:
@@ -282,7 +291,7 @@ def run_task(name: str, args, report: Report, summary: dict) -> None:
     missing: dict[tuple[int, str], list[int]] = {}  # --memo-only: the seeds of a cell not finished yet
     plans: dict[tuple[int, str], list[str]] = {}
     held = Memo("held_out", args.quick)  # models held_out.py also tested on HELD_OUT more reviews
-    n_held = HELD_OUT_QUICK if args.quick else HELD_OUT
+    n_held = n_held_out(args.quick)
     for seed in args.seeds:
         bench = Bench(name, args.quick, seed, args.n_train, args.n_test, args.epochs, memo_only=args.memo_only)
         for k in ks:
@@ -294,10 +303,11 @@ def run_task(name: str, args, report: Report, summary: dict) -> None:
                 except NotYet:
                     missing.setdefault((k, method), []).append(seed)
                     continue
-                extra = held.values.get(held_out_key(bench.budget, n_held, plan, recipe_of(method)))
+                key = held_out_key(bench.budget, n_held, plan, recipe_of(method))
+                extra = held.values[key] if held.has(key) else None  # (has: also what held_out.py wrote since)
                 cells.setdefault((k, method), []).append({**m, "search_s": found["seconds"], "seed": seed, "held_out":
                                                           None if extra is None else statistics.mean(map(int, extra["held_out"]))})
-                plans.setdefault((k, method), []).append(",".join(map(str, plan.skip)) or "—")
+                plans.setdefault((k, method), []).append(blocks(plan) or "—")
                 print(name, seed, k, method, plan.skip, m, flush=True)
     timed = {k: bench.pruned(SkipPlan.last(k, N_LAYERS)) for k in ks}  # every plan of one k does the same work
     task = Sentiment(bench.tok)
@@ -317,7 +327,8 @@ def run_task(name: str, args, report: Report, summary: dict) -> None:
         held_gap = (100 * statistics.mean(m["held_out"] - no_skip_held[m["seed"]] for m in ms)
                     if all(m["held_out"] is not None and m["seed"] in no_skip_held for m in ms) else None)
         held_cell = "—" if any(m["held_out"] is None for m in ms) else (
-            mean_std([100 * m["held_out"] for m in ms]) + ("" if held_gap is None or k == 0 else f" ({held_gap:+.2f})"))
+            mean_std([100 * m["held_out"] for m in ms])
+            + ("" if k == 0 else " (no skip: —)" if held_gap is None else f" ({held_gap:+.2f})"))
         rows.append({"k": k, "method": "no skip (adapters)" if k == 0 else method, "seeds": " ".join(str(m["seed"]) for m in ms),
                      "plan per seed": " / ".join(plans[(k, method)]),
                      "accuracy %": mean_std([100 * m["accuracy"] for m in ms]),

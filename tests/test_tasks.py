@@ -72,3 +72,29 @@ def test_classification_pair_inputs_and_cls_pooling():
     batch = task.collate(examples)
     assert (batch["token_type_ids"][0] == 1).any()
     assert task.logits(model, batch).shape == (2, 2)
+
+
+def test_next_token_losses_match_each_row_scored_alone(monkeypatch):
+    """Rows that insert different numbers of tokens, logits that end early (LaVIN sizes them to the longest
+    unpadded row), groups cut by the float32 budget and an empty batch: every row's losses are those of its own
+    next tokens at its own offset, 0 where its logits end."""
+    import itertools
+
+    import archskip.tasks.causal_lm as causal_lm
+
+    torch.manual_seed(0)
+    B, T, V = 5, 7, 11
+    ids = torch.randint(0, V, (B, T))
+    full = torch.randn(B, T + 3, V)
+    for inserted, length in itertools.product((torch.tensor([2, 2, 0, 3, 3]), torch.full((B,), 2)), (T + 3, T, T - 3)):
+        logits = full[:, :length]
+        want = torch.zeros(B, T - 1)
+        for b in range(B):
+            s = int(inserted[b])
+            n = max(0, min(T - 1, length - s))
+            want[b, :n] = torch.tensor([-logits[b, s + t].log_softmax(-1)[ids[b, t + 1]] for t in range(n)])
+        for budget in (2**26, 1):  # one cross-entropy per run of equal inserts, or one per row
+            monkeypatch.setattr(causal_lm, "FLOAT_COPY", budget)
+            assert torch.allclose(causal_lm.next_token_losses(logits, ids, inserted), want, atol=1e-5)
+    assert causal_lm.next_token_losses(full[:0], ids[:0], inserted[:0]).shape == (0, T - 1)
+    assert torch.equal(causal_lm.next_token_losses(full[:, :T], ids), causal_lm.next_token_losses(full[:, :T], ids, torch.zeros(B, dtype=torch.long)))

@@ -28,7 +28,12 @@ class BackboneModel(nn.Module):
     def inserted_tokens(self, input_ids: torch.Tensor, has_image: torch.Tensor | None) -> torch.Tensor:
         """(B,) positions the model inserts after each row's first token (LaVIN: its prefix and image tokens), so
         that its output at input position t >= 1 sits at t + this; zeros for a model that inserts none."""
-        return torch.zeros(len(input_ids), dtype=torch.long, device=input_ids.device)
+        return no_inserts(input_ids)
+
+
+def no_inserts(input_ids: torch.Tensor) -> torch.Tensor:
+    """(B,) zeros: what a model that inserts no tokens (every plain Hugging Face model) inserts per row."""
+    return torch.zeros(len(input_ids), dtype=torch.long, device=input_ids.device)
 
 
 def trainable_names(base: nn.Module) -> list[str]:
@@ -41,9 +46,9 @@ def generate_returns_prompt(base: nn.Module) -> bool:
 
 def inserted_tokens(base: nn.Module, batch: dict) -> torch.Tensor:
     """(B,) tokens `base` inserts after each row's first token of a batch ({input_ids, [has_image]})."""
-    # a plain Hugging Face model inserts nothing: BackboneModel's own answer (zeros)
-    own = type(base).inserted_tokens if isinstance(base, BackboneModel) else BackboneModel.inserted_tokens
-    return own(base, batch["input_ids"], batch.get("has_image"))
+    if isinstance(base, BackboneModel):
+        return base.inserted_tokens(batch["input_ids"], batch.get("has_image"))
+    return no_inserts(batch["input_ids"])
 
 
 def checkpointing_module(base: nn.Module) -> nn.Module:

@@ -7,6 +7,7 @@ model's argmax given the correct prefix, which is exactly when greedy decoding r
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..config import TaskConfig
 from ..nn_utils import pad_rows
@@ -15,6 +16,7 @@ from .base import Task
 from .registry import register_task
 
 IGNORE = -100
+FLOAT_COPY = 2**26  # float32 logits next_token_losses copies at once (256 MB; SmolLM2: ~13 rows of 100 tokens)
 
 
 @register_task
@@ -82,20 +84,25 @@ class CausalLM(Task):
 
 def next_token_losses(logits: torch.Tensor, input_ids: torch.Tensor, inserted: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T-1) float32 cross-entropy of every input token t+1 given the text up to t. `logits`: (B, T', V) with
-    row b's prediction of token t+1 at position t + inserted[b] (T' >= T; `inserted`: the tokens a model such as
-    LaVIN puts after BOS, which differ between rows with and without an image; None: 0). Where every row inserts
-    the same number (a plain decoder), one cross-entropy over the batch, in float32 as transformers' own loss;
-    otherwise one row at a time."""
+    row b's prediction of token t+1 at position t + inserted[b] (`inserted`: the tokens a model such as LaVIN puts
+    after BOS, which differ between rows with and without an image; None: 0). A row whose logits end early (LaVIN
+    sizes them to the longest unpadded row) gets 0 after them. Consecutive rows that insert the same number share
+    one cross-entropy, at most FLOAT_COPY elements of float32 logits at a time (transformers' own loss copies the
+    whole (B, T, V) to float32)."""
     B, T = input_ids.shape
-    if inserted is None or bool((inserted == inserted[0]).all()):
-        start = 0 if inserted is None else int(inserted[0])
-        rows = logits[:, start : start + T - 1].float()  # (B, T-1, V)
-        return torch.nn.functional.cross_entropy(rows.flatten(0, 1), input_ids[:, 1:].flatten(), reduction="none").view(B, T - 1)
+    V = logits.shape[-1]
+    starts = [0] * B if inserted is None else inserted.tolist()
+    most = max(1, FLOAT_COPY // max(1, (T - 1) * V))  # rows per cross-entropy
     nll = torch.zeros(B, T - 1, dtype=torch.float32, device=logits.device)
-    for b in range(B):
-        start = 0 if inserted is None else int(inserted[b])
-        rows = logits[b, start : start + T - 1].float()  # (<= T-1, V): a padded row may end early
-        nll[b, : len(rows)] = torch.nn.functional.cross_entropy(rows, input_ids[b, 1 : 1 + len(rows)], reduction="none")
+    b = 0
+    while b < B:
+        e = b + 1
+        while e < B and e - b < most and starts[e] == starts[b]:
+            e += 1
+        n = max(0, min(T - 1, logits.shape[1] - starts[b]))  # positions this group's logits have
+        rows = logits[b:e, starts[b] : starts[b] + n].float()  # (e-b, n, V)
+        nll[b:e, :n] = F.cross_entropy(rows.flatten(0, 1), input_ids[b:e, 1 : 1 + n].flatten(), reduction="none").view(e - b, n)
+        b = e
     return nll
 
 

@@ -220,10 +220,10 @@ class GenerativeQA(Task):
         device = device or next(model.parameters()).device
         out = []
         with eval_mode(model):
-            for start, chunk in _chunks(examples, batch_size):
+            for _, chunk in _chunks(examples, batch_size):
                 texts = self.generate(model, to_device(self.collate_prompts(chunk), device))
                 for e, text in zip(chunk, texts):
-                    out.append({"qid": e.get("qid", start + len(out)), "generated": text, "prediction": self.parse(text),
+                    out.append({"qid": e.get("qid", len(out)), "generated": text, "prediction": self.parse(text),
                                 "answer": e["answer"]})
         return out
 
