@@ -1,14 +1,17 @@
-"""How much of a lavin_table1 difference is the test set: plans re-trained on the same budget, tested on many more reviews.
+"""How much of a benchmark's difference is the test set: plans re-trained on the same budget, tested on many more reviews.
 
 lavin_table1 tests every model on the same 400 reviews. Averaging seeds removes training noise, not the noise of
 which 400 reviews were drawn: two ~70% models that disagree on ~20% of the reviews have a paired standard error of
 about 2 points on 400. This script trains the plans it is given exactly as lavin_table1 does (same reviews, seed,
 budget; recipe `adapters`, or the one a plan names as "<blocks>+<recipe>") and tests each on those 400 reviews and
 on `--n-held-out` more that no run of lavin_table1 ever trains or tests on, keeping every review's right/wrong, so
-that plans can be compared review by review (paired). Finished models are remembered
-(benchmarks/results/memo/held_out.json; lavin_table1's tables show their held-out accuracy); a killed run resumes.
+that plans can be compared review by review (paired). `--model minilm` does the same for search_quality's set-up
+(all-MiniLM-L6-v2, k = 2 of 6, its budget and test split; recipes its training switches), tested on examples
+search_quality never uses. Finished models are remembered (benchmarks/results/memo/held_out.json; lavin_table1's
+tables show their held-out accuracy); a killed run resumes.
 
     python benchmarks/held_out.py --task imdb --seeds 0 1 --plans 14,17 14,25 16,17   # ~35 min per model, 1 core
+    python benchmarks/held_out.py --model minilm --task imdb --seeds 0 1 2 --plans none 3,4 2,4   # ~8 min per model
 """
 
 from __future__ import annotations
@@ -20,33 +23,50 @@ import math
 import statistics
 import time
 
+import search_quality
 from common import RESULTS, Memo, Report
 from lavin_table1 import HELD_OUT, METHODS_RUN, N_LAYERS, Bench, held_out, held_out_key, n_held_out, recipe_of
 
 from archskip import SkipPlan
 from archskip.errors import PlanError
 
-RECIPES = sorted({recipe_of(m) for m in METHODS_RUN})  # as lavin_table1 trains its rows
+# per --model: its blocks and the training recipes a plan may name (lavin_table1's rows; search_quality's training
+# switches, "adapters" its plain training)
+MODELS = {"smollm2": (N_LAYERS, sorted({recipe_of(m) for m in METHODS_RUN})),
+          "minilm": (search_quality.N, ["adapters"] + [v for v in search_quality.VARIANTS if v != "plain"])}
+HELD_OUT_MINILM = 10000  # IMDB has 19,000 reviews search_quality never draws; polarity ~3,500 sentences
 
 
-def plan_of(text: str) -> tuple[SkipPlan, str]:
+class MiniLM:
+    """search_quality's set-up for one seed, seen as held_out.py sees lavin_table1's Bench."""
+
+    def __init__(self, bench: search_quality.Bench, seed: int):
+        self.bench, self.seed, self.test, self.right = bench, seed, bench.test, bench.right
+        self.budget = f"minilm|{bench.name}|seed={seed}|{bench.budget()}"
+
+    def trained(self, plan: SkipPlan, recipe: str):
+        return *self.bench.train_plan(plan, self.seed, "plain" if recipe == "adapters" else recipe), None
+
+
+def plan_of(text: str, model: str = "smollm2") -> tuple[SkipPlan, str]:
     """A --plans value as (plan, recipe): "none" or block indices joined by commas, optionally "+<switches>" as in
     lavin_table1's rows (e.g. "12,13,14,15,25,26+teacher"); a bad one stops the script, named."""
+    n_layers, recipes = MODELS[model]
     blocks, recipe = text.partition("+")[0], recipe_of(text)
-    if recipe not in RECIPES:
-        raise SystemExit(f"--plans {text}: unknown training recipe {recipe!r}; expected one of {', '.join(RECIPES)}")
+    if recipe not in recipes:
+        raise SystemExit(f"--plans {text}: unknown training recipe {recipe!r}; expected one of {', '.join(recipes)}")
     try:
         skip = () if blocks == "none" else tuple(int(b) for b in blocks.split(","))
     except ValueError:
-        raise SystemExit(f"--plans {text}: expected 'none' or block indices 0..{N_LAYERS - 1} joined by commas, "
+        raise SystemExit(f"--plans {text}: expected 'none' or block indices 0..{n_layers - 1} joined by commas, "
                          "optionally +<recipe>") from None
     try:
-        return SkipPlan(skip, N_LAYERS), recipe
+        return SkipPlan(skip, n_layers), recipe
     except PlanError as e:
         raise SystemExit(f"--plans {text}: {e}") from None
 
 
-def outcomes(bench: Bench, memo: Memo, plan: SkipPlan, recipe: str, extra: list[dict]) -> dict:
+def outcomes(bench: Bench | MiniLM, memo: Memo, plan: SkipPlan, recipe: str, extra: list[dict]) -> dict:
     """Per review 1 (right) or 0 of the model trained under `plan` and `recipe`: {'test': [...], 'held_out': [...],
     'seconds'} (remembered as strings of 0 and 1, one character a review)."""
     key = held_out_key(bench.budget, len(extra), plan, recipe)
@@ -54,8 +74,7 @@ def outcomes(bench: Bench, memo: Memo, plan: SkipPlan, recipe: str, extra: list[
     def compute() -> dict:
         t0 = time.perf_counter()
         model, task, _ = bench.trained(plan, recipe)
-        right = {split: "".join(str(int(p["prediction"] == p["answer"])) for p in task.predict_dataset(model, rows, batch_size=16))
-                 for split, rows in (("test", bench.test), ("held_out", extra))}
+        right = {split: bench.right(model, task, rows) for split, rows in (("test", bench.test), ("held_out", extra))}
         return {**right, "seconds": round(time.perf_counter() - t0, 1)}
 
     found = memo.get(key, compute)
@@ -75,21 +94,29 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--plans", nargs="+", default=["14,17", "14,25"], help="skipped blocks per plan ('none': no skip), optionally +<recipe> as lavin_table1's rows "
                     "(reassess there trains last-k's plan only)")
-    ap.add_argument("--n-held-out", type=int, default=HELD_OUT, help="more test reviews, never trained or tested on")
-    ap.add_argument("--n-train", type=int, default=400)
-    ap.add_argument("--n-test", type=int, default=400)
-    ap.add_argument("--epochs", type=float, default=3.0)
-    ap.add_argument("--out", default=None, help="results file name (default: held_out-<task>)")
+    ap.add_argument("--model", default="smollm2", choices=sorted(MODELS),
+                    help="smollm2: lavin_table1's set-up (SmolLM2-135M, LaVIN adapters); minilm: search_quality's")
+    ap.add_argument("--n-held-out", type=int, default=None,
+                    help=f"more test reviews, never trained or tested on (default {HELD_OUT}; minilm {HELD_OUT_MINILM})")
+    ap.add_argument("--n-train", type=int, default=400, help="smollm2 (minilm: search_quality's budget)")
+    ap.add_argument("--n-test", type=int, default=400, help="smollm2")
+    ap.add_argument("--epochs", type=float, default=3.0, help="smollm2")
+    ap.add_argument("--out", default=None, help="results file name (default: held_out-<task>; minilm: held_out-minilm-<task>)")
     args = ap.parse_args()
-    plans = {text: plan_of(text) for text in args.plans}  # a bad plan fails here, before any training
-    n_extra = n_held_out(True) if args.quick else args.n_held_out
-    report = Report(args.out or f"held_out-{args.task}", f"Plans on {args.task} tested on {n_extra} more reviews",
-                    args.seeds, args.quick)
+    plans = {text: plan_of(text, args.model) for text in args.plans}  # a bad plan fails here, before any training
+    n_extra = n_held_out(True) if args.quick else args.n_held_out or (HELD_OUT_MINILM if args.model == "minilm" else HELD_OUT)
+    out = args.out or ("held_out-minilm-" if args.model == "minilm" else "held_out-") + args.task
+    report = Report(out, f"Plans on {args.task} tested on {n_extra} more reviews ({args.model})", args.seeds, args.quick)
     memo = Memo("held_out", args.quick)
     runs: dict[str, list[dict]] = {text: [] for text in plans}
+    if args.model == "minilm":
+        shared, extra = search_quality.Bench(args.task, args.quick), search_quality.held_out(args.task, n_extra)
     for seed in args.seeds:
-        bench = Bench(args.task, args.quick, seed, args.n_train, args.n_test, args.epochs)
-        extra = held_out(args.task, len(bench.train), len(bench.test), n_extra)
+        if args.model == "minilm":
+            bench = MiniLM(shared, seed)
+        else:
+            bench = Bench(args.task, args.quick, seed, args.n_train, args.n_test, args.epochs)
+            extra = held_out(args.task, len(bench.train), len(bench.test), n_extra)
         for text, (plan, recipe) in plans.items():
             runs[text].append(outcomes(bench, memo, plan, recipe, extra))
             print(seed, text, {s: statistics.mean(runs[text][-1][s]) for s in ("test", "held_out")}, flush=True)
@@ -103,8 +130,9 @@ def main() -> None:
         [{"plan": text, f"the {len(bench.test)} test reviews %": acc(rs, "test"), f"{n_extra} held-out reviews %": acc(rs, "held_out"),
           "s per model": statistics.mean(r["seconds"] for r in rs)} for text, rs in runs.items()],
         ["plan", f"the {len(bench.test)} test reviews %", f"{n_extra} held-out reviews %", "s per model"],
-        note=f"Training: lavin_table1's budget ({len(bench.train)} reviews, {args.epochs:g} epochs), recipe adapters "
-             "unless the plan names one, re-run here (a re-run can differ from lavin_table1's memo by a few test reviews: training on CPU is not bitwise "
+        note=(f"Training: lavin_table1's budget ({len(bench.train)} reviews, {args.epochs:g} epochs)" if args.model == "smollm2"
+              else f"Training: search_quality's budget ({shared.budget()})") + ", recipe adapters "
+             "unless the plan names one, re-run here (a re-run can differ from that benchmark's own memo by a few test reviews: training on CPU is not bitwise "
              "repeatable across code versions).")
     pairs = []
     for a, b in itertools.combinations(plans, 2):
@@ -122,7 +150,7 @@ def main() -> None:
         summary = {"task": args.task, "seeds": args.seeds, "n_test": len(bench.test), "n_held_out": n_extra,
                    "plans": {t: {"test": [statistics.mean(r["test"]) for r in rs],
                                  "held_out": [statistics.mean(r["held_out"]) for r in rs]} for t, rs in runs.items()}}
-        atomic_write_text(RESULTS / f"{args.out or f'held_out-{args.task}'}.json", json.dumps(summary, indent=2))
+        atomic_write_text(RESULTS / f"{out}.json", json.dumps(summary, indent=2))
     print(f"wrote {report.write()}")
 
 

@@ -278,6 +278,11 @@ class Bench:
         trainable = model.parameter_counts()[0]
         return model.prune().eval(), task, trainable
 
+    @staticmethod
+    def right(model: SkipModel, task: Sentiment, rows: list[dict]) -> str:
+        """Per review "1" (answered right) or "0", in order."""
+        return "".join(str(int(p["prediction"] == p["answer"])) for p in task.predict_dataset(model, rows, batch_size=16))
+
     def pruned(self, plan: SkipPlan) -> SkipModel:
         """An untrained model pruned to `plan`: its cost is that of the trained one (same shapes, same work)."""
         model, _ = self.fresh()

