@@ -318,6 +318,12 @@ def test_a_no_skip_teacher_teaches_a_generative_task_on_its_answer_tokens(llm_di
     Trainer(plain, task, cfg, progress=False).fit(examples)
     assert all(torch.equal(p, frozen[n]) and p.grad is None for n, p in teacher.named_parameters())
     assert kl(student) < kl(plain)  # the same steps on the labels alone end further from the teacher
+    # under a teacher the task still is the task: predictions, generation, its record
+    taught = TeacherLoss(task, teacher)
+    assert (taught.writes_predictions, taught.generates, taught.info()) == (True, True, task.info())
+    assert taught.predict_dataset(student, examples[:5], batch_size=2) == task.predict_dataset(student, examples[:5], batch_size=2)
+    prompts = task.collate_prompts(examples[:4])
+    assert taught.generate(student, prompts, max_new_tokens=2) == task.generate(student, prompts, max_new_tokens=2)
 
 
 def test_a_generative_task_on_lavin_refuses_a_teacher(llm_dirs):

@@ -20,7 +20,7 @@ from .tasks.base import Task
 
 class TeacherLoss(Task):
     """`task` with its loss extended by the teacher's term; everything else is `task`'s (only the training
-    loss changes: evaluation, metrics and the artifact are the plain task's)."""
+    loss changes: evaluation, predictions, generation, metrics and the artifact are the plain task's)."""
 
     def __init__(self, task: Task, teacher: SkipModel, *, weight: float = 1.0, temperature: float = 2.0):
         if not (callable(getattr(task, "logits", None)) and callable(getattr(task, "logit_loss", None))):
@@ -32,6 +32,12 @@ class TeacherLoss(Task):
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.name, self.selection_metric = task.name, task.selection_metric
+        self.writes_predictions, self.generates, self.models_text = task.writes_predictions, task.generates, task.models_text
+
+    def __getattr__(self, name: str):  # what Task does not define (generate, logits, choose_options, ...): task's
+        if name == "task":  # (not set yet: copying or unpickling)
+            raise AttributeError(name)
+        return getattr(self.task, name)
 
     def collate(self, examples):
         return self.task.collate(examples)
@@ -53,6 +59,18 @@ class TeacherLoss(Task):
 
     def evaluate_dataset(self, model, examples, batch_size=32, device=None, num_workers=0):
         return self.task.evaluate_dataset(model, examples, batch_size, device, num_workers)
+
+    def predict_dataset(self, model, examples, batch_size=32, device=None):
+        return self.task.predict_dataset(model, examples, batch_size, device)
+
+    def why_no_predictions(self):
+        return self.task.why_no_predictions()
+
+    def example_batch(self, batch_size, seq_len):
+        return self.task.example_batch(batch_size, seq_len)
+
+    def info(self):
+        return self.task.info()
 
 
 def load_teacher(path: str, student: SkipModel, task: Task, base: str) -> SkipModel:
