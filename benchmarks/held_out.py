@@ -45,7 +45,7 @@ class MiniLM:
         self.budget = f"minilm|{bench.name}|seed={seed}|{bench.budget()}"
 
     def trained(self, plan: SkipPlan, recipe: str):
-        return *self.bench.train_plan(plan, self.seed, "plain" if recipe == "adapters" else recipe), None
+        return self.bench.train_plan(plan, self.seed, "plain" if recipe == "adapters" else recipe)
 
 
 def plan_of(text: str, model: str = "smollm2") -> tuple[SkipPlan, str]:
