@@ -11,7 +11,7 @@ search_quality never uses. Finished models are remembered (benchmarks/results/me
 tables show their held-out accuracy); a killed run resumes.
 
     python benchmarks/held_out.py --task imdb --seeds 0 1 --plans 14,17 14,25 16,17   # ~35 min per model, 1 core
-    python benchmarks/held_out.py --model minilm --task imdb --seeds 0 1 2 --plans none 3,4 2,4   # ~8 min per model
+    python benchmarks/held_out.py --model minilm --task imdb --seeds 0 1 2 --plans none 4,5 3,5   # ~10-15 min per model, 1 core
 """
 
 from __future__ import annotations
