@@ -92,8 +92,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help=f"a smoke run: 16 training, 8 test and {n_held_out(True)} held-out reviews, 2 steps")
     ap.add_argument("--task", default="imdb", choices=["polarity", "imdb"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--plans", nargs="+", default=["14,17", "14,25"], help="skipped blocks per plan ('none': no skip), optionally +<recipe> as lavin_table1's rows "
-                    "(reassess there trains last-k's plan only)")
+    ap.add_argument("--plans", nargs="+", default=None, help="skipped blocks per plan ('none': no skip), optionally +<recipe> as lavin_table1's rows "
+                    "(reassess there trains last-k's plan only); default: 14,17 14,25 (minilm: 4,5 3,5)")
     ap.add_argument("--model", default="smollm2", choices=sorted(MODELS),
                     help="smollm2: lavin_table1's set-up (SmolLM2-135M, LaVIN adapters); minilm: search_quality's")
     ap.add_argument("--n-held-out", type=int, default=None,
@@ -103,7 +103,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=3.0, help="smollm2")
     ap.add_argument("--out", default=None, help="results file name (default: held_out-<task>; minilm: held_out-minilm-<task>)")
     args = ap.parse_args()
-    plans = {text: plan_of(text, args.model) for text in args.plans}  # a bad plan fails here, before any training
+    texts = args.plans or (["4,5", "3,5"] if args.model == "minilm" else ["14,17", "14,25"])
+    plans = {text: plan_of(text, args.model) for text in texts}  # a bad plan fails here, before any training
     n_extra = n_held_out(True) if args.quick else args.n_held_out or (HELD_OUT_MINILM if args.model == "minilm" else HELD_OUT)
     out = args.out or ("held_out-minilm-" if args.model == "minilm" else "held_out-") + args.task
     report = Report(out, f"Plans on {args.task} tested on {n_extra} more reviews ({args.model})", args.seeds, args.quick)
