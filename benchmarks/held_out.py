@@ -22,6 +22,8 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import search_quality
 from common import RESULTS, Memo, Report
@@ -29,12 +31,6 @@ from lavin_table1 import HELD_OUT, METHODS_RUN, N_LAYERS, Bench, held_out, held_
 
 from archskip import SkipPlan
 from archskip.errors import PlanError
-
-# per --model: its blocks and the training recipes a plan may name (lavin_table1's rows; search_quality's training
-# switches, "adapters" its plain training)
-MODELS = {"smollm2": (N_LAYERS, sorted({recipe_of(m) for m in METHODS_RUN})),
-          "minilm": (search_quality.N, ["adapters"] + [v for v in search_quality.VARIANTS if v != "plain"])}
-HELD_OUT_MINILM = 10000  # IMDB has 19,000 reviews search_quality never draws; polarity ~3,500 sentences
 
 
 class MiniLM:
@@ -48,10 +44,46 @@ class MiniLM:
         return self.bench.train_plan(plan, self.seed, "plain" if recipe == "adapters" else recipe)
 
 
+def smollm2_benches(args, n_extra: int) -> Iterator[tuple[int, Bench, list[dict]]]:
+    """Per seed: lavin_table1's Bench and the held-out reviews of its split."""
+    for seed in args.seeds:
+        bench = Bench(args.task, args.quick, seed, args.n_train, args.n_test, args.epochs)
+        yield seed, bench, held_out(args.task, len(bench.train), len(bench.test), n_extra)
+
+
+def minilm_benches(args, n_extra: int) -> Iterator[tuple[int, MiniLM, list[dict]]]:
+    """Per seed: search_quality's set-up (one Bench shared by the seeds) and its held-out examples."""
+    shared, extra = search_quality.Bench(args.task, args.quick), search_quality.held_out(args.task, n_extra)
+    for seed in args.seeds:
+        yield seed, MiniLM(shared, seed), extra
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One --model: the benchmark whose training held_out.py repeats, and what differs between them."""
+
+    layers: int
+    recipes: list[str]  # the training recipes a plan may name ("adapters": plain training)
+    default_plans: list[str]  # --plans when none are given
+    n_held_out: int  # --n-held-out's default
+    prefix: str  # the results file's name before the task
+    benches: Callable  # (args, n_extra) -> per seed (seed, bench, held-out examples)
+    training: Callable  # (bench, args) -> the training budget, as the report says it
+
+
+MODELS = {
+    "smollm2": Setup(N_LAYERS, sorted({recipe_of(m) for m in METHODS_RUN}), ["14,17", "14,25"], HELD_OUT, "held_out-",
+                     smollm2_benches, lambda b, args: f"lavin_table1's budget ({len(b.train)} reviews, {args.epochs:g} epochs)"),
+    "minilm": Setup(search_quality.N, ["adapters"] + [v for v in search_quality.VARIANTS if v != "plain"], ["4,5", "3,5"],
+                    10000,  # IMDB has 19,000 reviews search_quality never draws; polarity ~3,500 sentences
+                    "held_out-minilm-", minilm_benches, lambda b, args: f"search_quality's budget ({b.bench.budget()})"),
+}
+
+
 def plan_of(text: str, model: str = "smollm2") -> tuple[SkipPlan, str]:
     """A --plans value as (plan, recipe): "none" or block indices joined by commas, optionally "+<switches>" as in
     lavin_table1's rows (e.g. "12,13,14,15,25,26+teacher"); a bad one stops the script, named."""
-    n_layers, recipes = MODELS[model]
+    n_layers, recipes = MODELS[model].layers, MODELS[model].recipes
     blocks, recipe = text.partition("+")[0], recipe_of(text)
     if recipe not in recipes:
         raise SystemExit(f"--plans {text}: unknown training recipe {recipe!r}; expected one of {', '.join(recipes)}")
@@ -97,27 +129,20 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2", choices=sorted(MODELS),
                     help="smollm2: lavin_table1's set-up (SmolLM2-135M, LaVIN adapters); minilm: search_quality's")
     ap.add_argument("--n-held-out", type=int, default=None,
-                    help=f"more test reviews, never trained or tested on (default {HELD_OUT}; minilm {HELD_OUT_MINILM})")
+                    help=f"more test reviews, never trained or tested on (default {HELD_OUT}; minilm {MODELS['minilm'].n_held_out})")
     ap.add_argument("--n-train", type=int, default=400, help="smollm2 (minilm: search_quality's budget)")
     ap.add_argument("--n-test", type=int, default=400, help="smollm2")
     ap.add_argument("--epochs", type=float, default=3.0, help="smollm2")
     ap.add_argument("--out", default=None, help="results file name (default: held_out-<task>; minilm: held_out-minilm-<task>)")
     args = ap.parse_args()
-    texts = args.plans or (["4,5", "3,5"] if args.model == "minilm" else ["14,17", "14,25"])
-    plans = {text: plan_of(text, args.model) for text in texts}  # a bad plan fails here, before any training
-    n_extra = n_held_out(True) if args.quick else args.n_held_out or (HELD_OUT_MINILM if args.model == "minilm" else HELD_OUT)
-    out = args.out or ("held_out-minilm-" if args.model == "minilm" else "held_out-") + args.task
+    setup = MODELS[args.model]
+    plans = {text: plan_of(text, args.model) for text in args.plans or setup.default_plans}  # a bad plan fails here, before any training
+    n_extra = n_held_out(True) if args.quick else args.n_held_out or setup.n_held_out
+    out = args.out or setup.prefix + args.task
     report = Report(out, f"Plans on {args.task} tested on {n_extra} more reviews ({args.model})", args.seeds, args.quick)
     memo = Memo("held_out", args.quick)
     runs: dict[str, list[dict]] = {text: [] for text in plans}
-    if args.model == "minilm":
-        shared, extra = search_quality.Bench(args.task, args.quick), search_quality.held_out(args.task, n_extra)
-    for seed in args.seeds:
-        if args.model == "minilm":
-            bench = MiniLM(shared, seed)
-        else:
-            bench = Bench(args.task, args.quick, seed, args.n_train, args.n_test, args.epochs)
-            extra = held_out(args.task, len(bench.train), len(bench.test), n_extra)
+    for seed, bench, extra in setup.benches(args, n_extra):
         for text, (plan, recipe) in plans.items():
             runs[text].append(outcomes(bench, memo, plan, recipe, extra))
             print(seed, text, {s: statistics.mean(runs[text][-1][s]) for s in ("test", "held_out")}, flush=True)
@@ -131,8 +156,7 @@ def main() -> None:
         [{"plan": text, f"the {len(bench.test)} test reviews %": acc(rs, "test"), f"{n_extra} held-out reviews %": acc(rs, "held_out"),
           "s per model": statistics.mean(r["seconds"] for r in rs)} for text, rs in runs.items()],
         ["plan", f"the {len(bench.test)} test reviews %", f"{n_extra} held-out reviews %", "s per model"],
-        note=(f"Training: lavin_table1's budget ({len(bench.train)} reviews, {args.epochs:g} epochs)" if args.model == "smollm2"
-              else f"Training: search_quality's budget ({shared.budget()})") + ", recipe adapters "
+        note=f"Training: {setup.training(bench, args)}, recipe adapters "
              "unless the plan names one, re-run here (a re-run can differ from that benchmark's own memo by a few test reviews: training on CPU is not bitwise "
              "repeatable across code versions).")
     pairs = []

@@ -108,19 +108,26 @@ def _rows(name: str) -> tuple[list[dict], int]:
     return rows, 64
 
 
-def load_data(name: str) -> tuple[list, list, list, int]:
-    """(train, dev, test, max_length) with a fixed split (seed 0); training seeds vary separately. IMDB: 6,000 of
-    the 25,000 reviews."""
+def _split(name: str) -> tuple[list, list, list, list, int]:
+    """(dev, test, train, undrawn, max_length): the fixed split (seed 0) of the examples this benchmark draws from
+    (IMDB: 6,000 of the 25,000 reviews; `undrawn` the others, polarity none)."""
     rows, length = _rows(name)
-    dev, test, train = split_examples(rows if name == "polarity" else rows[:IMDB_DRAWN], (0.1, 0.2), seed=0)
+    drawn = rows if name == "polarity" else rows[:IMDB_DRAWN]
+    dev, test, train = split_examples(drawn, (0.1, 0.2), seed=0)
+    return dev, test, train, rows[len(drawn) :], length
+
+
+def load_data(name: str) -> tuple[list, list, list, int]:
+    """(train, dev, test, max_length) with a fixed split (seed 0); training seeds vary separately."""
+    dev, test, train, _, length = _split(name)
     return train[:N_TRAIN], dev, test, length
 
 
 def held_out(name: str, n: int) -> list[dict]:
     """`n` examples that no run of this script trains, searches, tunes or tests on (held_out.py tests on them):
     polarity's training sentences after the N_TRAIN used, IMDB's reviews after the 6,000 drawn."""
-    rows, _ = _rows(name)
-    unused = split_examples(rows, (0.1, 0.2), seed=0)[2][N_TRAIN:] if name == "polarity" else rows[IMDB_DRAWN:]
+    _, _, train, undrawn, _ = _split(name)
+    unused = train[N_TRAIN:] if name == "polarity" else undrawn
     if n > len(unused):
         raise SystemExit(f"--n-held-out {n}: {name} has {len(unused)} examples this benchmark never uses")
     return unused[:n]

@@ -47,7 +47,7 @@ def test_search_quality_held_out_examples_are_never_used(bench_modules, task):
 def test_lavin_table1_held_out_reviews_are_never_used(bench_modules, task):
     _, lavin_table1 = bench_modules
     extra = lavin_table1.held_out(task, 400, 400, 2000)
-    used = [r for seed in (0, 1, 2) for part in lavin_table1.load(task, 400, 400, seed) for r in part]
+    used = [r for part in lavin_table1.load(task, 400, 400) for r in part]  # (the same reviews for every seed)
     corpus = [lavin_table1._item(r) for r in lavin_table1._reviews(task)]
     assert len(extra) == 2000
     assert_apart(extra, used, corpus, "prompt")
