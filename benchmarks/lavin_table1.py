@@ -82,6 +82,9 @@ METHODS_RUN = {
     "default+fit": ("das", {}),
     # the default's plan, the no-skip model (trained first with the same seed and budget) as its teacher (train.teacher)
     "default+teacher": ("das", {}),
+    # the same teacher matched at every token of the review and the answer (train.teacher_tokens: text), not the
+    # answer's ~5 alone
+    "default+teacher-text": ("das", {}),
     # the default's plan, its replacement adapters WIDE_SKIP_HIDDEN wide instead of LaVIN's 32 (adapter.skip_hidden)
     "default+wide": ("das", {}),
     # the default's plan, distilled first and then trained with the no-skip teacher (both switches together)
@@ -120,7 +123,7 @@ def _reviews(name: str) -> list[dict]:
     return rows
 
 
-def load(name: str, n_train: int, n_test: int, seed: int = 0) -> tuple[list, list]:
+def load(name: str, n_train: int, n_test: int) -> tuple[list, list]:
     test, train = split_examples(_reviews(name)[: 4 * (n_train + n_test)], (0.2,), seed=0)
     return [_item(r) for r in train[:n_train]], [_item(r) for r in test[:n_test]]
 
@@ -270,10 +273,11 @@ class Bench:
             cfg = replace(cfg, fit_replacements=True)
         if "distill" in switches:
             cfg = replace(cfg, distill_steps=math.ceil(DISTILL_EPOCHS * len(self.train) / cfg.batch_size))
-        if "teacher" in switches:  # KL to the no-skip model's next-token distributions on the answer, T = 2, weight 1
+        taught = {"teacher", "teacher-text"} & set(switches)
+        if taught:  # KL to the no-skip model's next-token distributions on the answer (or the text), T = 2, weight 1
             teacher, _ = self.fresh()
             Trainer(teacher, task, self.train_cfg, seed=self.seed, progress=False).fit(self.train)
-            task = TeacherLoss(task, teacher, weight=1.0, temperature=2.0)
+            task = TeacherLoss(task, teacher, weight=1.0, temperature=2.0, tokens="text" if "teacher-text" in taught else "answer")
         Trainer(model, task, cfg, seed=self.seed, progress=False).fit(self.train)
         trainable = model.parameter_counts()[0]
         return model.prune().eval(), task, trainable

@@ -130,8 +130,9 @@ def test_boolq_on_a_text_only_llama(llm_dirs, tmp_path, capsys):
               "--adapter.style", "sequential", "--adapter.hidden", "4", "--adapter.skip_hidden", "16", "--adapter.skip_norm",
               "block", "--adapter.init", "zero", "--adapter.skip_init", "zero", "--train.batch_size", "4", "--train.epochs", "1"]
     main(["train", *common, "--plan", "none", "--output_dir", str(tmp_path / "teacher")])
-    # the no-skip model teaches the skipped one (train.teacher on a generative task)
-    main(["train", *common, "--plan", "2,5", "--train.teacher", str(tmp_path / "teacher" / "artifact"), "--output_dir", str(tmp_path / "b")])
+    # the no-skip model teaches the skipped one (train.teacher on a generative task, at every token of the text)
+    main(["train", *common, "--plan", "2,5", "--train.teacher", str(tmp_path / "teacher" / "artifact"),
+          "--train.teacher_tokens", "text", "--output_dir", str(tmp_path / "b")])
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     key = str(path)
     assert metrics["plan"] == [2, 5] and metrics["test"][key]["n"] == 12 and 0 <= metrics["test"][key]["accuracy"] <= 1
@@ -324,6 +325,49 @@ def test_a_no_skip_teacher_teaches_a_generative_task_on_its_answer_tokens(llm_di
     assert taught.predict_dataset(student, examples[:5], batch_size=2) == task.predict_dataset(student, examples[:5], batch_size=2)
     prompts = task.collate_prompts(examples[:4])
     assert taught.generate(student, prompts, max_new_tokens=2) == task.generate(student, prompts, max_new_tokens=2)
+
+
+def test_a_teacher_on_every_text_token_matches_each_real_position_and_keeps_the_answer_loss(llm_dirs):
+    """train.teacher_tokens 'text': the KL term is the mean over every non-padding position of the prompt and the
+    target (computed here position by position from the full logits), the task term is still the answer's
+    cross-entropy, and `answer_rows` picks exactly `logits`' rows out of `text_logits`'."""
+    import copy
+
+    import torch.nn.functional as F
+    from transformers import AutoTokenizer
+
+    from archskip.nn_utils import eval_mode
+    from archskip.skipping import SkipModel
+    from archskip.teacher import TeacherLoss
+
+    tok = AutoTokenizer.from_pretrained(llm_dirs / "llama")
+    task = CSQA(tok, max_length=256)
+    examples = [{"prompt": f"Question: is {'a big ' * n}cube round?\nOptions: A. yes\nB. no\n", "target": "Answer: B",
+                 "answer": "B"} for n in (0, 3, 1, 5)]  # different lengths: right padding on all but one row
+    torch.manual_seed(0)
+    teacher = SkipModel(LlamaForCausalLM.from_pretrained(llm_dirs / "llama"), AdapterConfig.lavin(hidden=4))
+    for p in teacher.parameters():  # a teacher that differs from the student everywhere
+        p.data.add_(0.5 * torch.randn_like(p)) if p.requires_grad else None
+    student = SkipModel(LlamaForCausalLM.from_pretrained(llm_dirs / "llama"), AdapterConfig.lavin(hidden=4))
+    student.apply_plan(SkipPlan((2, 3), 6))
+    batch = task.collate(examples)
+    mask = batch["attention_mask"]
+    assert (mask == 0).any()
+    t, weight = 2.0, 5.0
+    with torch.no_grad(), eval_mode(student), eval_mode(teacher):
+        s_full, t_full = student(input_ids=batch["input_ids"], attention_mask=mask).logits, \
+            teacher(input_ids=batch["input_ids"], attention_mask=mask).logits  # (B, T, V)
+        kls = [F.kl_div(F.log_softmax(s_full[b, i] / t, -1), F.log_softmax(t_full[b, i] / t, -1), log_target=True,
+                        reduction="sum") for b in range(len(examples)) for i in range(mask.shape[1] - 1) if mask[b, i + 1]]
+        expected = task.loss(student, batch) + weight * t * t * torch.stack(kls).mean()
+        rows = task.text_logits(student, batch)
+        assert rows.shape == (int(mask[:, 1:].sum()), len(tok))
+        torch.testing.assert_close(rows[task.answer_rows(batch)], task.logits(student, batch))
+        taught = TeacherLoss(task, teacher, weight=weight, temperature=t, tokens="text")
+        torch.testing.assert_close(taught.loss(student, batch), expected, atol=1e-5, rtol=1e-5)
+        # the answer-only teacher is a different (smaller) set of rows
+        answer_only = TeacherLoss(task, copy.deepcopy(teacher), weight=weight, temperature=t)
+        assert abs(float(answer_only.loss(student, batch)) - float(expected)) > 1e-3  # (100x the tolerance above)
 
 
 def test_a_generative_task_on_lavin_refuses_a_teacher(llm_dirs):

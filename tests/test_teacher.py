@@ -61,6 +61,14 @@ def test_a_task_without_logits_cannot_have_a_teacher():
         TeacherLoss(CausalLM(tiny_tokenizer(), max_length=8), model)
 
 
+def test_a_classification_task_refuses_a_teacher_on_every_token():
+    teacher, _, task, _ = _taught_pair()
+    with pytest.raises(ConfigError, match="teacher_tokens='text'.*one prediction per example.*'answer'"):
+        TeacherLoss(task, teacher, tokens="text")
+    with pytest.raises(ConfigError, match="teacher_tokens='every'.*expected 'answer' or 'text'"):
+        TeacherLoss(task, teacher, tokens="every")
+
+
 def test_train_with_a_teacher_through_the_cli(tiny_encoder_dir, tmp_path, capsys):
     data = str(text_data.write_csv(tmp_path / "train.csv", classification_examples(80, seed=5)))
     other = str(text_data.write_csv(tmp_path / "other.csv", classification_examples(80, seed=5, labels=("a", "b"))))

@@ -459,6 +459,11 @@ class TrainConfig:
     """Weight of the teacher's term (KL divergence x temperature^2) beside the task loss."""
     teacher_temperature: float = 2.0
     """Softens both models' predictions before they are compared (Hinton et al.)."""
+    teacher_tokens: Literal["answer", "text"] = "answer"
+    """Where a generative task's next-token distributions are matched: 'answer', the target's tokens only;
+    'text', every token of the prompt and the target (the whole sequence, as Minitron recovers pruned LLMs:
+    ~20x more targets per example on a review task, at the cost of (tokens x vocabulary) logits in memory).
+    Classification tasks have one prediction per example and take 'answer' only."""
     warm_start: str | None = None
     """Start from the adapters and head a search trained (its output directory, or its search_adapters.safetensors)
     instead of fresh ones; the plan's adapters are taken, the others ignored."""

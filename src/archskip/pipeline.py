@@ -154,7 +154,8 @@ def train(cfg: RunConfig, plan: str | SkipPlan | SearchResult, *, resume: bool =
     taught = task
     if cfg.train.teacher:
         teacher = load_teacher(cfg.train.teacher, model, task, cfg.model.name_or_path)
-        taught = TeacherLoss(task, teacher, weight=cfg.train.teacher_weight, temperature=cfg.train.teacher_temperature)
+        taught = TeacherLoss(task, teacher, weight=cfg.train.teacher_weight, temperature=cfg.train.teacher_temperature,
+                             tokens=cfg.train.teacher_tokens)
     out = _start(cfg)
     trainable, total = model.parameter_counts()  # (before FSDP, which would leave each process its shard to count)
     trainer = Trainer(model, taught, cfg.train, seed=cfg.seed, out_dir=out, logger=_logger(out, cfg, resume),

@@ -3,7 +3,8 @@
 The skipped model's loss gains `weight` x T^2 x KL(teacher || student) on the predictions softened by the
 temperature T: the student learns the teacher's whole output distribution, not only the labels. For a
 classification task the predictions are the class logits; for a generative task, the next-token
-distribution at each token of the target (the prompt's tokens play no part). The teacher
+distribution at each token of the target, or with `tokens="text"` at every token of the prompt and the target
+(the whole sequence: many more targets per example, as Minitron's distillation of pruned LLMs). The teacher
 is an artifact of the same base model trained with no skip (`archskip train --plan none`); it is frozen and
 runs under no_grad next to the student, one extra forward pass per micro-batch (docs/method.md).
 """
@@ -22,13 +23,20 @@ class TeacherLoss(Task):
     """`task` with its loss extended by the teacher's term; everything else is `task`'s (only the training
     loss changes: evaluation, predictions, generation, metrics and the artifact are the plain task's)."""
 
-    def __init__(self, task: Task, teacher: SkipModel, *, weight: float = 1.0, temperature: float = 2.0):
+    def __init__(self, task: Task, teacher: SkipModel, *, weight: float = 1.0, temperature: float = 2.0,
+                 tokens: str = "answer"):
         if not (callable(getattr(task, "logits", None)) and callable(getattr(task, "logit_loss", None))):
             raise ConfigError(f"the {task.name} task cannot learn from a teacher (it needs `logits` and `logit_loss`); "
                               "leave train.teacher unset")
+        if tokens not in ("answer", "text"):
+            raise ConfigError(f"train.teacher_tokens={tokens!r}: expected 'answer' or 'text'")
+        if tokens == "text" and not callable(getattr(task, "text_logits", None)):
+            raise ConfigError(f"train.teacher_tokens='text': the {task.name} task makes one prediction per example, "
+                              "not one per token; set train.teacher_tokens to 'answer'")
         if callable(getattr(task, "check_teachable", None)):  # e.g. generation on a model that shifts positions
             task.check_teachable(teacher)
         self.task, self.teacher, self.weight, self.temperature = task, teacher.eval(), weight, temperature
+        self.tokens = tokens
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.name, self.selection_metric = task.name, task.selection_metric
@@ -43,13 +51,15 @@ class TeacherLoss(Task):
         return self.task.collate(examples)
 
     def loss(self, model: SkipModel, batch: dict) -> torch.Tensor:
-        student = self.task.logits(model, batch)  # (B, C)
+        rows = self.task.text_logits if self.tokens == "text" else self.task.logits
+        student = rows(model, batch)  # (N, C): N examples, target tokens or text tokens
         with torch.no_grad():
-            teacher = self.task.logits(self.teacher.to(student.device), batch)
+            teacher = rows(self.teacher.to(student.device), batch)
         t = self.temperature
         kd = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
-                      reduction="batchmean") * t * t
-        return self.task.logit_loss(student, batch) + self.weight * kd
+                      reduction="batchmean") * t * t  # mean KL per row
+        answer = student[self.task.answer_rows(batch)] if self.tokens == "text" else student
+        return self.task.logit_loss(answer, batch) + self.weight * kd
 
     def score(self, model: SkipModel, batch: dict) -> dict[str, float]:
         return self.task.score(model, batch)

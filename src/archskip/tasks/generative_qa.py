@@ -181,6 +181,18 @@ class GenerativeQA(Task):
         predicts = batch["labels"][:, 1:] != -100  # (B, T-1): position t predicts token t+1
         return out[:, :-1][predicts].float()  # (N, V)
 
+    def text_logits(self, model: SkipModel, batch: dict) -> torch.Tensor:
+        """Next-token logits at every token of the text (prompt and target; padding excluded), (N, V): the rows
+        a teacher matches with train.teacher_tokens 'text'. `answer_rows` says which of them are the target's."""
+        out = model(**self._model_inputs(batch)).logits  # (B, T, V)
+        return out[:, :-1][batch["attention_mask"][:, 1:].bool()].float()  # (N, V)
+
+    @staticmethod
+    def answer_rows(batch: dict) -> torch.Tensor:
+        """(N,) bool over `text_logits`' rows: True where the row predicts a target token (`logits`' rows)."""
+        text = batch["attention_mask"][:, 1:].bool()  # (B, T-1)
+        return (batch["labels"][:, 1:] != -100)[text]
+
     def logit_loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         """The task loss from `logits`' rows: the mean cross-entropy of the target tokens (= `loss`)."""
         labels = batch["labels"][:, 1:]
