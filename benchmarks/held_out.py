@@ -125,15 +125,18 @@ def main() -> None:
     ap.add_argument("--task", default="imdb", choices=["polarity", "imdb"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--plans", nargs="+", default=None, help="skipped blocks per plan ('none': no skip), optionally +<recipe> as lavin_table1's rows "
-                    "(reassess there trains last-k's plan only); default: 14,17 14,25 (minilm: 4,5 3,5)")
+                    "(reassess there trains last-k's plan only); default: "
+                    + "; ".join(f"{name} {' '.join(m.default_plans)}" for name, m in MODELS.items()))
     ap.add_argument("--model", default="smollm2", choices=sorted(MODELS),
                     help="smollm2: lavin_table1's set-up (SmolLM2-135M, LaVIN adapters); minilm: search_quality's")
     ap.add_argument("--n-held-out", type=int, default=None,
-                    help=f"more test reviews, never trained or tested on (default {HELD_OUT}; minilm {MODELS['minilm'].n_held_out})")
+                    help="more test reviews, never trained or tested on (default: "
+                    + "; ".join(f"{name} {m.n_held_out}" for name, m in MODELS.items()) + ")")
     ap.add_argument("--n-train", type=int, default=400, help="smollm2 (minilm: search_quality's budget)")
     ap.add_argument("--n-test", type=int, default=400, help="smollm2")
     ap.add_argument("--epochs", type=float, default=3.0, help="smollm2")
-    ap.add_argument("--out", default=None, help="results file name (default: held_out-<task>; minilm: held_out-minilm-<task>)")
+    ap.add_argument("--out", default=None, help="results file name (default: "
+                    + "; ".join(f"{name} {m.prefix}<task>" for name, m in MODELS.items()) + ")")
     args = ap.parse_args()
     setup = MODELS[args.model]
     plans = {text: plan_of(text, args.model) for text in args.plans or setup.default_plans}  # a bad plan fails here, before any training
