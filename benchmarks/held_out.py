@@ -119,6 +119,17 @@ def paired(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
     return 100 * statistics.mean(d), 100 * statistics.stdev(d) / math.sqrt(len(d))
 
 
+def over_seeds(a: list[list[int]], b: list[list[int]]) -> tuple[list[float], float | None]:
+    """Per seed (row) the difference a - b in points, and the standard error of the mean difference counting both
+    sources of noise: which seed trained the models (the per-seed differences' spread) and which reviews test them
+    (`paired`'s error), as sqrt(se_seeds^2 + se_reviews^2) (conservative: both hold the seed-by-review term). None
+    with one seed, where the training noise is not measured."""
+    per = [100 * (statistics.mean(x) - statistics.mean(y)) for x, y in zip(a, b)]
+    if len(per) < 2:
+        return per, None
+    return per, math.hypot(statistics.stdev(per) / math.sqrt(len(per)), paired(a, b)[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help=f"a smoke run: 16 training, 8 test and {n_held_out(True)} held-out reviews, 2 steps")
@@ -168,10 +179,15 @@ def main() -> None:
         for split, label in (("test", f"on the {len(bench.test)} test reviews"), ("held_out", f"on {n_extra} held-out")):
             m, se = paired([r[split] for r in runs[a]], [r[split] for r in runs[b]])
             row[label] = f"{m:+.2f} ± {se:.2f}"
+        per, se_all = over_seeds([r["held_out"] for r in runs[a]], [r["held_out"] for r in runs[b]])
+        row["held-out, per seed"] = " / ".join(f"{d:+.2f}" for d in per)
+        row["held-out ± seeds and reviews"] = "—" if se_all is None else f"{statistics.mean(per):+.2f} ± {se_all:.2f}"
         pairs.append(row)
     report.table("Paired differences (points, ± one standard error over reviews)", pairs, list(pairs[0]) if pairs else ["plans"],
                  note="Per review, the difference of the two plans' right/wrong averaged over the seeds; its mean and "
-                      "standard error over the reviews. Seeds share the reviews, so the error is the test set's.")
+                      "standard error over the reviews. Seeds share the reviews, so that error is the test set's alone. "
+                      "'± seeds and reviews' adds the training noise: the spread of the per-seed differences (their "
+                      "standard error) and the reviews' error, combined as the root of the sum of squares (— with one seed).")
     if not args.quick:
         from archskip.io import atomic_write_text
 

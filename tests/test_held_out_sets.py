@@ -51,3 +51,19 @@ def test_lavin_table1_held_out_reviews_are_never_used(bench_modules, task):
     corpus = [lavin_table1._item(r) for r in lavin_table1._reviews(task)]
     assert len(extra) == 2000
     assert_apart(extra, used, corpus, "prompt")
+
+
+def test_held_out_differences_count_both_the_seeds_and_the_reviews():
+    """Two seeds, four reviews, worked by hand: per seed a - b is +25 and 0 points; per review (seed-averaged)
+    differences 0.5, 0.5, 0, -0.5 -> mean 12.5, sd 0.4787 -> se 23.94 points; the seeds' se is sd(25, 0)/sqrt(2) = 12.5."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import held_out
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    a, b = [[1, 1, 0, 0], [1, 0, 1, 0]], [[0, 0, 0, 1], [1, 0, 1, 0]]
+    mean, se = held_out.paired(a, b)
+    assert mean == pytest.approx(12.5) and se == pytest.approx(100 * 0.478713 / 2, rel=1e-5)
+    per, se_all = held_out.over_seeds(a, b)
+    assert per == pytest.approx([25.0, 0.0]) and se_all == pytest.approx((12.5**2 + se**2) ** 0.5)
+    assert held_out.over_seeds(a[:1], b[:1]) == (pytest.approx([25.0]), None)
