@@ -183,11 +183,12 @@ def main() -> None:
         row["held-out, per seed"] = " / ".join(f"{d:+.2f}" for d in per)
         row["held-out ± seeds and reviews"] = "—" if se_all is None else f"{statistics.mean(per):+.2f} ± {se_all:.2f}"
         pairs.append(row)
-    report.table("Paired differences (points, ± one standard error over reviews)", pairs, list(pairs[0]) if pairs else ["plans"],
+    report.table("Paired differences (points, ± one standard error)", pairs, list(pairs[0]) if pairs else ["plans"],
                  note="Per review, the difference of the two plans' right/wrong averaged over the seeds; its mean and "
                       "standard error over the reviews. Seeds share the reviews, so that error is the test set's alone. "
                       "'± seeds and reviews' adds the training noise: the spread of the per-seed differences (their "
-                      "standard error) and the reviews' error, combined as the root of the sum of squares (— with one seed).")
+                      "standard error) and the reviews' error, combined as the root of the sum of squares (— with one seed). "
+                      "With 2 or 3 seeds the seeds' part rests on 1 or 2 degrees of freedom: a rough size, not a precise one.")
     if not args.quick:
         from archskip.io import atomic_write_text
 

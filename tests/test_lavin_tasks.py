@@ -133,6 +133,7 @@ def test_boolq_on_a_text_only_llama(llm_dirs, tmp_path, capsys):
     # the no-skip model teaches the skipped one (train.teacher on a generative task, at every token of the text)
     main(["train", *common, "--plan", "2,5", "--train.teacher", str(tmp_path / "teacher" / "artifact"),
           "--train.teacher_tokens", "text", "--output_dir", str(tmp_path / "b")])
+    assert "teacher_tokens: text" in (tmp_path / "b" / "config.yaml").read_text()
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     key = str(path)
     assert metrics["plan"] == [2, 5] and metrics["test"][key]["n"] == 12 and 0 <= metrics["test"][key]["accuracy"] <= 1

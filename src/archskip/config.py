@@ -454,7 +454,7 @@ class TrainConfig:
     teacher: str | None = None
     """An artifact of the same base model trained with no skip (`archskip train --plan none`): its predictions
     teach the skipped model (knowledge distillation: class logits, or the next-token distributions of a generative
-    task's answer on a plain decoder). One extra forward pass per batch."""
+    task's answer, or of its whole text with `teacher_tokens`, on a plain decoder). One extra forward pass per batch."""
     teacher_weight: float = 1.0
     """Weight of the teacher's term (KL divergence x temperature^2) beside the task loss."""
     teacher_temperature: float = 2.0
@@ -480,6 +480,9 @@ class TrainConfig:
         _check(self.distill_lr > 0, f"train.distill_lr={self.distill_lr!r} must be > 0")
         _check(self.teacher_weight >= 0, f"train.teacher_weight={self.teacher_weight!r} must be >= 0")
         _check(self.teacher_temperature > 0, f"train.teacher_temperature={self.teacher_temperature!r} must be > 0")
+        _check(self.teacher or self.teacher_tokens == "answer",
+               "train.teacher_tokens='text' says where a teacher is matched, but train.teacher is unset: name the "
+               "no-skip artifact in train.teacher, or leave train.teacher_tokens at 'answer'")
         _check(self.unfreeze_kept >= 0, f"train.unfreeze_kept={self.unfreeze_kept!r} must be >= 0")
         self.betas = tuple(self.betas)  # YAML gives a list
 
@@ -505,6 +508,12 @@ class RunConfig:
             _check(self.adapter.skip_hidden >= 2,
                    f"train.fit_replacements writes a rank-r fit into 2r units; adapter.skip_hidden="
                    f"{self.adapter.skip_hidden} has fewer than 2")
+        if self.train.teacher_tokens == "text":
+            from .tasks.registry import task_class
+
+            _check(callable(getattr(task_class(self.task.name), "text_logits", None)),
+                   f"train.teacher_tokens='text': the {self.task.name} task makes one prediction per example, not one "
+                   "per token; set train.teacher_tokens to 'answer'")
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:

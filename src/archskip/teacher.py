@@ -30,7 +30,7 @@ class TeacherLoss(Task):
                               "leave train.teacher unset")
         if tokens not in ("answer", "text"):
             raise ConfigError(f"train.teacher_tokens={tokens!r}: expected 'answer' or 'text'")
-        if tokens == "text" and not callable(getattr(task, "text_logits", None)):
+        if tokens == "text" and not (callable(getattr(task, "text_logits", None)) and callable(getattr(task, "answer_rows", None))):
             raise ConfigError(f"train.teacher_tokens='text': the {task.name} task makes one prediction per example, "
                               "not one per token; set train.teacher_tokens to 'answer'")
         if callable(getattr(task, "check_teachable", None)):  # e.g. generation on a model that shifts positions
