@@ -170,6 +170,11 @@ CASES = [
                                                               str(e["dir"] / "fresh"))], r"--resume: no checkpoint"),
     ("artifact directory that is not an artifact", lambda e: ["eval", "--artifact", str(e["dir"]), "--data", e["csv"]],
      r"is not an archskip artifact"),
+    ("teacher on every token of a one-label task", lambda e: ["train", *base(e, "--plan", "1", "--train.teacher", str(e["dir"]),
+                                                                           "--train.teacher_tokens", "text")],
+     r"train\.teacher_tokens='text': the classification task makes one prediction per example"),
+    ("teacher tokens without a teacher", lambda e: ["train", *base(e, "--plan", "1", "--train.teacher_tokens", "text")],
+     r"train\.teacher_tokens='text' says where a teacher is matched, but train\.teacher is unset"),
 ]
 
 
