@@ -510,10 +510,9 @@ class RunConfig:
                    f"{self.adapter.skip_hidden} has fewer than 2")
         if self.train.teacher_tokens == "text":
             from .tasks.registry import task_class
+            from .teacher import check_per_token
 
-            _check(callable(getattr(task_class(self.task.name), "text_logits", None)),
-                   f"train.teacher_tokens='text': the {self.task.name} task makes one prediction per example, not one "
-                   "per token; set train.teacher_tokens to 'answer'")
+            check_per_token(task_class(self.task.name))
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:

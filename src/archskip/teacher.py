@@ -19,6 +19,14 @@ from .skipping import SkipModel
 from .tasks.base import Task
 
 
+def check_per_token(task: Task | type[Task]) -> None:
+    """Refuse train.teacher_tokens 'text' for a task (or task class) without one prediction per token: it needs
+    `text_logits` and `answer_rows` (generative tasks have them)."""
+    if not (callable(getattr(task, "text_logits", None)) and callable(getattr(task, "answer_rows", None))):
+        raise ConfigError(f"train.teacher_tokens='text': the {task.name} task makes one prediction per example, "
+                          "not one per token; set train.teacher_tokens to 'answer'")
+
+
 class TeacherLoss(Task):
     """`task` with its loss extended by the teacher's term; everything else is `task`'s (only the training
     loss changes: evaluation, predictions, generation, metrics and the artifact are the plain task's)."""
@@ -30,9 +38,8 @@ class TeacherLoss(Task):
                               "leave train.teacher unset")
         if tokens not in ("answer", "text"):
             raise ConfigError(f"train.teacher_tokens={tokens!r}: expected 'answer' or 'text'")
-        if tokens == "text" and not (callable(getattr(task, "text_logits", None)) and callable(getattr(task, "answer_rows", None))):
-            raise ConfigError(f"train.teacher_tokens='text': the {task.name} task makes one prediction per example, "
-                              "not one per token; set train.teacher_tokens to 'answer'")
+        if tokens == "text":
+            check_per_token(task)
         if callable(getattr(task, "check_teachable", None)):  # e.g. generation on a model that shifts positions
             task.check_teachable(teacher)
         self.task, self.teacher, self.weight, self.temperature = task, teacher.eval(), weight, temperature
