@@ -93,6 +93,10 @@ METHODS_RUN = {
 # searches remembered under another name: the default's searches with a supernet ran as "default" before
 # `search.supernet` existed, when the default always trained its supernet (the same code then; 'on' keeps it so)
 MEMO_NAMES = {"default-supernet": "default"}
+# the smoke run (--quick): one row per code path of Bench.plan and Bench.trained. Left out, each covered by a row
+# kept: default-supernet (supernet-verified trains the supernet), default-choice (default-text: the same path, another
+# metric), last-k (reassess: the same plan), default+distill and default+teacher (default+teacher+distill)
+QUICK_METHODS = [m for m in METHODS_RUN if m not in ("default-supernet", "default-choice", "last-k", "default+distill", "default+teacher")]
 FINALS_VERSION = 1
 WIDE_SKIP_HIDDEN = 128
 HELD_OUT, HELD_OUT_QUICK = 2000, 16  # held_out.py's extra test reviews per model (400 resolve ~3.5 points: docs/benchmarks.md)
@@ -320,7 +324,7 @@ def run_task(name: str, args, report: Report, summary: dict) -> None:
                 print(name, seed, k, method, plan.skip, m, flush=True)
     timed = {k: bench.pruned(SkipPlan.last(k, N_LAYERS)) for k in ks}  # every plan of one k does the same work
     task = Sentiment(bench.tok)
-    prompts = task.collate_prompts(bench.test[:8])
+    prompts = task.collate_prompts(bench.test[:2 if args.quick else 8])
     speed = compare_generation({f"k={k}": m for k, m in timed.items()}, task, prompts, new_tokens=4,
                                repeats=2 if args.quick else 7)
     rows = []
@@ -368,7 +372,7 @@ def run_task(name: str, args, report: Report, summary: dict) -> None:
                       f"'{n_held} held-out': the same models (re-trained by benchmarks/held_out.py) on {n_held} more reviews "
                       "that no model trains or tests on, where every seed's was; in brackets the gap to no skip there. reassess: the last k blocks "
                       "dropped, the last 3 kept blocks and the head (tied to the embeddings) fine-tuned in full with the "
-                      "adapters. Time: generating 4 tokens for 8 prompts, median of interleaved rounds, relative to k = 0."
+                      f"adapters. Time: generating 4 tokens for {len(prompts['input_ids'])} prompts, median of interleaved rounds, relative to k = 0."
                       + ("" if not missing else " Not finished yet (--memo-only: rows over the seeds listed): "
                          + "; ".join(f"k={k} {method} seed {' '.join(map(str, seeds))}" for (k, method), seeds in missing.items()) + "."))
 
@@ -383,13 +387,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 4, 6], choices=range(1, N_LAYERS), metavar="K",
                     help="skipped blocks to compare with k = 0 (a run of some of them resumes into the full table)")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS_RUN), choices=list(METHODS_RUN), metavar="METHOD",
-                    help=f"rows for k > 0 (default: all of {', '.join(METHODS_RUN)})")
+    ap.add_argument("--methods", nargs="+", default=None, choices=list(METHODS_RUN), metavar="METHOD",
+                    help=f"rows for k > 0 (default: all of {', '.join(METHODS_RUN)}; --quick: one per code path)")
     ap.add_argument("--memo-only", action="store_true",
                     help="compute nothing: the table of the cells the resume memo holds, the others listed as not finished")
     ap.add_argument("--out", default="lavin_table1", help="results file name (benchmarks/results/<out>.md/.json)")
     args = ap.parse_args()
     args.seeds = args.seeds or ([0] if args.quick else [0, 1])
+    args.methods = args.methods or (QUICK_METHODS if args.quick else list(METHODS_RUN))
     report = Report(args.out, "Table 1 on a real LLaMA: SmolLM2-135M with LaVIN adapters, k = 0/2/4/6", args.seeds, args.quick)
     summary = {"model": "SmolLM2-135M-Instruct", "tasks": {}}
     for t in (args.tasks[:1] if args.quick else args.tasks):

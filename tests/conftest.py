@@ -138,6 +138,12 @@ FAMILIES = {
 DECODERS = ("llama", "qwen2", "mistral")
 
 
+def pytest_collection_modifyitems(items):
+    # xdist hands tests to its workers in collection order: the few that take a minute or more (marked `longest`)
+    # go first, so that each runs beside the other worker's short ones instead of alone at the end
+    items.sort(key=lambda item: item.get_closest_marker("longest") is None)  # (stable: the rest keep their order)
+
+
 @pytest.fixture
 def tokenizer():
     return tiny_tokenizer()

