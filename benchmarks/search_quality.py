@@ -141,7 +141,7 @@ class Bench:
         if quick:
             self.train, self.dev, self.test = self.train[:64], self.dev[:32], self.test[:32]
         self.base, self.tok, _ = load_pretrained(ModelConfig(name_or_path=MODEL))
-        self.task_cfg = TaskConfig(max_length=length, pooling="mean")
+        self.task_cfg = TaskConfig(max_length=32 if quick else length, pooling="mean")  # (--quick: half the compute)
         self.adapter = AdapterConfig(hidden=64, skip_hidden=128)
         bs = 8 if quick else BATCH
         self.train_cfg = TrainConfig(epochs=1 if quick else EPOCHS, max_steps=2 if quick else None, batch_size=bs, lr=LR,
