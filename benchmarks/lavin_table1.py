@@ -63,6 +63,10 @@ METHODS_RUN = {
     # the default search ranking its plans by the answer options' cross-entropy instead of the target's loss
     # (search.verify_metric: choice_loss): the frozen, untuned model's loss on "Sentiment: <word>" is mostly format
     "default-choice": ("das", {"verify_metric": "choice_loss"}),
+    # the default search ranking its plans by the options' cross-entropy after a per-plan, cross-fitted re-fit of one
+    # temperature and one bias per option (search.verify_metric: choice_refit_loss): how well a plan separates the
+    # answers, not how its untuned model leans between them
+    "default-refit": ("das", {"verify_metric": "choice_refit_loss"}),
     # the default search ranking its plans by the next-token loss of the whole review and answer, not the answer's
     # alone (search.verify_metric: text_loss): ~100 tokens an example where the answer has ~5, all of them text the
     # frozen model can predict
@@ -94,9 +98,10 @@ METHODS_RUN = {
 # `search.supernet` existed, when the default always trained its supernet (the same code then; 'on' keeps it so)
 MEMO_NAMES = {"default-supernet": "default"}
 # the smoke run (--quick): one row per code path of Bench.plan and Bench.trained. Left out, each covered by a row
-# kept: default-supernet (supernet-verified trains the supernet), default-choice (default-text: the same path, another
-# metric), last-k (reassess: the same plan), default+distill and default+teacher (default+teacher+distill)
-QUICK_METHODS = [m for m in METHODS_RUN if m not in ("default-supernet", "default-choice", "last-k", "default+distill", "default+teacher")]
+# kept: default-supernet (supernet-verified trains the supernet), default-choice and default-refit (default-text: the
+# same path, another metric), last-k (reassess: the same plan), default+distill and default+teacher (default+teacher+distill)
+QUICK_METHODS = [m for m in METHODS_RUN if m not in ("default-supernet", "default-choice", "default-refit", "last-k", "default+distill",
+                                                    "default+teacher")]
 FINALS_VERSION = 1
 WIDE_SKIP_HIDDEN = 128
 HELD_OUT, HELD_OUT_QUICK = 2000, 16  # held_out.py's extra test reviews per model (400 resolve ~3.5 points: docs/benchmarks.md)

@@ -32,7 +32,7 @@ def test_yaml_roundtrip(tmp_path):
         ({"data": {"val_fraction": 0.6, "test_fraction": 0.5}}, "must be < 1"),
         ({"search": {"reward_fraction": 1.5}}, r"search.reward_fraction=1.5 must be in \(0, 1\)"),
         ({"search": {"prefix_states_mb": -1}}, r"search.prefix_states_mb=-1.0 must be >= 0"),
-        ({"search": {"verify_metric": "accuracy"}}, "SearchConfig.verify_metric='accuracy' is not valid; expected one of 'task', 'choice_loss', 'text_loss'"),
+        ({"search": {"verify_metric": "accuracy"}}, "SearchConfig.verify_metric='accuracy' is not valid; expected one of 'task', 'choice_loss', 'choice_refit_loss', 'text_loss'"),
         ({"task": "classification"}, "task. must be a mapping"),
     ],
 )

@@ -452,6 +452,40 @@ def test_a_search_ranks_plans_by_choice_loss_when_asked(llm_dirs):
         {tuple(r["plan"]): r["metrics"]["loss"] for r in tables["choice_loss"]})
 
 
+def test_a_search_ranks_plans_by_the_refitted_choice_loss_when_asked(llm_dirs):
+    """`choice_refit_loss`: per plan, the options' logits at the answer's first token of every measured example
+    (read here one example at a time from the plan's model), through the cross-fitted temperature and biases."""
+    from archskip import SearchConfig, TrainConfig
+    from archskip.data.loader import measurement_examples
+    from archskip.search import METHODS, SearchRun
+    from archskip.search.choice_refit import refit_choice_losses
+    from archskip.search.finals import judged_by
+
+    _, model, task, examples = _choice_setup(llm_dirs, n=16)
+    cfg = SearchConfig(k=2, verify_metric="choice_refit_loss", verify_examples=16)
+    run = METHODS["removal-loss"](SearchRun(model, task, examples, cfg, TrainConfig(epochs=1, batch_size=8, log_every=1000),
+                                            seed=0, progress=False))
+    table = run.config["verification"]["measured"]
+    assert {row["selection"] for row in table} == {"choice_refit_loss"}
+    by_refit = {tuple(r["plan"]): r["metrics"]["choice_refit_loss"] for r in table}
+    assert run.plan.skip == min(by_refit, key=by_refit.get)
+    assert len(set(by_refit.values())) > 1
+    _, ids = task.choice
+    measured = list(measurement_examples(examples, 16, seed=0))  # the measurement's seeded order
+    for plan in list(by_refit)[:3]:
+        model.set_skip(plan)
+        rows, gold = [], []
+        with torch.no_grad():
+            for e in measured:
+                b = task.collate([e])
+                rows.append(model(input_ids=b["input_ids"]).logits[0, b["choice_pos"][0], ids])
+                gold.append(int(b["choice_gold"][0]))
+        model.set_skip([])
+        assert by_refit[plan] == pytest.approx(float(refit_choice_losses(torch.stack(rows), torch.tensor(gold)).mean()),
+                                               rel=1e-4)
+    assert judged_by(task, cfg) == "choice_loss"  # a trained finalist is judged by its plain options' cross-entropy
+
+
 def test_text_loss_is_each_rows_language_model_loss_on_every_token(llm_dirs):
     """'text_loss' (search.verify_metric: text_loss) is, per example, the model's own causal-LM loss of the whole
     text (prompt and answer), computed one unpadded sequence at a time by transformers; averaged over examples."""
@@ -504,9 +538,11 @@ def test_choice_loss_is_refused_for_a_task_without_options(llm_dirs):
     tok, model, _, examples = _choice_setup(llm_dirs, n=8)
     task = CSQA(tok, max_length=256)
     task.option_letters, task.choice = None, None  # a generative task with free answers
-    cfg, train = SearchConfig(k=2, verify_metric="choice_loss"), TrainConfig(epochs=1, batch_size=8)
-    for method in ("das", "removal-loss"):
-        with pytest.raises(ConfigError, match="search.verify_metric='choice_loss'.*no fixed option set"):
-            METHODS[method](SearchRun(model, task, examples, cfg, train, seed=0, progress=False))
+    train = TrainConfig(epochs=1, batch_size=8)
+    for metric in ("choice_loss", "choice_refit_loss"):
+        cfg = SearchConfig(k=2, verify_metric=metric)
+        for method in ("das", "removal-loss"):
+            with pytest.raises(ConfigError, match=f"search.verify_metric='{metric}'.*no fixed option set"):
+                METHODS[method](SearchRun(model, task, examples, cfg, train, seed=0, progress=False))
     shared = CSQA(tok, max_length=256, option_letters=["red", "red green"])  # the same token after the prefix
     assert shared.choice is None

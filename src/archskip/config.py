@@ -267,12 +267,15 @@ class SearchConfig:
     on the measurement examples (search/fitted.py): a plan is judged by what its replacements can recover, not by
     what removing its blocks loses. Costs one more forward pass over the measurement examples. Off by default: it
     ranked plans worse than 'identity' on MiniLM and SmolLM2 (docs/benchmarks.md, "Fitted replacements")."""
-    verify_metric: Literal["task", "choice_loss", "text_loss"] = "task"
+    verify_metric: Literal["task", "choice_loss", "choice_refit_loss", "text_loss"] = "task"
     """'verified' and `removal-loss`: what ranks the measured plans. 'task': the task's selection metric (the loss
     unless the task names another). 'choice_loss': for generative tasks with a fixed option set (`option_letters`),
     the cross-entropy of the right option among the options at the answer's first token, leaving out the answer's
     format tokens (on a frozen, untuned decoder those dominate the target's loss); refused for other tasks. On 8
     SmolLM2 sentiment trainings its plans trained no better than those of 'task', on average (docs/benchmarks.md).
+    'choice_refit_loss': the same cross-entropy after a per-plan re-fit of what training fixes first, one temperature
+    and one bias per option, cross-fitted (search/choice_refit.py): a plan is judged by how well it separates the
+    answers, not by how its frozen model leans between them; refused where 'choice_loss' is.
     'text_loss': for causal language models' tasks, the next-token loss of every token of the example (prompt and
     answer: the text's perplexity, as perplexity-based block pruning ranks blocks), not only the answer's; refused
     for other tasks. On SmolLM2 sentiment at k = 2 its plans trained no better than those of 'task'

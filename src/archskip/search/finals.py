@@ -112,7 +112,10 @@ def play_finals(model: SkipModel, task: Task, train, plans: Sequence[Plan], cfg:
 def judged_by(task: Task, cfg: SearchConfig) -> str:
     """The metric the final round ranks its trained finalists by: the measurement's (`search.verify_metric`), but
     the task's selection metric in place of 'text_loss', which reads how much of the frozen model's text survives,
-    not what a finalist's adapters trained for."""
+    not what a finalist's adapters trained for, and the options' plain cross-entropy in place of its re-fitted
+    one (a trained finalist has learnt what the re-fit stands in for)."""
+    if cfg.verify_metric == "choice_refit_loss":
+        return "choice_loss"
     return task.selection_metric if cfg.verify_metric in ("task", "text_loss") else cfg.verify_metric
 
 

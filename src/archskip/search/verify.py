@@ -35,6 +35,7 @@ from ..errors import ConfigError
 from ..nn_utils import eval_mode
 from ..skipping import SkipModel
 from ..tasks.base import Task, to_device
+from .choice_refit import gathered, refit_choice_losses
 from .prefix import NotAPrefix, PrefixStates, same_outputs
 
 Plan = tuple[int, ...]
@@ -91,11 +92,11 @@ def check_verify_metric(task, metric: str) -> None:
     if metric == "text_loss" and not task.models_text:
         raise ConfigError(f"search.verify_metric='text_loss' is the next-token loss of a causal language model's "
                           f"text; the {task.name} task does not model text. Use search.verify_metric='task'")
-    if metric == "choice_loss" and getattr(task, "choice", None) is None:
+    if metric in ("choice_loss", "choice_refit_loss") and getattr(task, "choice", None) is None:
         options = getattr(task, "option_letters", None)
         why = (f"its options {list(options)!r} do not differ in one token after the answer prefix" if options
                else "it has no fixed option set (option_letters)")
-        raise ConfigError(f"search.verify_metric='choice_loss' needs a generative task whose answers are options; "
+        raise ConfigError(f"search.verify_metric={metric!r} needs a generative task whose answers are options; "
                           f"the {task.name} task cannot: {why}. Use search.verify_metric='task'")
 
 
@@ -130,7 +131,7 @@ class PlanMeter:
         # the examples measured on all processes together (several processes leave out the batches that do not
         # divide among them)
         self.examples = min(len(examples), batches_per_rank(len(examples), batch_size, world) * world * batch_size)
-        self.autocast, self.reduce = autocast, reduce
+        self.autocast, self.reduce, self.rank, self.world = autocast, reduce, rank, world
         self.metrics: dict[Plan, dict[str, float]] = dict(known or {})  # (a resumed run's earlier measurements)
         self.on_measured = on_measured  # called after each new measurement (a resumable run records it)
         self.refit_steps = refit_steps if model.head is not None and len(self.batches) >= 2 else 0
@@ -159,7 +160,17 @@ class PlanMeter:
         return self.metrics[plan]
 
     def _measure(self) -> dict[str, float]:
-        return self._cross_fitted() if self.refit_steps else self._scores([(b, None) for b in self.batches])
+        if self.metric != "choice_refit_loss":
+            return self._cross_fitted() if self.refit_steps else self._scores([(b, None) for b in self.batches])
+        with self.task.recording_choices() as rows:  # (search/choice_refit.py; the options' re-fit is the head's)
+            sums = self._scores([(b, None) for b in self.batches])
+        mine = torch.cat([torch.cat([o.double(), g.double()[:, None]], 1) for o, g in rows]) if rows else \
+            torch.zeros(0, len(self.task.choice[1]) + 1, dtype=torch.float64)
+        every = gathered(mine.to(self.device), self.reduce, self.rank, self.world).cpu()  # (N, O + 1)
+        losses = refit_choice_losses(every[:, :-1], every[:, -1].long())
+        # (the sums are added up across processes: the whole measurement's sum is counted once, on process 0)
+        sums["choice_refit_loss_sum"] = float(losses.sum()) if self.rank == 0 or self.reduce is None else 0.0
+        return sums
 
     def _start(self, plan: Plan) -> int:
         """Where `plan` starts (search/prefix.py). The first plan to start at a boundary checks it: the model's

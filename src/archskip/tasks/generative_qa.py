@@ -13,6 +13,7 @@ The reference samples with temperature 0.1 / top-p 0.75; greedy makes scores rep
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 
 import torch
@@ -52,6 +53,7 @@ class GenerativeQA(Task):
         self.answer_prefix = answer_prefix
         # (s, ids) for `search.verify_metric: choice_loss`, and the s tokens every option's answer starts with
         self.choice, self._choice_head = self._choice_tokens() or (None, None)
+        self._choice_rows: list | None = None  # `recording_choices`: [(options' logits (B, O), right options (B,))]
 
     def _choice_tokens(self) -> tuple[tuple[int, list[int]], list[int]] | None:
         """((s, ids), head): the options' "<answer_prefix>L" tokenizations agree on their first s tokens (head) and
@@ -210,7 +212,19 @@ class GenerativeQA(Task):
             rows = logits[torch.arange(n, device=logits.device), inserted + batch["choice_pos"]].float()
             options = rows[:, self.choice[1]]
             sums["choice_loss_sum"] = float(F.cross_entropy(options, batch["choice_gold"], reduction="sum"))
+            if self._choice_rows is not None:
+                self._choice_rows.append((options.detach(), batch["choice_gold"]))
         return sums
+
+    @contextlib.contextmanager
+    def recording_choices(self):
+        """Inside: every `score` also appends its batch's options' logits at the answer's first token, (B, O), and
+        right options, (B,), to the list yielded (`search.verify_metric: choice_refit_loss` fits them per plan)."""
+        self._choice_rows = rows = []
+        try:
+            yield rows
+        finally:
+            self._choice_rows = None
 
     # ---- generation and metrics ---------------------------------------------------------------------
     @torch.no_grad()
