@@ -486,6 +486,29 @@ def test_a_search_ranks_plans_by_the_refitted_choice_loss_when_asked(llm_dirs):
     assert judged_by(task, cfg) == "choice_loss"  # a trained finalist is judged by its plain options' cross-entropy
 
 
+def test_a_refitted_choice_search_resumes_only_with_the_same_metric(llm_dirs, tmp_path):
+    """Its measurements hold 'choice_refit_loss', which other metrics' do not: a resume that changes the metric either
+    way is refused before any work; one that keeps it ends with the same table."""
+    from archskip import SearchConfig, TrainConfig
+    from archskip.errors import ConfigError
+    from archskip.search import METHODS, SearchRun
+
+    _, model, task, examples = _choice_setup(llm_dirs, n=16)
+    train = TrainConfig(epochs=1, batch_size=8, log_every=1000)
+
+    def search(metric, resume):
+        cfg = SearchConfig(k=2, verify_metric=metric, verify_examples=16)
+        return METHODS["removal-loss"](SearchRun(model, task, examples, cfg, train, seed=0, progress=False,
+                                                 out_dir=tmp_path, resume=resume))
+
+    first = search("choice_refit_loss", False)
+    with pytest.raises(ConfigError, match=r"other settings \(metric: 'choice_refit_loss' then, None now\)"):
+        search("task", True)
+    again = search("choice_refit_loss", True)
+    assert again.plan == first.plan
+    assert again.config["verification"]["measured"] == first.config["verification"]["measured"]
+
+
 def test_text_loss_is_each_rows_language_model_loss_on_every_token(llm_dirs):
     """'text_loss' (search.verify_metric: text_loss) is, per example, the model's own causal-LM loss of the whole
     text (prompt and answer), computed one unpadded sequence at a time by transformers; averaged over examples."""

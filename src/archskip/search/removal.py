@@ -177,7 +177,9 @@ def frozen_search(model: SkipModel, task: Task, train, cfg: SearchConfig, train_
                 "initial_adapters_and_head": digest(model.trainable_state_dict()), "seed": seed,
                 "batch_size": batch_size, "refit_steps": cfg.verify_refit_steps, "refit_lr": refit_lr,
                 "processes": world, "mixed_precision": train_cfg.mixed_precision,
-                **({"replacement": cfg.verify_replacement} if cfg.verify_replacement != "identity" else {})}
+                **({"replacement": cfg.verify_replacement} if cfg.verify_replacement != "identity" else {}),
+                # (every other metric is measured whatever ranks the plans; this one only when it does)
+                **({"metric": cfg.verify_metric} if cfg.verify_metric == "choice_refit_loss" else {})}
     log = MeasurementLog(out_dir, settings, resume=resume, write=trainer.is_main)
     model.to(trainer.device)
     penalty = None
