@@ -69,9 +69,10 @@ def test_every_process_gets_every_processs_rows_in_process_order():
 
     def run(rank):
         def reduce(t):
+            call = len(sent[rank])  # (the other thread may already have sent its next tensor: index by call)
             sent[rank].append(t)
             barrier.wait()
-            return sent[0][-1] + sent[1][-1]
+            return sent[0][call] + sent[1][call]
         got[rank] = gathered(shares[rank], reduce, rank=rank, world=2)
 
     threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
