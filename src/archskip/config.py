@@ -277,7 +277,7 @@ class SearchConfig:
     and one bias per option, cross-fitted (search/choice_refit.py): a plan is judged by how well it separates the
     answers, not by how its frozen model leans between them; refused where 'choice_loss' is. Off by default: on
     SmolLM2 it ranked IMDB's plans in their trained order but rated dropping the last blocks the best plan on
-    polarity at k = 4 (docs/benchmarks.md).
+    polarity at k = 4 and 6 (docs/benchmarks.md).
     'text_loss': for causal language models' tasks, the next-token loss of every token of the example (prompt and
     answer: the text's perplexity, as perplexity-based block pruning ranks blocks), not only the answer's; refused
     for other tasks. On SmolLM2 sentiment at k = 2 its plans trained no better than those of 'task'

@@ -9,7 +9,7 @@ fits. What is left is how well the plan's model separates the answers, the decod
 re-fitted per plan on encoders (search/verify.py). A fit of the whole final hidden state (a linear probe) is
 not used: it reads sentiment the last blocks would have carried to the answer tokens, so it rated dropping the
 last blocks as harmless where training could not recover them (docs/benchmarks.md). This re-fit is milder but
-can err the same way (polarity, k = 4), so it is an option, not the default.
+can err the same way (polarity, k = 4 and 6), so it is an option, not the default.
 """
 
 from __future__ import annotations
