@@ -31,7 +31,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 from common import RESULTS, Memo, Report
-from lavin_table1 import Bench
+from lavin_table1 import HELD_OUT, Bench
 
 from archskip.search.verify import PlanMeter, removed_as_identity
 
@@ -40,18 +40,24 @@ MEASURES = {"loss": "target's loss (default)", "choice_loss": "options' cross-en
 PROBE_C = 0.01  # inverse L2 strength of the probe (standardised features): the best of 0.003-1 on IMDB's no-skip model
 
 
-def trained(task: str) -> dict[str, dict[str, list[float]]]:
-    """plan ("" = no skip, "14,17") -> {"test": [accuracy per seed], "held_out": [...]}: plain adapter training."""
+def trained(bench: Bench) -> dict[str, dict[str, list[float]]]:
+    """plan ("" = no skip, "14,17") -> {"test": [accuracy per seed], "held_out": [...]}: plain adapter training under
+    `bench`'s budget (any seed), as lavin_table1 and held_out.py remembered them."""
+    task, rest = bench.name, bench.budget.split("|", 2)[2]  # (the budget after "<task>|seed=<s>|")
+
+    def plan_of(key: str, middle: str) -> str | None:  # the plan of a key "<task>|seed=<s>|<rest>|<middle><plan>|adapters"
+        head, _, tail = key.partition(f"|{rest}|{middle}")
+        if not (tail and head.startswith(f"{task}|seed=") and head.count("|") == 1 and tail.endswith("|adapters")):
+            return None
+        return tail.removesuffix("|adapters")
+
     out: dict = defaultdict(lambda: {"test": [], "held_out": []})
-    table = json.loads((RESULTS / "memo" / "lavin_table1.json").read_text())
-    for key, m in table.items():
-        if key.startswith(f"{task}|") and "|metrics|" in key and key.endswith("|adapters") and "|train=400|" in key:
-            out[key.split("skip=")[1].split("|")[0]]["test"].append(m["accuracy"])
-    held = json.loads((RESULTS / "memo" / "held_out.json").read_text())
-    for key, m in held.items():
-        if key.startswith(f"{task}|") and key.endswith("|adapters") and "|train=400|" in key:
-            right = m["held_out"]
-            out[key.split("skip=")[1].split("|")[0]]["held_out"].append(right.count("1") / len(right))
+    for key, m in json.loads((RESULTS / "memo" / "lavin_table1.json").read_text()).items():
+        if (plan := plan_of(key, "metrics|skip=")) is not None:
+            out[plan]["test"].append(m["accuracy"])
+    for key, m in json.loads((RESULTS / "memo" / "held_out.json").read_text()).items():
+        if (plan := plan_of(key, f"held-out={HELD_OUT}|skip=")) is not None:
+            out[plan]["held_out"].append(m["held_out"].count("1") / len(m["held_out"]))
     return out
 
 
@@ -109,11 +115,13 @@ def main() -> None:
     ap.add_argument("--memo-only", action="store_true", help="report the plans already measured, measure nothing")
     ap.add_argument("--quick", action="store_true", help="CI smoke run: 16 training reviews, 3 plans")
     args = ap.parse_args()
-    truth = trained(args.task)
+    bench = Bench(args.task, False, 0, 400, 400, 3.0)  # (the full budget: the trained accuracies are the full runs')
+    truth = trained(bench)
     plans = sorted((p for p, t in truth.items() if len(t["test"]) >= args.min_seeds
                     and (len(p.split(",")) if p else 0) in args.ks), key=lambda p: (len(p.split(",")) if p else 0, p))
     plans = [p for p in plans if p][:3] if args.quick else plans  # (skipping plans of one k: a correlation to compute)
-    bench = Bench(args.task, args.quick, 0, 400, 400, 3.0)
+    if args.quick:  # measured on the smoke run's 16 reviews
+        bench.train = bench.train[:16]
     memo = Memo("decoder_measures", args.quick)
     report = Report(f"decoder_measures-{args.task}", f"Frozen measurements against trained accuracy, SmolLM2 {args.task}",
                     [0], args.quick)

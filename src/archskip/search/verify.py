@@ -160,12 +160,17 @@ class PlanMeter:
         return self.metrics[plan]
 
     def _measure(self) -> dict[str, float]:
-        if self.metric != "choice_refit_loss":
-            return self._cross_fitted() if self.refit_steps else self._scores([(b, None) for b in self.batches])
-        with self.task.recording_choices() as rows:  # (search/choice_refit.py; the options' re-fit is the head's)
+        if self.metric == "choice_refit_loss":
+            return self._choices_refitted()
+        return self._cross_fitted() if self.refit_steps else self._scores([(b, None) for b in self.batches])
+
+    def _choices_refitted(self) -> dict[str, float]:
+        """The task's sums and 'choice_refit_loss_sum' (search/choice_refit.py; the options' re-fit is the head's)."""
+        with self.task.recording_choices() as rows:
             sums = self._scores([(b, None) for b in self.batches])
+        width = len(self.task.choice[1]) + 1  # (options' logits, right option)
         mine = torch.cat([torch.cat([o.double(), g.double()[:, None]], 1) for o, g in rows]) if rows else \
-            torch.zeros(0, len(self.task.choice[1]) + 1, dtype=torch.float64)
+            torch.zeros(0, width, dtype=torch.float64)
         every = gathered(mine.to(self.device), self.reduce, self.rank, self.world).cpu()  # (N, O + 1)
         losses = refit_choice_losses(every[:, :-1], every[:, -1].long())
         # (the sums are added up across processes: the whole measurement's sum is counted once, on process 0)
