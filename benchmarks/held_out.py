@@ -27,7 +27,18 @@ from dataclasses import dataclass
 
 import search_quality
 from common import RESULTS, Memo, Report
-from lavin_table1 import HELD_OUT, METHODS_RUN, N_LAYERS, Bench, held_out, held_out_key, n_held_out, recipe_of
+from lavin_table1 import (
+    HELD_OUT,
+    METHODS_RUN,
+    N_LAYERS,
+    QUICK_TEST,
+    QUICK_TRAIN,
+    Bench,
+    held_out,
+    held_out_key,
+    n_held_out,
+    recipe_of,
+)
 
 from archskip import SkipPlan
 from archskip.errors import PlanError
@@ -132,7 +143,7 @@ def over_seeds(a: list[list[int]], b: list[list[int]]) -> tuple[list[float], flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help=f"a smoke run: 16 training, 8 test and {n_held_out(True)} held-out reviews, 2 steps")
+    ap.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK_TRAIN} training, {QUICK_TEST} test and {n_held_out(True)} held-out reviews, 2 steps")
     ap.add_argument("--task", default="imdb", choices=["polarity", "imdb"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--plans", nargs="+", default=None, help="skipped blocks per plan ('none': no skip), optionally +<recipe> as lavin_table1's rows "

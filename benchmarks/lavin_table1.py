@@ -104,6 +104,7 @@ QUICK_METHODS = [m for m in METHODS_RUN if m not in ("default-supernet", "defaul
                                                     "default+teacher")]
 FINALS_VERSION = 1
 WIDE_SKIP_HIDDEN = 128
+QUICK_TRAIN, QUICK_TEST = 8, 4  # the smoke run's training and test reviews (4 steps of batch 2 read all 8)
 HELD_OUT, HELD_OUT_QUICK = 2000, 16  # held_out.py's extra test reviews per model (400 resolve ~3.5 points: docs/benchmarks.md)
 DISTILL_EPOCHS = 1.0  # distillation micro-batches: one pass over the training reviews
 SEARCH_VERSION = 3  # 3: searches as long as the training (3 epochs, was 2)
@@ -180,7 +181,7 @@ class Bench:
         path = smollm2()
         self.base = LlamaForCausalLM.from_pretrained(path).eval()
         self.tok = AutoTokenizer.from_pretrained(path)
-        self.train, self.test = load(task, 16 if quick else n_train, 8 if quick else n_test)
+        self.train, self.test = load(task, QUICK_TRAIN if quick else n_train, QUICK_TEST if quick else n_test)
         self.adapter = AdapterConfig.lavin()
         bs = 2 if quick else 8
         # LaVIN's optimiser settings (cosine schedule, betas 0.9/0.95)

@@ -244,6 +244,8 @@ class Bench:
         registered, overrides = SEARCHES[method]
         train_cfg = replace(self.search_train_cfg, **{k[6:]: v for k, v in overrides.items() if k.startswith("train.")})
         cfg = SearchConfig(k=K, method=registered, **{k: v for k, v in overrides.items() if not k.startswith("train.")})
+        if self.quick:  # (the smoke run: 6 of the 15 plans measured, on 32 examples; the measurement is most of its time)
+            cfg = replace(cfg, shortlist=min(cfg.shortlist, 6), verify_examples=min(cfg.verify_examples, 32))
         return METHODS[registered](SearchRun(model, task, self.train, cfg, train_cfg, seed=seed, progress=False))
 
 

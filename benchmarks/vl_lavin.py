@@ -97,7 +97,8 @@ class Bench:
         # the bandit's supernet trained (as when these plans were found), then plans measured on the frozen model
         cfg = SearchConfig(k=k, samples=3, gate_lr=0.05, warmup_epochs=0.0 if self.quick else 0.5, reward_batch_size=8,
                            updates_per_epoch=per_epoch if self.quick else max(1, per_epoch // 2), supernet="on",
-                           shortlist=4 if self.quick else SearchConfig.shortlist)  # (smoke run: 4 plans measured)
+                           shortlist=4 if self.quick else SearchConfig.shortlist,  # (smoke run: 4 plans measured
+                           verify_examples=8 if self.quick else SearchConfig.verify_examples)  # on one batch)
         return run_search(model, self.task, self.train, cfg, self.search_cfg, seed=self.seed, progress=False).plan
 
     def metrics(self, plan: SkipPlan) -> dict:

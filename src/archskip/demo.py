@@ -46,10 +46,11 @@ class Budget:
     train_steps: int = 60  # per variant, batch 32
     test_examples: int | None = None  # all 853
     latency_repeats: int = 10
+    latency_warmup: int = 3  # untimed rounds first
 
     @classmethod
     def quick(cls) -> Budget:
-        return cls(search_examples=320, train_steps=6, test_examples=96, latency_repeats=2)
+        return cls(search_examples=192, train_steps=6, test_examples=96, latency_repeats=2, latency_warmup=1)
 
 
 def run_demo(output_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool = False, progress: bool = True) -> list[dict]:
@@ -115,7 +116,8 @@ def run_demo(output_dir: str | Path = "runs/demo", *, seed: int = 0, quick: bool
     base_model, task = fresh_model()
     batch = task.example_batch(32, 64)
     rows = compare_models({"base model (frozen, no adapters)": (base_model, True),
-                           **{n: (trained[p], False) for n, p in variants.items()}}, task, batch, repeats=budget.latency_repeats)
+                           **{n: (trained[p], False) for n, p in variants.items()}}, task, batch,
+                          repeats=budget.latency_repeats, warmup=budget.latency_warmup)
     for r, plan in zip(rows[1:], variants.values()):
         r["test_accuracy"] = accuracy[plan]
     columns = ["model", "trainable_params", "gflops", "flops_ratio", "latency_ratio", "test_accuracy"]
