@@ -97,6 +97,12 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
 
 
+def held_out_key(budget: str, n: int, skip: tuple[int, ...], recipe: str) -> str:
+    """held_out.py's memo key of the model a benchmark trains under `budget` with `skip` (block indices) and
+    `recipe`, tested on `n` held-out reviews (lavin_table1 and search_quality show those results beside their own)."""
+    return f"{budget}|held-out={n}|skip={','.join(map(str, skip))}|{recipe}"
+
+
 class Memo:
     """Finished measurements of a long benchmark, kept in a JSON file so a killed run resumes where it stopped.
 

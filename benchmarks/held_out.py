@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import search_quality
-from common import RESULTS, Memo, Report
+from common import RESULTS, Memo, Report, held_out_key
 from lavin_table1 import (
     HELD_OUT,
     METHODS_RUN,
@@ -35,7 +35,6 @@ from lavin_table1 import (
     QUICK_TRAIN,
     Bench,
     held_out,
-    held_out_key,
     n_held_out,
     recipe_of,
 )
@@ -49,7 +48,7 @@ class MiniLM:
 
     def __init__(self, bench: search_quality.Bench, seed: int):
         self.bench, self.seed, self.test, self.right = bench, seed, bench.test, bench.right
-        self.budget = f"minilm|{bench.name}|seed={seed}|{bench.budget()}"
+        self.budget = search_quality.held_out_budget(bench, seed)
 
     def trained(self, plan: SkipPlan, recipe: str):
         return self.bench.train_plan(plan, self.seed, "plain" if recipe == "adapters" else recipe)
@@ -76,17 +75,17 @@ class Setup:
     layers: int
     recipes: list[str]  # the training recipes a plan may name ("adapters": plain training)
     default_plans: list[str]  # --plans when none are given
-    n_held_out: int  # --n-held-out's default
+    n_held_out: Callable  # task -> --n-held-out's default
     prefix: str  # the results file's name before the task
     benches: Callable  # (args, n_extra) -> per seed (seed, bench, held-out examples)
     training: Callable  # (bench, args) -> the training budget, as the report says it
 
 
 MODELS = {
-    "smollm2": Setup(N_LAYERS, sorted({recipe_of(m) for m in METHODS_RUN}), ["14,17", "14,25"], HELD_OUT, "held_out-",
+    "smollm2": Setup(N_LAYERS, sorted({recipe_of(m) for m in METHODS_RUN}), ["14,17", "14,25"], lambda task: HELD_OUT, "held_out-",
                      smollm2_benches, lambda b, args: f"lavin_table1's budget ({len(b.train)} reviews, {args.epochs:g} epochs)"),
     "minilm": Setup(search_quality.N, ["adapters"] + [v for v in search_quality.VARIANTS if v != "plain"], ["4,5", "3,5"],
-                    10000,  # IMDB has 19,000 reviews search_quality never draws; polarity ~3,500 sentences
+                    search_quality.HELD_OUT_REVIEWS.__getitem__,
                     "held_out-minilm-", minilm_benches, lambda b, args: f"search_quality's budget ({b.bench.budget()})"),
 }
 
@@ -112,7 +111,7 @@ def plan_of(text: str, model: str = "smollm2") -> tuple[SkipPlan, str]:
 def outcomes(bench: Bench | MiniLM, memo: Memo, plan: SkipPlan, recipe: str, extra: list[dict]) -> dict:
     """Per review 1 (right) or 0 of the model trained under `plan` and `recipe`: {'test': [...], 'held_out': [...],
     'seconds'} (remembered as strings of 0 and 1, one character a review)."""
-    key = held_out_key(bench.budget, len(extra), plan, recipe)
+    key = held_out_key(bench.budget, len(extra), plan.skip, recipe)
 
     def compute() -> dict:
         t0 = time.perf_counter()
@@ -153,7 +152,7 @@ def main() -> None:
                     help="smollm2: lavin_table1's set-up (SmolLM2-135M, LaVIN adapters); minilm: search_quality's")
     ap.add_argument("--n-held-out", type=int, default=None,
                     help="more test reviews, never trained or tested on (default: "
-                    + "; ".join(f"{name} {m.n_held_out}" for name, m in MODELS.items()) + ")")
+                    + "; ".join(f"{name} {task} {m.n_held_out(task)}" for name, m in MODELS.items() for task in ("imdb", "polarity")) + ")")
     ap.add_argument("--n-train", type=int, default=400, help="smollm2 (minilm: search_quality's budget)")
     ap.add_argument("--n-test", type=int, default=400, help="smollm2")
     ap.add_argument("--epochs", type=float, default=3.0, help="smollm2")
@@ -162,7 +161,7 @@ def main() -> None:
     args = ap.parse_args()
     setup = MODELS[args.model]
     plans = {text: plan_of(text, args.model) for text in args.plans or setup.default_plans}  # a bad plan fails here, before any training
-    n_extra = n_held_out(True) if args.quick else args.n_held_out or setup.n_held_out
+    n_extra = n_held_out(True) if args.quick else args.n_held_out or setup.n_held_out(args.task)
     out = args.out or setup.prefix + args.task
     report = Report(out, f"Plans on {args.task} tested on {n_extra} more reviews ({args.model})", args.seeds, args.quick)
     memo = Memo("held_out", args.quick)

@@ -31,7 +31,7 @@ import statistics
 from dataclasses import replace
 
 import torch
-from common import RESULTS, Memo, Report, mean_std
+from common import RESULTS, Memo, Report, held_out_key, mean_std
 
 from archskip import AdapterConfig, SearchConfig, SkipModel, SkipPlan, TrainConfig
 from archskip.data.movie_reviews import load_imdb, load_rotten_tomatoes
@@ -146,12 +146,6 @@ def held_out(name: str, n_train: int, n_test: int, n: int) -> list[dict]:
     if used + n > len(rows):
         raise SystemExit(f"--n-held-out {n}: the {name} set has {len(rows) - used} reviews beyond the {used} load() draws from")
     return [_item(r) for r in rows[used : used + n]]
-
-
-def held_out_key(budget: str, n: int, plan: SkipPlan, recipe: str) -> str:
-    """held_out.py's memo key of the model `Bench.trained(plan, recipe)` trains under `budget`, tested on `n`
-    held-out reviews (the tables below show those results beside the 400 test reviews')."""
-    return f"{budget}|held-out={n}|skip={blocks(plan)}|{recipe}"
 
 
 def n_held_out(quick: bool) -> int:
@@ -322,7 +316,7 @@ def run_task(name: str, args, report: Report, summary: dict) -> None:
                 except NotYet:
                     missing.setdefault((k, method), []).append(seed)
                     continue
-                key = held_out_key(bench.budget, n_held, plan, recipe_of(method))
+                key = held_out_key(bench.budget, n_held, plan.skip, recipe_of(method))
                 extra = held.values[key] if held.has(key) else None  # (has: also what held_out.py wrote since)
                 cells.setdefault((k, method), []).append({**m, "search_s": found["seconds"], "seed": seed, "held_out":
                                                           None if extra is None else statistics.mean(map(int, extra["held_out"]))})

@@ -67,3 +67,58 @@ def test_held_out_differences_count_both_the_seeds_and_the_reviews():
     per, se_all = held_out.over_seeds(a, b)
     assert per == pytest.approx([25.0, 0.0]) and se_all == pytest.approx((12.5**2 + se**2) ** 0.5)
     assert held_out.over_seeds(a[:1], b[:1]) == (pytest.approx([25.0]), None)
+
+
+class _Report:
+    """Stands in for common.Report: keeps what the section writes."""
+
+    def __init__(self):
+        self.tables, self.texts = [], []
+
+    def table(self, title, rows, columns, note=""):
+        self.tables.append((title, rows))
+
+    def add(self, title, text):
+        self.texts.append((title, text))
+
+
+def test_search_quality_ranks_plans_on_the_held_out_reviews_where_every_plan_was_tested(bench_modules, tmp_path, monkeypatch):
+    """held_out.py's memo entries (the held-out reviews' right/wrong per plan) become a second ground truth: a seed
+    counts only with all 15 plans tested, and ranks, accuracies and the oracle come from those entries."""
+    import itertools
+    import types
+
+    import common
+
+    search_quality, _ = bench_modules
+    monkeypatch.setattr(common, "RESULTS", tmp_path)  # (the memo file is read from RESULTS/memo)
+    bench = types.SimpleNamespace(name="imdb", quick=False, budget=lambda: "train=8,epochs=1")
+    n = search_quality.HELD_OUT_REVIEWS["imdb"]
+    plans = list(itertools.combinations(range(6), 2))
+    right = {p: 50 + i for i, p in enumerate(plans)}  # per 100 reviews: plan (4,5) the best, (0,1) the worst
+    values = {}
+    for seed, tested in ((0, plans), (1, plans[1:])):  # seed 1 lacks plan (0,1): not a ground truth
+        for p in tested:
+            key = common.held_out_key(search_quality.held_out_budget(bench, seed), n, p, "adapters")
+            values[key] = {"held_out": "1" * right[p] + "0" * (100 - right[p]), "test": "1", "seconds": 1.0}
+    (tmp_path / "memo").mkdir()
+    (tmp_path / "memo" / "held_out.json").write_text(common.json.dumps(values))
+
+    truths, tested = search_quality.held_out_truths(bench, [0, 1])
+    assert tested == {0: 15, 1: 14} and list(truths) == [0]
+    assert truths[0][(4, 5)] == pytest.approx(0.64) and truths[0][(0, 1)] == pytest.approx(0.50)
+
+    report = _Report()
+    results = {"default": {"skips": [(4, 5), (0, 1)]}, "last-k": {"skips": [(0, 1), (4, 5)]}, "random": {"skips": []}}
+    entry = search_quality.held_out_section(bench, "imdb", [0, 1], results, report)
+    assert entry["seeds"] == [0] and entry["plans_tested"] == {0: 15, 1: 14}
+    assert entry["oracle_accuracy"] == pytest.approx(0.64)
+    assert entry["methods"]["default"] == {"mean_rank": 1, "accuracy": pytest.approx(0.64)}
+    assert entry["methods"]["last-k"] == {"mean_rank": 15, "accuracy": pytest.approx(0.50)}  # seed 0's plan (0,1)
+    random_plans = [tuple(search_quality.random_plan(6, 2, j).plan.skip) for j in range(5)]
+    assert entry["methods"]["random"]["mean_rank"] == pytest.approx(sum(15 - plans.index(p) for p in random_plans) / 5)
+
+    report = _Report()
+    entry = search_quality.held_out_section(bench, "imdb", [1], results, report)
+    assert entry == {"reviews": n, "seeds": [], "plans_tested": {1: 14}} and not report.tables
+    assert "1: 14" in report.texts[0][1] and "--seeds 1 --plans 0,1 0,2" in report.texts[0][1]
