@@ -442,7 +442,7 @@ def held_out_section(bench: Bench, name: str, seeds: list[int], results: dict[st
     if not truths:
         report.add(f"{name}: ranks on {n} held-out reviews",
                    f"Not measured yet: no seed has all 15 plans tested there (plans tested per seed: "
-                   f"{', '.join(f'{s_}: {n}' for s_, n in tested.items())}). `{command}` tests them (resumable).")
+                   f"{', '.join(f'{s_}: {count}' for s_, count in tested.items())}). `{command}` tests them (resumable).")
         return entry
     rows, methods = [], {}
     for m, r in results.items():
