@@ -24,13 +24,12 @@ measurement is remembered (benchmarks/results/memo/decoder_measures.json); a kil
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections import defaultdict
 
 import numpy as np
 import torch
-from common import RESULTS, Memo, Report
+from common import Memo, Report
 from lavin_table1 import HELD_OUT, Bench
 
 from archskip.search.verify import PlanMeter, removed_as_identity
@@ -52,10 +51,10 @@ def trained(bench: Bench) -> dict[str, dict[str, list[float]]]:
         return tail.removesuffix("|adapters")
 
     out: dict = defaultdict(lambda: {"test": [], "held_out": []})
-    for key, m in json.loads((RESULTS / "memo" / "lavin_table1.json").read_text()).items():
+    for key, m in Memo("lavin_table1", False).values.items():
         if (plan := plan_of(key, "metrics|skip=")) is not None:
             out[plan]["test"].append(m["accuracy"])
-    for key, m in json.loads((RESULTS / "memo" / "held_out.json").read_text()).items():
+    for key, m in Memo("held_out", False).values.items():
         if (plan := plan_of(key, f"held-out={HELD_OUT}|skip=")) is not None:
             out[plan]["held_out"].append(m["held_out"].count("1") / len(m["held_out"]))
     return out

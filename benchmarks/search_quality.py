@@ -133,14 +133,14 @@ def held_out_budget(bench: Bench, seed: int) -> str:
 def held_out_truths(bench: Bench, seeds: list[int]) -> tuple[dict[int, dict[tuple, float]], dict[int, int]]:
     """The ground truth on HELD_OUT_REVIEWS held-out reviews: per seed on which benchmarks/held_out.py tested every plan's model
     there, plan -> accuracy (its own trainings of the same budget and seed); and per seed, how many plans it tested."""
-    memo = Memo("held_out", bench.quick)
+    values = Memo("held_out", bench.quick).values  # (read once: a missing key is not looked for again on disk)
     truths, tested = {}, {}
     for seed in seeds:
         found = {}
         for plan in itertools.combinations(range(N), K):
             key = held_out_key(held_out_budget(bench, seed), HELD_OUT_REVIEWS[bench.name], plan, "adapters")
-            if memo.has(key):
-                found[plan] = statistics.mean(map(int, memo.values[key]["held_out"]))
+            if key in values:
+                found[plan] = statistics.mean(map(int, values[key]["held_out"]))
         tested[seed] = len(found)
         if len(found) == math.comb(N, K):
             truths[seed] = found
