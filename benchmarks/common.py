@@ -97,6 +97,11 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
 
 
+def right_share(answers: str) -> float:
+    """Accuracy from a memo's per-example right/wrong string ("1" right, "0" wrong; held_out.py writes them)."""
+    return answers.count("1") / len(answers)
+
+
 def held_out_key(budget: str, n: int, skip: tuple[int, ...], recipe: str) -> str:
     """held_out.py's memo key of the model a benchmark trains under `budget` with `skip` (block indices) and
     `recipe`, tested on `n` held-out reviews (lavin_table1 and search_quality show those results beside their own)."""

@@ -29,7 +29,7 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from common import Memo, Report
+from common import Memo, Report, right_share
 from lavin_table1 import HELD_OUT, Bench
 
 from archskip.search.verify import PlanMeter, removed_as_identity
@@ -56,7 +56,7 @@ def trained(bench: Bench) -> dict[str, dict[str, list[float]]]:
             out[plan]["test"].append(m["accuracy"])
     for key, m in Memo("held_out", False).values.items():
         if (plan := plan_of(key, f"held-out={HELD_OUT}|skip=")) is not None:
-            out[plan]["held_out"].append(m["held_out"].count("1") / len(m["held_out"]))
+            out[plan]["held_out"].append(right_share(m["held_out"]))
     return out
 
 

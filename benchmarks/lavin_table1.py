@@ -31,7 +31,7 @@ import statistics
 from dataclasses import replace
 
 import torch
-from common import RESULTS, Memo, Report, held_out_key, mean_std
+from common import RESULTS, Memo, Report, held_out_key, mean_std, right_share
 
 from archskip import AdapterConfig, SearchConfig, SkipModel, SkipPlan, TrainConfig
 from archskip.data.movie_reviews import load_imdb, load_rotten_tomatoes
@@ -319,7 +319,7 @@ def run_task(name: str, args, report: Report, summary: dict) -> None:
                 key = held_out_key(bench.budget, n_held, plan.skip, recipe_of(method))
                 extra = held.values[key] if held.has(key) else None  # (has: also what held_out.py wrote since)
                 cells.setdefault((k, method), []).append({**m, "search_s": found["seconds"], "seed": seed, "held_out":
-                                                          None if extra is None else statistics.mean(map(int, extra["held_out"]))})
+                                                          None if extra is None else right_share(extra["held_out"])})
                 plans.setdefault((k, method), []).append(blocks(plan) or "—")
                 print(name, seed, k, method, plan.skip, m, flush=True)
     timed = {k: bench.pruned(SkipPlan.last(k, N_LAYERS)) for k in ks}  # every plan of one k does the same work

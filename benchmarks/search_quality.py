@@ -36,7 +36,7 @@ import time
 from dataclasses import replace
 
 import torch
-from common import RESULTS, Memo, Report, held_out_key, mean_std
+from common import RESULTS, Memo, Report, held_out_key, mean_std, right_share
 
 from archskip import AdapterConfig, ModelConfig, SearchConfig, SkipModel, SkipPlan, TaskConfig, TrainConfig
 from archskip.data.movie_reviews import load_imdb, load_rotten_tomatoes
@@ -140,7 +140,7 @@ def held_out_truths(bench: Bench, seeds: list[int]) -> tuple[dict[int, dict[tupl
         for plan in itertools.combinations(range(N), K):
             key = held_out_key(held_out_budget(bench, seed), HELD_OUT_REVIEWS[bench.name], plan, "adapters")
             if key in values:
-                found[plan] = statistics.mean(map(int, values[key]["held_out"]))
+                found[plan] = right_share(values[key]["held_out"])
         tested[seed] = len(found)
         if len(found) == math.comb(N, K):
             truths[seed] = found
